@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`.
+GO ?= go
+
+.PHONY: test demo build lint fuzz
+
+build:
+	$(GO) build -o bin/relaunch .
+	$(GO) build -o bin/demo ./testdata/demo
+
+# Everything CI runs: formatting, vet, the darwin build, the whole suite with
+# the race detector (end-to-end tests included), and a short fuzz run.
+test: lint
+	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -run '^$$' -fuzz FuzzParseAddr -fuzztime 15s ./sdlisten
+
+lint:
+	@out=$$(gofmt -l .); test -z "$$out" || { echo "gofmt: these need formatting: $$out"; exit 1; }
+	$(GO) vet ./...
+	GOOS=darwin $(GO) build ./...
+
+# Runs the demo app under relaunch on 127.0.0.1:8080. In another terminal:
+#   curl localhost:8080             # version=1 pid=… gen=1
+#   kill -USR2 $$(cat bin/relaunch.pid)  # upgrade: gen=2 answers, nothing refused
+demo: build
+	bin/relaunch --listen 127.0.0.1:8080 --pidfile bin/relaunch.pid -- bin/demo -init-delay 300ms

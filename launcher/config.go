@@ -1,0 +1,130 @@
+package launcher
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"relaunch/sdlisten"
+)
+
+// ErrStartup wraps every error that makes relaunch give up at start-up
+// (exit status 1), as opposed to the app's own exit status.
+var ErrStartup = errors.New("start-up failed")
+
+// Config is everything Run needs. main builds it from the command line.
+type Config struct {
+	Command []string           // argv of the app; Command[0] is resolved at every start
+	Sockets []*sdlisten.Socket // passed in order from fd 3
+
+	Ready        Readiness
+	ReadyTimeout time.Duration // a generation not ready by then has failed
+
+	DrainSignal  syscall.Signal
+	DrainTimeout time.Duration // then SIGKILL to the group; 0 waits forever
+	MaxDraining  int           // more draining generations than this: the oldest is killed; < 0 is unbounded
+	StopTimeout  time.Duration // on TERM/INT, time before SIGKILL
+
+	Restart RestartPolicy
+
+	// Triggers asks for an upgrade; each value is a reason for the log
+	// ("binary changed"). Nil means no file triggers.
+	Triggers <-chan string
+
+	PIDFile string
+	Logger  *slog.Logger // nil discards
+	Env     []string     // the app's base environment; nil means os.Environ()
+}
+
+// ReadyMode says how a new generation proves it is ready.
+type ReadyMode int
+
+const (
+	ReadyAuto   ReadyMode = iota // the most precise signal seen so far (SPEC §4)
+	ReadyNotify                  // READY=1 on NOTIFY_SOCKET
+	ReadyDelay                   // alive for Delay
+)
+
+// Readiness is a parsed --ready value.
+type Readiness struct {
+	Mode  ReadyMode
+	Delay time.Duration // ReadyDelay only
+}
+
+// ParseReadiness parses --ready: auto, notify or delay=DURATION.
+func ParseReadiness(s string) (Readiness, error) {
+	switch {
+	case s == "auto" || s == "":
+		return Readiness{Mode: ReadyAuto}, nil
+	case s == "notify":
+		return Readiness{Mode: ReadyNotify}, nil
+	case strings.HasPrefix(s, "delay="):
+		d, err := time.ParseDuration(strings.TrimPrefix(s, "delay="))
+		if err != nil || d < 0 {
+			return Readiness{}, fmt.Errorf("bad --ready %q: the delay must be a duration such as delay=2s", s)
+		}
+		return Readiness{Mode: ReadyDelay, Delay: d}, nil
+	}
+	return Readiness{}, fmt.Errorf("bad --ready %q: use auto, notify or delay=DURATION (e.g. delay=2s)", s)
+}
+
+func (r Readiness) String() string {
+	switch r.Mode {
+	case ReadyNotify:
+		return "notify"
+	case ReadyDelay:
+		return "delay=" + r.Delay.String()
+	}
+	return "auto"
+}
+
+// RestartPolicy says what happens when the current generation exits by itself.
+type RestartPolicy int
+
+const (
+	RestartOnFailure RestartPolicy = iota // non-zero status or a signal: start again
+	RestartAlways
+	RestartNever
+)
+
+// ParseRestart parses --restart.
+func ParseRestart(s string) (RestartPolicy, error) {
+	switch s {
+	case "on-failure", "":
+		return RestartOnFailure, nil
+	case "always":
+		return RestartAlways, nil
+	case "never":
+		return RestartNever, nil
+	}
+	return 0, fmt.Errorf("bad --restart %q: use on-failure, always or never", s)
+}
+
+// ParseSignal parses a signal name as kill(1) does: QUIT, SIGQUIT, quit or 3.
+func ParseSignal(s string) (syscall.Signal, error) {
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err == nil && fmt.Sprint(n) == s && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	return 0, fmt.Errorf("bad signal %q: use a name such as QUIT, TERM, USR1, INT or HUP", s)
+}
+
+// signalName is "SIGQUIT" for SIGQUIT.
+func signalName(sig syscall.Signal) string {
+	if n := unix.SignalName(sig); n != "" {
+		return n
+	}
+	return fmt.Sprintf("signal %d", int(sig))
+}

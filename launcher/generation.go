@@ -1,0 +1,140 @@
+//go:build linux
+
+package launcher
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"relaunch/sdlisten"
+)
+
+type genState int
+
+const (
+	starting genState = iota // started, not ready yet
+	current                  // ready, serving
+	draining                 // got the drain signal
+	stopping                 // got TERM/INT/QUIT from a stop of relaunch
+)
+
+func (s genState) String() string {
+	return [...]string{"starting", "current", "draining", "stopping"}[s]
+}
+
+// generation is one start of the command. Its fields belong to the loop
+// goroutine; its own goroutines only post events.
+type generation struct {
+	id      int
+	pid     int
+	path    string // the file that was exec'd
+	state   genState
+	started time.Time
+	readyAt time.Time
+	drainAt time.Time // when the drain signal was sent
+
+	notify     *sdlisten.NotifyListener
+	timers     []*time.Timer // stopped when it exits
+	failReason string        // why relaunch killed it, for the exit log line
+	execErr    error         // the helper could not exec the command
+	exited     bool
+}
+
+// exitStatus is a wait status as a shell reports it: the code, or 128+signal.
+type exitStatus struct {
+	ws syscall.WaitStatus
+}
+
+func (s exitStatus) code() int {
+	if s.ws.Signaled() {
+		return 128 + int(s.ws.Signal())
+	}
+	return s.ws.ExitStatus()
+}
+
+func (s exitStatus) String() string {
+	if s.ws.Signaled() {
+		return "killed by " + signalName(s.ws.Signal())
+	}
+	return "status " + strconv.Itoa(s.ws.ExitStatus())
+}
+
+// resolve finds the command as exec would, at every start, so a new file at
+// that path (or in PATH) is what runs.
+func resolve(arg0 string) (string, error) {
+	p, err := exec.LookPath(arg0)
+	switch {
+	case err == nil || errors.Is(err, exec.ErrDot):
+		return p, nil
+	case errors.Is(err, exec.ErrNotFound):
+		return "", fmt.Errorf("command %q not found in PATH; give its path (./%s) or install it", arg0, arg0)
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("command %q: no such file; check the path", arg0)
+	case errors.Is(err, fs.ErrPermission):
+		return "", fmt.Errorf("command %q is not executable (or is a directory); chmod +x it", arg0)
+	}
+	return "", fmt.Errorf("command %q: %v", arg0, err)
+}
+
+// startProcess forks relaunch's own binary as the exec helper (sdlisten's
+// RunExecHelper), in its own process group, with exactly stdio, the sockets
+// and the helper's error pipe. It returns the pid and the read end of the
+// pipe: EOF there means the exec succeeded, bytes are the exec error.
+func startProcess(path string, argv, env []string, socks []*sdlisten.Socket, stdin int) (int, *os.File, error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return 0, nil, fmt.Errorf("pipe: %w", err)
+	}
+	r := os.NewFile(uintptr(p[0]), "exec-error-pipe")
+	files := []uintptr{uintptr(stdin), 1, 2}
+	for _, s := range socks {
+		files = append(files, uintptr(s.Fd()))
+	}
+	errFd := len(files)
+	files = append(files, uintptr(p[1]))
+	env = append(env, sdlisten.HelperEnv(path, errFd)...)
+	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
+		Env:   env,
+		Files: files,
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	})
+	unix.Close(p[1])
+	if err != nil {
+		r.Close()
+		return 0, nil, fmt.Errorf("cannot start the exec helper (/proc/self/exe): %w", err)
+	}
+	return pid, r, nil
+}
+
+// readExecError blocks until the helper has exec'd (EOF) or failed.
+func readExecError(r *os.File) error {
+	defer r.Close()
+	b, _ := io.ReadAll(io.LimitReader(r, 4096))
+	if len(b) == 0 {
+		return nil
+	}
+	return errors.New(string(b))
+}
+
+// stdinFd is what the children get as fd 0: relaunch's own, except a
+// terminal. A child in its own process group is not the terminal's
+// foreground group, and reading from it would stop it with SIGTTIN.
+func stdinFd() (int, func()) {
+	if _, err := unix.IoctlGetTermios(0, unix.TCGETS); err != nil {
+		return 0, func() {}
+	}
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, func() {}
+	}
+	return int(f.Fd()), func() { f.Close() }
+}

@@ -1,0 +1,597 @@
+//go:build linux
+
+package launcher
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"relaunch/sdlisten"
+)
+
+// Restart back-off (SPEC §7).
+const (
+	backoffMin   = 100 * time.Millisecond
+	backoffMax   = 30 * time.Second
+	healthyAfter = 10 * time.Second
+	autoFallback = 2 * time.Second // --ready auto, before anything is learned
+)
+
+// launcher is the state of one Run. Every field belongs to the loop
+// goroutine; other goroutines (waiters, notify readers, timers) only post
+// functions to events.
+type launcher struct {
+	cfg    Config
+	log    *slog.Logger
+	events chan func()
+	quit   chan struct{} // closed when the loop ends, so late posts do not block
+	env    []string
+	stdin  int
+	runDir string
+
+	gens    []*generation // alive, oldest first
+	cur     *generation   // ready and serving; nil while none is
+	next    *generation   // starting; at most one
+	lastID  int
+	pending string // a trigger that came during an upgrade ("" = none)
+	everUp  bool   // some generation was ever ready
+
+	learnedNotify bool // --ready auto: the app has sent READY=1
+	warnedDrain   bool
+
+	backoff      time.Duration
+	restartTimer *time.Timer
+
+	stopping  bool
+	stopSig   syscall.Signal
+	stopGen   *generation // whose status relaunch exits with
+	status    int
+	statusSet bool
+	done      bool
+	fatal     error // start-up failure
+}
+
+// Run starts the command on cfg.Sockets and manages its generations until
+// relaunch is stopped or the restart policy says the app is done. It returns
+// the exit status relaunch should exit with; a non-nil error (wrapping
+// ErrStartup) is a start-up failure to report, with status 1.
+func Run(cfg Config) (int, error) {
+	if len(cfg.Command) == 0 {
+		return 2, errors.New("no command given")
+	}
+	l := &launcher{cfg: cfg, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin}
+	if l.log == nil {
+		l.log = discardLogger()
+	}
+	l.env = cfg.Env
+	if l.env == nil {
+		l.env = os.Environ()
+	}
+	l.env = withoutEnv(l.env, "RELAUNCH_GENERATION") // a nested relaunch's own
+	// Resolve first: a missing or non-executable command is a start-up
+	// error, before any file or process exists.
+	if _, err := resolve(cfg.Command[0]); err != nil {
+		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+	}
+	if err := becomeSubreaper(); err != nil {
+		l.log.Warn("cannot become a child subreaper (orphans of the app will go to init): " + err.Error())
+	}
+	dir, err := makeRunDir()
+	if err != nil {
+		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+	}
+	l.runDir = dir
+	defer os.RemoveAll(dir)
+	stdin, closeStdin := stdinFd()
+	defer closeStdin()
+	l.stdin = stdin
+	if cfg.PIDFile != "" {
+		if err := writePIDFile(cfg.PIDFile); err != nil {
+			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+		}
+		defer os.Remove(cfg.PIDFile)
+	}
+
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
+		syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGCHLD)
+	defer signal.Stop(sigs)
+	defer close(l.quit)
+
+	if err := l.start(); err != nil {
+		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+	}
+	for !l.done {
+		select {
+		case fn := <-l.events:
+			fn()
+		case sig := <-sigs:
+			l.onSignal(sig.(syscall.Signal))
+		case reason, ok := <-cfg.Triggers:
+			if !ok {
+				l.cfg.Triggers = nil // a nil channel blocks: no more file triggers
+				continue
+			}
+			l.upgrade(reason)
+		}
+	}
+	if l.fatal != nil {
+		return 1, fmt.Errorf("%w: %v", ErrStartup, l.fatal)
+	}
+	return l.status, nil
+}
+
+// post runs fn on the loop goroutine.
+func (l *launcher) post(fn func()) {
+	select {
+	case l.events <- fn:
+	case <-l.quit:
+	}
+}
+
+// after runs fn on the loop goroutine in d, unless g exits first.
+func (l *launcher) after(g *generation, d time.Duration, fn func()) {
+	t := time.AfterFunc(d, func() { l.post(fn) })
+	if g != nil {
+		g.timers = append(g.timers, t)
+	}
+}
+
+// start launches a new generation; it becomes l.next.
+func (l *launcher) start() error {
+	path, err := resolve(l.cfg.Command[0])
+	if err != nil {
+		return err
+	}
+	l.lastID++
+	g := &generation{id: l.lastID, path: path, state: starting, started: time.Now()}
+	g.notify, err = sdlisten.ListenNotify(filepath.Join(l.runDir, "gen"+strconv.Itoa(g.id)+".sock"))
+	if err != nil {
+		return fmt.Errorf("cannot create the notify socket in %s: %v", l.runDir, err)
+	}
+	env := append(sdlisten.ChildEnv(l.env, l.cfg.Sockets),
+		"NOTIFY_SOCKET="+g.notify.Path(),
+		"RELAUNCH_GENERATION="+strconv.Itoa(g.id))
+	pid, pipe, err := startProcess(path, l.cfg.Command, env, l.cfg.Sockets, l.stdin)
+	if err != nil {
+		g.notify.Close()
+		return err
+	}
+	g.pid = pid
+	l.gens = append(l.gens, g)
+	l.next = g
+	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s", g.id, pid, path), "gen", g.id, "pid", pid, "path", path)
+	go func() {
+		execErr := readExecError(pipe)
+		l.post(func() { l.onExec(g, execErr) })
+		ws := waitPid(pid)
+		l.post(func() { l.onExit(g, exitStatus{ws}) })
+	}()
+	go l.readNotify(g)
+	if l.cfg.ReadyTimeout > 0 {
+		l.after(g, l.cfg.ReadyTimeout, func() { l.onReadyTimeout(g) })
+	}
+	return nil
+}
+
+func (l *launcher) readNotify(g *generation) {
+	for {
+		m, err := g.notify.Recv()
+		if err != nil {
+			return
+		}
+		own := m.Pid != 0 && inTree(m.Pid, g.pid)
+		l.post(func() { l.onNotify(g, m, own) })
+	}
+}
+
+func (l *launcher) onExec(g *generation, err error) {
+	if err != nil {
+		g.execErr = err
+		return // its exit follows
+	}
+	if g.exited || g.state != starting {
+		return
+	}
+	switch {
+	case l.cfg.Ready.Mode == ReadyDelay:
+		l.after(g, l.cfg.Ready.Delay, func() { l.onReady(g, "alive for "+l.cfg.Ready.Delay.String()+" (--ready delay)") })
+	case l.cfg.Ready.Mode == ReadyAuto && !l.learnedNotify:
+		l.after(g, autoFallback, func() {
+			if !l.learnedNotify {
+				l.onReady(g, "alive for 2s (no READY=1 seen from the app yet)")
+			}
+		})
+	}
+}
+
+func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {
+	if !own {
+		l.log.Warn(fmt.Sprintf("ignored an sd_notify message from pid %d: not a process of gen %d (pid %d)", m.Pid, g.id, g.pid),
+			"gen", g.id, "pid", g.pid, "sender", m.Pid)
+		return
+	}
+	if !m.Has("READY=1") {
+		return
+	}
+	if l.cfg.Ready.Mode == ReadyAuto && !l.learnedNotify {
+		l.learnedNotify = true
+		l.log.Info("readiness: the app sends READY=1, so relaunch waits for it from now on (--ready picks another way)")
+	}
+	if l.cfg.Ready.Mode != ReadyDelay {
+		l.onReady(g, "READY=1")
+	}
+}
+
+// onReady promotes the starting generation and drains the old current one.
+func (l *launcher) onReady(g *generation, how string) {
+	if g != l.next || g.exited {
+		return
+	}
+	g.state, g.readyAt = current, time.Now()
+	old := l.cur
+	l.cur, l.next, l.everUp = g, nil, true
+	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
+		"gen", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
+	if old != nil {
+		l.drain(old)
+	}
+	l.limitDraining()
+	if l.pending != "" {
+		reason := l.pending
+		l.pending = ""
+		l.upgrade(reason)
+	}
+}
+
+func (l *launcher) onReadyTimeout(g *generation) {
+	if g.exited || g.state != starting {
+		return
+	}
+	g.failReason = fmt.Sprintf("not ready after %s (--ready-timeout, waiting for %s)", l.cfg.ReadyTimeout, l.waitingFor())
+	killGroup(g.pid, syscall.SIGKILL)
+}
+
+func (l *launcher) waitingFor() string {
+	switch {
+	case l.cfg.Ready.Mode == ReadyDelay:
+		return "the delay"
+	case l.cfg.Ready.Mode == ReadyNotify || l.learnedNotify:
+		return "READY=1 on NOTIFY_SOCKET"
+	}
+	return "READY=1 or 2s alive"
+}
+
+// upgrade starts a new generation now, or after the one in flight.
+func (l *launcher) upgrade(reason string) {
+	if l.stopping {
+		return
+	}
+	if l.next != nil {
+		if l.pending == "" {
+			l.log.Info(fmt.Sprintf("upgrade (%s) queued: gen %d is still starting", reason, l.next.id))
+		}
+		l.pending = reason
+		return
+	}
+	l.cancelRestart()
+	l.log.Info("upgrade: " + reason)
+	if err := l.start(); err != nil {
+		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
+		if l.cur == nil {
+			l.scheduleRestart()
+		}
+	}
+}
+
+func (l *launcher) stillServes() string {
+	if l.cur != nil {
+		return fmt.Sprintf("gen %d (pid %d) still serves", l.cur.id, l.cur.pid)
+	}
+	return "no generation serves; clients wait in the backlog"
+}
+
+func (l *launcher) drain(g *generation) {
+	g.state, g.drainAt = draining, time.Now()
+	syscall.Kill(g.pid, l.cfg.DrainSignal)
+	l.log.Info(fmt.Sprintf("gen %d (pid %d) draining: sent %s", g.id, g.pid, signalName(l.cfg.DrainSignal)), "gen", g.id, "pid", g.pid)
+	if l.cfg.DrainTimeout > 0 {
+		l.after(g, l.cfg.DrainTimeout, func() {
+			if !g.exited {
+				g.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", l.cfg.DrainTimeout)
+				killGroup(g.pid, syscall.SIGKILL)
+			}
+		})
+	}
+}
+
+func (l *launcher) limitDraining() {
+	if l.cfg.MaxDraining < 0 {
+		return
+	}
+	var ds []*generation
+	for _, g := range l.gens {
+		if g.state == draining && g.failReason == "" {
+			ds = append(ds, g)
+		}
+	}
+	for i := 0; i < len(ds)-l.cfg.MaxDraining; i++ {
+		ds[i].failReason = fmt.Sprintf("more than %d generations draining (--max-draining)", l.cfg.MaxDraining)
+		killGroup(ds[i].pid, syscall.SIGKILL)
+	}
+}
+
+func (l *launcher) onExit(g *generation, st exitStatus) {
+	g.exited = true
+	for _, t := range g.timers {
+		t.Stop()
+	}
+	g.notify.Close()
+	// Whatever the leader left in its group goes with it: a generation is
+	// over when its main process is.
+	killGroup(g.pid, syscall.SIGKILL)
+	for i, x := range l.gens {
+		if x == g {
+			l.gens = append(l.gens[:i], l.gens[i+1:]...)
+			break
+		}
+	}
+	how := st.String()
+	if g.failReason != "" {
+		how = g.failReason + ", " + how
+	}
+	attrs := []any{"gen", g.id, "pid", g.pid, "status", st.code()}
+	if g == l.stopGen {
+		l.setStatus(st.code())
+	}
+
+	switch {
+	case l.stopping:
+		l.log.Info(fmt.Sprintf("gen %d (pid %d) exited: %s", g.id, g.pid, how), attrs...)
+	case g == l.next:
+		l.next = nil
+		reason := fmt.Sprintf("exited before it was ready (%s)", how)
+		if g.execErr != nil {
+			reason = "cannot run " + g.execErr.Error()
+		} else if g.failReason != "" {
+			reason = how
+		}
+		attrs = append(attrs, "reason", reason)
+		if l.cur != nil {
+			l.log.Error(fmt.Sprintf("upgrade failed: gen %d (pid %d) %s; %s", g.id, g.pid, reason, l.stillServes()), attrs...)
+			if l.pending != "" {
+				reason := l.pending
+				l.pending = ""
+				l.upgrade(reason)
+			}
+			break
+		}
+		if !l.everUp && g.execErr != nil {
+			l.fatal = errors.New(reason)
+			l.finish(1)
+			break
+		}
+		l.log.Error(fmt.Sprintf("gen %d (pid %d) %s", g.id, g.pid, reason), attrs...)
+		l.afterExit(st)
+	case g == l.cur:
+		l.cur = nil
+		l.log.Warn(fmt.Sprintf("gen %d (pid %d) exited by itself: %s", g.id, g.pid, how), attrs...)
+		if time.Since(g.readyAt) >= healthyAfter {
+			l.backoff = backoffMin
+		}
+		if l.next != nil {
+			break // it takes over when ready
+		}
+		l.afterExit(st)
+	default: // draining
+		l.log.Info(fmt.Sprintf("gen %d (pid %d) exited: %s", g.id, g.pid, how), attrs...)
+		l.warnDrainSignal(g, st)
+	}
+	if l.stopping && len(l.gens) == 0 {
+		l.done = true
+	}
+}
+
+// afterExit applies the restart policy once nothing serves.
+func (l *launcher) afterExit(st exitStatus) {
+	failed := st.ws.Signaled() || st.ws.ExitStatus() != 0
+	switch {
+	case l.cfg.Restart == RestartAlways, l.cfg.Restart == RestartOnFailure && failed:
+		l.scheduleRestart()
+	default:
+		l.log.Info(fmt.Sprintf("the app exited (%s) and --restart is %s: stopping", st, restartName(l.cfg.Restart)))
+		l.finish(st.code())
+	}
+}
+
+func restartName(p RestartPolicy) string {
+	return [...]string{"on-failure", "always", "never"}[p]
+}
+
+// warnDrainSignal says once when a draining generation died of the drain
+// signal's default action: the app does not handle it (SPEC §4).
+func (l *launcher) warnDrainSignal(g *generation, st exitStatus) {
+	sig := l.cfg.DrainSignal
+	killed := st.ws.Signaled() && st.ws.Signal() == sig && g.failReason == ""
+	goQuit := sig == syscall.SIGQUIT && st.ws.Exited() && st.ws.ExitStatus() == 2
+	if l.warnedDrain || !(killed || goQuit) {
+		return
+	}
+	l.warnedDrain = true
+	what := "was killed by " + signalName(sig)
+	if goQuit {
+		what = "exited with status 2 right after SIGQUIT, as a Go program that does not handle SIGQUIT does"
+	}
+	l.log.Warn(fmt.Sprintf("gen %d (pid %d) %s: the app does not drain on %s, so its open requests were cut. "+
+		"Use the app's graceful signal: --drain-signal TERM (gunicorn, uvicorn, most Go and node apps), USR1 (haproxy), QUIT (nginx)",
+		g.id, g.pid, what, signalName(sig)), "gen", g.id, "pid", g.pid)
+}
+
+func (l *launcher) scheduleRestart() {
+	if l.stopping || l.restartTimer != nil || l.next != nil {
+		return
+	}
+	d := l.backoff
+	l.backoff = min(2*l.backoff, backoffMax)
+	l.log.Info(fmt.Sprintf("restarting in %s; %s", ms(d), l.stillServes()), "backoff_ms", d.Milliseconds())
+	l.restartTimer = time.AfterFunc(d, func() {
+		l.post(func() {
+			l.restartTimer = nil
+			if l.stopping || l.next != nil {
+				return
+			}
+			if err := l.start(); err != nil {
+				l.log.Error("cannot restart: "+err.Error(), "reason", err.Error())
+				l.scheduleRestart()
+			}
+		})
+	})
+}
+
+func (l *launcher) cancelRestart() {
+	if l.restartTimer != nil {
+		l.restartTimer.Stop()
+		l.restartTimer = nil
+	}
+}
+
+func (l *launcher) onSignal(sig syscall.Signal) {
+	switch sig {
+	case syscall.SIGCHLD:
+		reapOrphans(l.owns)
+	case syscall.SIGUSR2, syscall.SIGHUP:
+		l.upgrade(signalName(sig))
+	case syscall.SIGUSR1:
+		if l.cur != nil {
+			syscall.Kill(l.cur.pid, sig)
+		}
+	case syscall.SIGTERM, syscall.SIGINT:
+		if l.stopping && (l.stopSig == syscall.SIGTERM || l.stopSig == syscall.SIGINT) {
+			l.log.Warn("second " + signalName(sig) + ": killing every generation now")
+			l.killAll()
+			return
+		}
+		l.stop(sig, l.cfg.StopTimeout)
+	case syscall.SIGQUIT:
+		l.stop(l.cfg.DrainSignal, l.cfg.DrainTimeout)
+	}
+}
+
+func (l *launcher) owns(pid int) bool {
+	for _, g := range l.gens {
+		if g.pid == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// stop sends sig to every generation, then SIGKILL after timeout (0: never).
+func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
+	if l.stopping {
+		return
+	}
+	l.stopping, l.stopSig = true, sig
+	l.cancelRestart()
+	l.pending = ""
+	if !l.statusSet {
+		l.stopGen = l.cur
+		if l.stopGen == nil {
+			l.setStatus(0)
+		}
+	}
+	l.log.Info(fmt.Sprintf("stopping: sent %s to %d generation(s)", signalName(sig), len(l.gens)))
+	for _, g := range l.gens {
+		if g.state == draining && sig == l.cfg.DrainSignal {
+			continue // already told
+		}
+		g.state = stopping
+		syscall.Kill(g.pid, sig)
+	}
+	if len(l.gens) == 0 {
+		l.done = true
+		return
+	}
+	if timeout > 0 {
+		time.AfterFunc(timeout, func() {
+			l.post(func() {
+				if len(l.gens) > 0 {
+					l.log.Warn(fmt.Sprintf("%d generation(s) still running after %s: SIGKILL", len(l.gens), timeout))
+					l.killAll()
+				}
+			})
+		})
+	}
+}
+
+func (l *launcher) killAll() {
+	for _, g := range l.gens {
+		killGroup(g.pid, syscall.SIGKILL)
+	}
+}
+
+// finish ends relaunch with status once what still runs has stopped.
+func (l *launcher) finish(status int) {
+	l.setStatus(status)
+	l.stop(syscall.SIGTERM, l.cfg.StopTimeout)
+}
+
+func (l *launcher) setStatus(s int) {
+	l.status, l.statusSet = s, true
+}
+
+// withoutEnv drops key from env.
+func withoutEnv(env []string, key string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func ms(d time.Duration) string {
+	if d < time.Second {
+		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
+	}
+	return d.Round(10 * time.Millisecond).String()
+}
+
+func makeRunDir() (string, error) {
+	base := os.Getenv("XDG_RUNTIME_DIR")
+	if base == "" || !isWritableDir(base) {
+		base = os.TempDir()
+	}
+	dir, err := os.MkdirTemp(base, "relaunch-")
+	if err != nil {
+		return "", fmt.Errorf("cannot create relaunch's runtime directory in %s: %v; set TMPDIR to a writable directory", base, err)
+	}
+	return dir, nil // MkdirTemp makes it 0700: only relaunch's user can reach the notify sockets
+}
+
+func isWritableDir(p string) bool {
+	return syscall.Access(p, 2 /* W_OK */) == nil
+}
+
+// writePIDFile writes relaunch's pid atomically: a reader never sees a
+// partial file.
+func writePIDFile(path string) error {
+	tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("cannot write --pidfile %s: %v", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cannot write --pidfile %s: %v", path, err)
+	}
+	return nil
+}

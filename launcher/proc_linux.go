@@ -1,0 +1,113 @@
+package launcher
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// becomeSubreaper makes orphaned descendants (a double-forked worker, what a
+// killed generation leaves) come back to relaunch instead of init, so it can
+// reap them: in a container relaunch may be init itself.
+func becomeSubreaper() error {
+	return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+}
+
+// procStat reads a process's parent and process group from /proc/P/stat.
+func procStat(pid int) (ppid, pgrp int, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	// The command name is in parentheses and may hold anything: read after
+	// the last ')'. Then: state ppid pgrp …
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 3 {
+		return 0, 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	pgrp, _ = strconv.Atoi(f[2])
+	return ppid, pgrp, true
+}
+
+// inTree reports whether pid is root or one of its descendants: in its
+// process group, or with root among its ancestors.
+func inTree(pid, root int) bool {
+	for i := 0; i < 64 && pid > 1; i++ {
+		if pid == root {
+			return true
+		}
+		ppid, pgrp, ok := procStat(pid)
+		if !ok {
+			return false
+		}
+		if pgrp == root {
+			return true
+		}
+		pid = ppid
+	}
+	return false
+}
+
+// children lists relaunch's direct children (every thread's: Go forks from
+// any of them).
+func children() []int {
+	var pids []int
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// reapOrphans reaps every exited child that is not one relaunch waits for
+// itself. Never wait4(-1): it would steal a generation's status from the
+// goroutine that waits for it by pid.
+func reapOrphans(own func(pid int) bool) (reaped int) {
+	for _, pid := range children() {
+		if own(pid) {
+			continue
+		}
+		var ws syscall.WaitStatus
+		if n, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil && n == pid {
+			reaped++
+		}
+	}
+	return reaped
+}
+
+// waitPid blocks until pid exits and returns how.
+func waitPid(pid int) syscall.WaitStatus {
+	var ws syscall.WaitStatus
+	for {
+		_, err := syscall.Wait4(pid, &ws, 0, nil)
+		if err != syscall.EINTR {
+			return ws
+		}
+	}
+}
+
+// killGroup sends sig to every process of a generation's group, what is
+// left of it included after its leader exited.
+func killGroup(pgid int, sig syscall.Signal) {
+	if pgid > 0 {
+		syscall.Kill(-pgid, sig)
+	}
+}

@@ -1,0 +1,235 @@
+// Command relaunch keeps a server's sockets open while the server is
+// upgraded, restarted or crashes, so no client sees a refused connection.
+// This file is the command line only: flags to a launcher.Config, errors to
+// exit statuses.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"relaunch/launcher"
+	"relaunch/sdlisten"
+)
+
+var version = "0.1.0-dev" // set with -ldflags "-X main.version=…"
+
+// exitError carries an exit status and a one-line message out of the action.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func usageError(format string, a ...any) error {
+	return &exitError{2, fmt.Sprintf(format, a...) + "\nsee 'relaunch --help'"}
+}
+
+func main() {
+	sdlisten.RunExecHelper() // first: a helper process must not parse flags
+	os.Exit(run(os.Args, os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	app := newApp()
+	app.ErrWriter = stderr
+	err := app.Run(args)
+	var ee *exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		if ee.msg != "" {
+			fmt.Fprintln(stderr, "relaunch: "+ee.msg)
+		}
+		return ee.code
+	default: // urfave/cli's own parse errors: bad flag values from the environment
+		fmt.Fprintln(stderr, "relaunch: "+err.Error()+"\nsee 'relaunch --help'")
+		return 2
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "relaunch",
+		Usage:   "upgrade, restart or crash a server without a client noticing",
+		Version: version,
+		UsageText: `relaunch [options] -- COMMAND [ARG...]
+
+   relaunch binds the --listen sockets once and starts COMMAND with them as
+   systemd-style inherited fds (fd 3 on, LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES).
+   On SIGUSR2 or SIGHUP, or when the app crashes, it starts a new generation on
+   the same sockets, waits until it is ready, then sends the old one the drain
+   signal. Clients wait in the kernel's accept queue meanwhile: none is refused.
+
+EXAMPLES:
+   relaunch --listen :8080 -- ./app
+   relaunch -l web=:80 -l admin=unix:///run/app/admin.sock --drain-signal TERM -- ./app --config prod.toml
+   relaunch -l 127.0.0.1:8000 --drain-signal TERM -- gunicorn app:wsgi
+   kill -USR2 $(cat /run/app.pid)    # upgrade; with --pidfile /run/app.pid`,
+		HideHelpCommand:        true,
+		UseShortOptionHandling: false,
+		Flags:                  flags(),
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError("%s", cliError(err))
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // main decides the status
+		Action:         action,
+	}
+}
+
+func flags() []cli.Flag {
+	env := func(name string) []string { return []string{"RELAUNCH_" + name} }
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: env("LISTEN"),
+			Usage: "`[NAME=]ADDR` to bind and pass, from fd 3 in order: :8080, 127.0.0.1:8080, [::1]:8080, tcp4://…, tcp6://…, unix:///abs.sock, unix://rel.sock, udp://:53"},
+		&cli.StringFlag{Name: "ready", Value: "auto", EnvVars: env("READY"),
+			Usage: "how a new generation shows it is ready: auto, notify (READY=1 via sd_notify) or delay=DURATION"},
+		&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, EnvVars: env("READY_TIMEOUT"),
+			Usage: "a new generation not ready by then has failed and is killed; the old one keeps serving"},
+		&cli.StringFlag{Name: "drain-signal", Value: "QUIT", EnvVars: env("DRAIN_SIGNAL"),
+			Usage: "sent to the old generation once the new one is ready (gunicorn and most apps: TERM; haproxy: USR1)"},
+		&cli.DurationFlag{Name: "drain-timeout", Value: 5 * time.Minute, EnvVars: env("DRAIN_TIMEOUT"),
+			Usage: "then a draining generation gets SIGKILL; 0 waits forever"},
+		&cli.IntFlag{Name: "max-draining", Value: -1, DefaultText: "unbounded", EnvVars: env("MAX_DRAINING"),
+			Usage: "at most `N` generations draining at once; the oldest is killed past that"},
+		&cli.DurationFlag{Name: "stop-timeout", Value: 30 * time.Second, EnvVars: env("STOP_TIMEOUT"),
+			Usage: "on TERM/INT, time given to the generations before SIGKILL"},
+		&cli.StringFlag{Name: "restart", Value: "on-failure", EnvVars: env("RESTART"),
+			Usage: "when the app exits by itself: on-failure (non-zero or signal), always, or never"},
+		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
+			Usage: "write relaunch's pid to `PATH` (atomically); removed at exit"},
+		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("LOG_FORMAT"),
+			Usage: "relaunch's own log lines on stderr: text or json"},
+	}
+}
+
+// cliError turns the flag package's wording into one line that names the
+// value and what is accepted.
+func cliError(err error) string {
+	s := err.Error()
+	if rest, ok := strings.CutPrefix(s, "flag provided but not defined: "); ok {
+		return "unknown option " + rest
+	}
+	// invalid value "x" for flag -ready-timeout: parse error
+	var val, name string
+	if n, _ := fmt.Sscanf(s, "invalid value %q for flag -%s", &val, &name); n == 2 {
+		name = strings.TrimSuffix(name, ":")
+		what := "a valid value"
+		switch name {
+		case "ready-timeout", "drain-timeout", "stop-timeout":
+			what = "a duration such as 30s, 5m or 1h30m"
+		case "max-draining":
+			what = "a whole number"
+		}
+		return fmt.Sprintf("bad value %q for --%s: use %s", val, name, what)
+	}
+	return s
+}
+
+func action(c *cli.Context) error {
+	cfg, err := config(c)
+	if err != nil {
+		return err
+	}
+	socks, err := bindAll(c.StringSlice("listen"))
+	if err != nil {
+		return &exitError{1, err.Error()}
+	}
+	defer func() {
+		for _, s := range socks {
+			s.Close()
+		}
+	}()
+	cfg.Sockets = socks
+	for i, s := range socks {
+		cfg.Logger.Info(fmt.Sprintf("listening on %s (fd %d)", s.Addr(), 3+i))
+	}
+	status, err := launcher.Run(cfg)
+	if err != nil {
+		return &exitError{1, strings.TrimPrefix(err.Error(), launcher.ErrStartup.Error()+": ")}
+	}
+	if status != 0 {
+		return &exitError{status, ""}
+	}
+	return nil
+}
+
+// config checks every option before anything is bound or started.
+func config(c *cli.Context) (launcher.Config, error) {
+	cfg := launcher.Config{
+		Command:      c.Args().Slice(),
+		ReadyTimeout: c.Duration("ready-timeout"),
+		DrainTimeout: c.Duration("drain-timeout"),
+		MaxDraining:  c.Int("max-draining"),
+		StopTimeout:  c.Duration("stop-timeout"),
+		PIDFile:      c.String("pidfile"),
+	}
+	if len(cfg.Command) == 0 {
+		return cfg, usageError("no command given: put it after the options, e.g. relaunch -l :8080 -- ./app")
+	}
+	var err error
+	if cfg.Ready, err = launcher.ParseReadiness(c.String("ready")); err != nil {
+		return cfg, usageError("%v", err)
+	}
+	if cfg.DrainSignal, err = launcher.ParseSignal(c.String("drain-signal")); err != nil {
+		return cfg, usageError("--drain-signal: %v", err)
+	}
+	if cfg.Restart, err = launcher.ParseRestart(c.String("restart")); err != nil {
+		return cfg, usageError("%v", err)
+	}
+	for _, d := range []string{"ready-timeout", "drain-timeout", "stop-timeout"} {
+		if c.Duration(d) < 0 {
+			return cfg, usageError("bad value %s for --%s: use a duration of 0 or more", c.Duration(d), d)
+		}
+	}
+	switch c.String("log-format") {
+	case "text":
+		cfg.Logger = launcher.NewLogger(os.Stderr, false)
+	case "json":
+		cfg.Logger = launcher.NewLogger(os.Stderr, true)
+	default:
+		return cfg, usageError("bad --log-format %q: use text or json", c.String("log-format"))
+	}
+	// Parse every address before binding any: a typo must not leave the
+	// first sockets bound, nor start anything.
+	for _, a := range c.StringSlice("listen") {
+		if _, err := sdlisten.ParseAddr(a); err != nil {
+			return cfg, usageError("%v", err)
+		}
+	}
+	return cfg, nil
+}
+
+// bindAll passes on the sockets relaunch itself was given by systemd, then
+// binds the --listen ones; on any error it closes what it opened.
+func bindAll(listen []string) (socks []*sdlisten.Socket, err error) {
+	defer func() {
+		if err != nil {
+			for _, s := range socks {
+				s.Close()
+			}
+			socks = nil
+		}
+	}()
+	socks, err = sdlisten.Inherited()
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range listen {
+		addr, _ := sdlisten.ParseAddr(a) // checked in config
+		s, err := sdlisten.Bind(addr)
+		if err != nil {
+			return socks, err
+		}
+		socks = append(socks, s)
+	}
+	return socks, nil
+}
