@@ -1,0 +1,251 @@
+package watch
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+)
+
+// fingerprint identifies one version of a file without reading it.
+type fingerprint struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
+}
+
+// version is one valid version of the binary: the reference a later version
+// is compared with.
+type version struct {
+	path string
+	fp   fingerprint
+	hash [sha256.Size]byte
+}
+
+// inspected is what inspect found at a path.
+type inspected struct {
+	fp  fingerprint
+	bad string // why it is not a whole executable; "" when it is
+}
+
+// inspect opens path and returns its fingerprint and whether it is a whole
+// executable. When hashIf returns true for the fingerprint (and the file is
+// valid), it also hashes the content, through the same descriptor, so that
+// fingerprint, validity and hash describe one inode.
+func inspect(path string, hashIf func(fingerprint) bool) (inspected, *[sha256.Size]byte, error) {
+	var in inspected
+	f, err := os.Open(path)
+	if err != nil {
+		return in, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return in, nil, err
+	}
+	in.fp = fingerprintOf(fi)
+	in.bad = validate(f, fi)
+	if in.bad != "" || hashIf == nil || !hashIf(in.fp) {
+		return in, nil, nil
+	}
+	sum, err := hashFile(f)
+	if err != nil {
+		return in, nil, err
+	}
+	return in, &sum, nil
+}
+
+func hashFile(f *os.File) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
+		return sum, fmt.Errorf("hashing %s: %w", f.Name(), err)
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
+}
+
+// headerLen is how much of the file validate reads: the ELF or Mach-O header
+// and, for a script, the "#!" line (Linux reads at most 256 bytes of it).
+const headerLen = 4096
+
+// validate says why f is not a whole executable, or "" when it is: a regular
+// file with an execute bit whose header is complete (see the package doc).
+func validate(f io.ReaderAt, fi os.FileInfo) string {
+	if !fi.Mode().IsRegular() {
+		return "not a regular file"
+	}
+	if fi.Mode().Perm()&0o111 == 0 {
+		return "not executable (no x permission bit)"
+	}
+	size := fi.Size()
+	if size == 0 {
+		return "empty file"
+	}
+	buf := make([]byte, min(size, headerLen))
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return "unreadable: " + err.Error()
+	}
+	buf = buf[:n]
+	switch {
+	case bytes.HasPrefix(buf, []byte("\x7fELF")):
+		return elfWhole(f, size, buf)
+	case bytes.HasPrefix(buf, []byte("#!")):
+		if bytes.IndexByte(buf, '\n') < 0 {
+			return "incomplete script: the #! line has no newline yet"
+		}
+		return ""
+	case isMachO(buf):
+		return machOWhole(size, buf)
+	case len(buf) < 4 && (bytes.HasPrefix([]byte("\x7fELF"), buf) || bytes.HasPrefix([]byte("#!"), buf)):
+		return "incomplete header"
+	}
+	return "unknown executable format (not an ELF binary or a #! script)"
+}
+
+// tableEnd returns off+entsize*num, or false if that overflows.
+func tableEnd(off, entsize, num uint64) (uint64, bool) {
+	n := entsize * num // entsize < 2^16, num < 2^32: no overflow
+	if off > ^uint64(0)-n {
+		return 0, false
+	}
+	return off + n, true
+}
+
+// elfWhole checks that the ELF header is complete and that the program header
+// table and the section header table both end within size.
+func elfWhole(f io.ReaderAt, size int64, h []byte) string {
+	if len(h) < 16 {
+		return "incomplete ELF header"
+	}
+	var bo binary.ByteOrder
+	switch h[5] {
+	case 1:
+		bo = binary.LittleEndian
+	case 2:
+		bo = binary.BigEndian
+	default:
+		return "bad ELF data encoding"
+	}
+	var (
+		phoff, shoff                         uint64
+		phentsize, phnum, shentsize, shnum   uint64
+		hdrLen, shSizeOff, shInfoOff, sh0Len int
+	)
+	switch h[4] {
+	case 1: // ELFCLASS32
+		hdrLen, shSizeOff, shInfoOff, sh0Len = 52, 0x14, 0x1c, 40
+		if len(h) < hdrLen {
+			return "incomplete ELF header"
+		}
+		phoff = uint64(bo.Uint32(h[0x1c:]))
+		shoff = uint64(bo.Uint32(h[0x20:]))
+		phentsize = uint64(bo.Uint16(h[0x2a:]))
+		phnum = uint64(bo.Uint16(h[0x2c:]))
+		shentsize = uint64(bo.Uint16(h[0x2e:]))
+		shnum = uint64(bo.Uint16(h[0x30:]))
+	case 2: // ELFCLASS64
+		hdrLen, shSizeOff, shInfoOff, sh0Len = 64, 0x20, 0x2c, 64
+		if len(h) < hdrLen {
+			return "incomplete ELF header"
+		}
+		phoff = bo.Uint64(h[0x20:])
+		shoff = bo.Uint64(h[0x28:])
+		phentsize = uint64(bo.Uint16(h[0x36:]))
+		phnum = uint64(bo.Uint16(h[0x38:]))
+		shentsize = uint64(bo.Uint16(h[0x3a:]))
+		shnum = uint64(bo.Uint16(h[0x3c:]))
+	default:
+		return "bad ELF class"
+	}
+	usize := uint64(size)
+	// Extended numbering: more than 0xfeff sections (e_shnum 0) or 0xffff
+	// program headers (PN_XNUM) keep the real count in section header 0.
+	if (shnum == 0 && shoff != 0) || phnum == 0xffff {
+		if end, ok := tableEnd(shoff, uint64(sh0Len), 1); !ok || end > usize {
+			return "incomplete ELF file: section header table beyond the end of the file"
+		}
+		sh0 := make([]byte, sh0Len)
+		if _, err := f.ReadAt(sh0, int64(shoff)); err != nil {
+			return "incomplete ELF file: " + err.Error()
+		}
+		if shnum == 0 {
+			if h[4] == 1 {
+				shnum = uint64(bo.Uint32(sh0[shSizeOff:]))
+			} else {
+				shnum = bo.Uint64(sh0[shSizeOff:])
+			}
+			if shnum > 1<<32 {
+				return "bad ELF section count"
+			}
+		}
+		if phnum == 0xffff {
+			phnum = uint64(bo.Uint32(sh0[shInfoOff:]))
+		}
+	}
+	if end, ok := tableEnd(phoff, phentsize, phnum); !ok || end > usize {
+		return fmt.Sprintf("incomplete ELF file: program header table ends at %d, file size %d", end, size)
+	}
+	if end, ok := tableEnd(shoff, shentsize, shnum); !ok || end > usize {
+		return fmt.Sprintf("incomplete ELF file: section header table ends at %d, file size %d", end, size)
+	}
+	return ""
+}
+
+// Mach-O magics as they appear in the file's first four bytes.
+var (
+	machO32LE = []byte{0xce, 0xfa, 0xed, 0xfe}
+	machO64LE = []byte{0xcf, 0xfa, 0xed, 0xfe}
+	machO32BE = []byte{0xfe, 0xed, 0xfa, 0xce}
+	machO64BE = []byte{0xfe, 0xed, 0xfa, 0xcf}
+	machOFat  = []byte{0xca, 0xfe, 0xba, 0xbe}
+)
+
+func isMachO(h []byte) bool {
+	for _, m := range [][]byte{machO32LE, machO64LE, machO32BE, machO64BE, machOFat} {
+		if bytes.HasPrefix(h, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// machOWhole checks a Mach-O header and its load commands (thin), or that
+// every architecture of a universal binary lies within the file.
+func machOWhole(size int64, h []byte) string {
+	usize := uint64(size)
+	if bytes.HasPrefix(h, machOFat) {
+		if len(h) < 8 {
+			return "incomplete Mach-O header"
+		}
+		n := uint64(binary.BigEndian.Uint32(h[4:]))
+		if 8+20*n > uint64(len(h)) {
+			return "incomplete Mach-O universal header"
+		}
+		for i := range n {
+			a := h[8+20*i:]
+			off, sz := uint64(binary.BigEndian.Uint32(a[8:])), uint64(binary.BigEndian.Uint32(a[12:]))
+			if off+sz > usize {
+				return "incomplete Mach-O universal binary"
+			}
+		}
+		return ""
+	}
+	var bo binary.ByteOrder = binary.LittleEndian
+	if h[0] == 0xfe {
+		bo = binary.BigEndian
+	}
+	hdr := uint64(28)
+	if h[3] == 0xcf || h[0] == 0xcf {
+		hdr = 32
+	}
+	if uint64(len(h)) < hdr {
+		return "incomplete Mach-O header"
+	}
+	if hdr+uint64(bo.Uint32(h[20:])) > usize {
+		return "incomplete Mach-O file: load commands beyond the end of the file"
+	}
+	return ""
+}

@@ -1,0 +1,68 @@
+// Package watch tells the launcher when the command's binary, or anything
+// under a --watch path, has really changed on disk, so that it can start a
+// new generation.
+//
+// The main type is [Watcher]. [New] resolves the command the way a shell
+// would ([Resolve]: a PATH lookup for a name without a slash, relative paths
+// against the working directory, symlinks followed), takes a fingerprint of
+// what it resolves to, and watches, with fsnotify (inotify on Linux):
+//
+//   - the parent directory of the command's path and of every symlink met
+//     while resolving it, file and directory symlinks alike (./current/app
+//     with current -> releases/v1 watches the directory holding "current"
+//     and releases/v1), each filtered by name. A watch on the file itself
+//     would be lost on the first rename over it. After every Create, Remove
+//     or Rename of a watched name the command is resolved again and the
+//     watches follow; for a command found through PATH, every PATH directory
+//     up to the one it was found in is watched, so a new file shadowing it
+//     is seen too. A missing directory along the path is watched for through
+//     its nearest existing parent.
+//   - every --watch path: a file (through its parent directory, like the
+//     binary) or a directory and, recursively, all its subdirectories,
+//     new ones included. Editor droppings (*.swp, *.swx, *~, .#*, 4913) and
+//     .git directories are ignored, and so are attribute-only (chmod, touch)
+//     events.
+//
+// Events are debounced: a [Change] is sent once no event has arrived for
+// Options.Debounce, or at the latest Options.MaxDelay after the first event of
+// a burst, so a slow copy, an install (remove, create, writes, chmod) or a
+// rename dance is one change.
+//
+// For the binary, a Change is sent only when the command resolves to a valid
+// executable whose content differs from what was there at New or at the last
+// Change:
+//
+//   - The fingerprint is (device, inode, size, mtime, ctime) of the resolved
+//     file. An unchanged fingerprint is no change, without reading the file.
+//   - A changed fingerprint with a different size, or a different resolved
+//     path (a symlink swap to another release), is a change.
+//   - A changed fingerprint with the same size is settled by content: the
+//     file is hashed (SHA-256) and compared with the hash of the previous
+//     content, taken at New or at the last Change. So touch, chmod, a
+//     rebuild that produced the same bytes, or a copy of the same file
+//     renamed over it are not changes. The file is hashed only in that case
+//     (and once at New and at each Change, to have the reference).
+//   - Valid means: a regular file with an execute bit whose header is whole.
+//     For ELF, the ELF header is present and both the program header table
+//     and the section header table end within the file size (a partial
+//     write, as a cross-filesystem "go build -o" or cp makes, fails that
+//     until the last write lands; linkers put the section header table at
+//     the end). For a script, the "#!" line ends with a newline. (On macOS,
+//     a Mach-O header and its load commands.) Anything else is not
+//     reported; it is logged once and the watcher waits for the next event.
+//   - A binary that is gone when the debounce ends is logged once (warning),
+//     without a Change; once it is back and valid, a Change is sent, even if
+//     the new file has the same content: it was deleted and redeployed.
+//
+// Under --watch paths any create, write, remove or rename after the debounce
+// is a Change listing the files (Change.Files, at most 20).
+//
+// When the kernel's inotify queue overflows, the watcher rescans: it adds its
+// watches again, compares the binary's fingerprint (a Change if it differs)
+// and, since events under --watch paths may have been lost, conservatively
+// sends a Change for them. Running out of inotify watches (ENOSPC) or
+// instances (EMFILE) is an error naming the sysctl to raise.
+//
+// An idle Watcher uses no CPU: it blocks on the inotify descriptor; a timer
+// exists only while a debounce is pending.
+package watch
