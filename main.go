@@ -16,6 +16,7 @@ import (
 
 	"relaunch/launcher"
 	"relaunch/sdlisten"
+	"relaunch/watch"
 )
 
 var version = "0.1.0-dev" // set with -ldflags "-X main.version=…"
@@ -104,6 +105,12 @@ func flags() []cli.Flag {
 			Usage: "on TERM/INT, time given to the generations before SIGKILL"},
 		&cli.StringFlag{Name: "restart", Value: "on-failure", EnvVars: env("RESTART"),
 			Usage: "when the app exits by itself: on-failure (non-zero or signal), always, or never"},
+		&cli.StringSliceFlag{Name: "watch", EnvVars: env("WATCH"),
+			Usage: "upgrade when a file under `PATH` (file or directory, recursive) changes; repeatable"},
+		&cli.BoolFlag{Name: "no-watch-binary", EnvVars: env("NO_WATCH_BINARY"),
+			Usage: "do not upgrade when the command's binary on disk changes"},
+		&cli.DurationFlag{Name: "debounce", Value: 250 * time.Millisecond, EnvVars: env("DEBOUNCE"),
+			Usage: "quiet period after the last file change before upgrading"},
 		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
 			Usage: "write relaunch's pid to `PATH` (atomically); removed at exit"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("LOG_FORMAT"),
@@ -115,8 +122,11 @@ func flags() []cli.Flag {
 // value and what is accepted.
 func cliError(err error) string {
 	s := err.Error()
-	if rest, ok := strings.CutPrefix(s, "flag provided but not defined: "); ok {
-		return "unknown option " + rest
+	if rest, ok := strings.CutPrefix(s, "flag provided but not defined: -"); ok {
+		if len(rest) > 1 {
+			rest = "-" + rest // the user typed --name
+		}
+		return "unknown option -" + rest
 	}
 	// invalid value "x" for flag -ready-timeout: parse error
 	var val, name string
@@ -175,6 +185,14 @@ func config(c *cli.Context) (launcher.Config, error) {
 	if len(cfg.Command) == 0 {
 		return cfg, usageError("no command given: put it after the options, e.g. relaunch -l :8080 -- ./app")
 	}
+	switch c.String("log-format") {
+	case "text":
+		cfg.Logger = launcher.NewLogger(os.Stderr, false)
+	case "json":
+		cfg.Logger = launcher.NewLogger(os.Stderr, true)
+	default:
+		return cfg, usageError("bad --log-format %q: use text or json", c.String("log-format"))
+	}
 	var err error
 	if cfg.Ready, err = launcher.ParseReadiness(c.String("ready")); err != nil {
 		return cfg, usageError("%v", err)
@@ -185,18 +203,22 @@ func config(c *cli.Context) (launcher.Config, error) {
 	if cfg.Restart, err = launcher.ParseRestart(c.String("restart")); err != nil {
 		return cfg, usageError("%v", err)
 	}
-	for _, d := range []string{"ready-timeout", "drain-timeout", "stop-timeout"} {
+	if !c.Bool("no-watch-binary") || len(c.StringSlice("watch")) > 0 {
+		w := &watch.Options{Paths: c.StringSlice("watch"), Debounce: c.Duration("debounce"), Logger: cfg.Logger}
+		if !c.Bool("no-watch-binary") {
+			w.Binary = cfg.Command[0]
+		}
+		for _, p := range w.Paths {
+			if _, err := os.Stat(p); err != nil {
+				return cfg, usageError("bad --watch %q: %v", p, errors.Unwrap(err))
+			}
+		}
+		cfg.Watch = w
+	}
+	for _, d := range []string{"ready-timeout", "drain-timeout", "stop-timeout", "debounce"} {
 		if c.Duration(d) < 0 {
 			return cfg, usageError("bad value %s for --%s: use a duration of 0 or more", c.Duration(d), d)
 		}
-	}
-	switch c.String("log-format") {
-	case "text":
-		cfg.Logger = launcher.NewLogger(os.Stderr, false)
-	case "json":
-		cfg.Logger = launcher.NewLogger(os.Stderr, true)
-	default:
-		return cfg, usageError("bad --log-format %q: use text or json", c.String("log-format"))
 	}
 	// Parse every address before binding any: a typo must not leave the
 	// first sockets bound, nor start anything.
@@ -204,6 +226,9 @@ func config(c *cli.Context) (launcher.Config, error) {
 		if _, err := sdlisten.ParseAddr(a); err != nil {
 			return cfg, usageError("%v", err)
 		}
+	}
+	if err := launcher.CheckCommand(cfg.Command[0]); err != nil {
+		return cfg, &exitError{1, err.Error()}
 	}
 	return cfg, nil
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"relaunch/sdlisten"
+	"relaunch/watch"
 )
 
 // ErrStartup wraps every error that makes relaunch give up at start-up
@@ -32,9 +33,9 @@ type Config struct {
 
 	Restart RestartPolicy
 
-	// Triggers asks for an upgrade; each value is a reason for the log
-	// ("binary changed"). Nil means no file triggers.
-	Triggers <-chan string
+	// Watch, when set, upgrades on every change of the command's binary
+	// and of the watched paths.
+	Watch *watch.Options
 
 	PIDFile string
 	Logger  *slog.Logger // nil discards

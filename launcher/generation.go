@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"os/exec"
 	"strconv"
 	"syscall"
 	"time"
@@ -66,23 +64,6 @@ func (s exitStatus) String() string {
 		return "killed by " + signalName(s.ws.Signal())
 	}
 	return "status " + strconv.Itoa(s.ws.ExitStatus())
-}
-
-// resolve finds the command as exec would, at every start, so a new file at
-// that path (or in PATH) is what runs.
-func resolve(arg0 string) (string, error) {
-	p, err := exec.LookPath(arg0)
-	switch {
-	case err == nil || errors.Is(err, exec.ErrDot):
-		return p, nil
-	case errors.Is(err, exec.ErrNotFound):
-		return "", fmt.Errorf("command %q not found in PATH; give its path (./%s) or install it", arg0, arg0)
-	case errors.Is(err, fs.ErrNotExist):
-		return "", fmt.Errorf("command %q: no such file; check the path", arg0)
-	case errors.Is(err, fs.ErrPermission):
-		return "", fmt.Errorf("command %q is not executable (or is a directory); chmod +x it", arg0)
-	}
-	return "", fmt.Errorf("command %q: %v", arg0, err)
 }
 
 // startProcess forks relaunch's own binary as the exec helper (sdlisten's

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"relaunch/sdlisten"
+	"relaunch/watch"
 )
 
 // Restart back-off (SPEC §7).
@@ -100,6 +101,16 @@ func Run(cfg Config) (int, error) {
 		defer os.Remove(cfg.PIDFile)
 	}
 
+	var changes <-chan watch.Change
+	if cfg.Watch != nil {
+		w, err := watch.New(*cfg.Watch)
+		if err != nil {
+			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+		}
+		defer w.Close()
+		changes = w.Changes()
+	}
+
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
 		syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGCHLD)
@@ -115,18 +126,28 @@ func Run(cfg Config) (int, error) {
 			fn()
 		case sig := <-sigs:
 			l.onSignal(sig.(syscall.Signal))
-		case reason, ok := <-cfg.Triggers:
+		case c, ok := <-changes:
 			if !ok {
-				l.cfg.Triggers = nil // a nil channel blocks: no more file triggers
+				changes = nil // a nil channel blocks: no more file triggers
 				continue
 			}
-			l.upgrade(reason)
+			l.upgrade(describeChange(c))
 		}
 	}
 	if l.fatal != nil {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, l.fatal)
 	}
 	return l.status, nil
+}
+
+func describeChange(c watch.Change) string {
+	if c.Binary {
+		return "the binary changed: " + c.Path
+	}
+	if len(c.Files) > 3 {
+		return fmt.Sprintf("%s and %d more changed", strings.Join(c.Files[:3], ", "), len(c.Files)-3)
+	}
+	return strings.Join(c.Files, ", ") + " changed"
 }
 
 // post runs fn on the loop goroutine.
