@@ -554,7 +554,7 @@ func (w *Watcher) evalBinary() (string, bool) {
 		return "", false
 	}
 	b.ref = &version{path: b.path, fp: in.fp, hash: *sum}
-	w.log.Info("the command's binary changed", "cmd", b.cmd, "path", b.path)
+	w.log.Debug("the command's binary changed", "cmd", b.cmd, "path", b.path)
 	return b.path, true
 }
 

@@ -1,0 +1,1034 @@
+//go:build linux
+
+// The end-to-end harness: TestMain builds relaunch, the demo app and the
+// gosystemd app once into a temporary directory; the helpers below start
+// them, wait for conditions with deadlines, and leave no process behind.
+//
+// Every helper that waits takes a timeout and fails the test when it passes;
+// none sleeps as a means of synchronisation. Processes started here run in
+// their own process group and carry a marker variable (harnessMarkerEnv) in
+// their environment, inherited by every generation, so that the cleanup can
+// find and SIGKILL all of them by pid even after relaunch itself is gone.
+//
+// With -short, nothing is built and every test that calls needE2E (all the
+// helpers that start a binary do) is skipped.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The binaries TestMain builds, all in e2eDir.
+var (
+	e2eDir       string // removed when the tests end
+	relaunchBin  string // relaunch, built with -race when the tests are
+	demoBin      string // testdata/demo, default version "1"
+	demoV2Bin    string // testdata/demo built with -X main.defaultVersion=2: answers version=2 without flags
+	gosystemdBin string // testdata/gosystemd (its own module)
+	buildErrs    = map[string]error{}
+)
+
+const harnessMarkerEnv = "RELAUNCH_E2E_MARKER"
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "relaunch-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		os.Exit(1)
+	}
+	e2eDir = dir
+	relaunchBin = filepath.Join(dir, "relaunch")
+	demoBin = filepath.Join(dir, "demo-v1")
+	demoV2Bin = filepath.Join(dir, "demo-v2")
+	gosystemdBin = filepath.Join(dir, "gosystemd")
+
+	var relaunchFlags []string
+	if raceEnabled() && os.Getenv("RELAUNCH_E2E_RACE") != "0" {
+		// relaunch's own data races show up in its output; the cleanup
+		// of startRelaunch fails the test when they do.
+		relaunchFlags = append(relaunchFlags, "-race")
+	}
+	builds := []struct {
+		name, dir string
+		args      []string
+	}{
+		{"relaunch", ".", append(append([]string{"build"}, relaunchFlags...), "-o", relaunchBin, ".")},
+		{"demo", ".", []string{"build", "-o", demoBin, "./testdata/demo"}},
+		{"demo-v2", ".", []string{"build", "-ldflags", "-X main.defaultVersion=2", "-o", demoV2Bin, "./testdata/demo"}},
+		{"gosystemd", "testdata/gosystemd", []string{"build", "-o", gosystemdBin, "."}},
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, b := range builds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := exec.Command("go", b.args...)
+			cmd.Dir = b.dir
+			cmd.Env = append(os.Environ(), "GOWORK=off")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				mu.Lock()
+				buildErrs[b.name] = fmt.Errorf("go %s: %v\n%s", strings.Join(b.args, " "), err, out)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
+
+// needE2E skips the test with -short and fails it when one of the named
+// builds ("relaunch", "demo", "demo-v2", "gosystemd"; none: relaunch and
+// demo) failed.
+func needE2E(t testing.TB, builds ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	if len(builds) == 0 {
+		builds = []string{"relaunch", "demo"}
+	}
+	for _, b := range builds {
+		if err := buildErrs[b]; err != nil {
+			t.Fatalf("build of %s failed: %v", b, err)
+		}
+	}
+}
+
+// copyBinary copies the executable src to dst the way deploys must: into a
+// temporary file in dst's directory, then renamed over dst (a running binary
+// cannot be overwritten in place: ETXTBSY).
+func copyBinary(t testing.TB, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o755)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		t.Fatal(err)
+	}
+}
+
+// buildDemo builds testdata/demo into dst (written in place by the go tool)
+// with version as the answer's default version.
+func buildDemo(t testing.TB, dst, version string) {
+	t.Helper()
+	cmd := exec.Command("go", "build", "-ldflags", "-X main.defaultVersion="+version, "-o", dst, "./testdata/demo")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build demo: %v\n%s", err, out)
+	}
+}
+
+// shortTempDir returns a new directory with a short path (unix socket paths
+// are limited to 107 bytes; t.TempDir's include the test name), removed at
+// the end of the test.
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// freePort returns a tcp port on 127.0.0.1 that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// listenFile returns a new listening socket as a blocking, close-on-exec
+// *os.File, ready for exec.Cmd.ExtraFiles (network "tcp": addr is
+// "127.0.0.1:PORT", port 0 for any; "unix": a path). It is closed at the end
+// of the test. The socket is made with raw syscalls, as relaunch makes its
+// own: a Go net.Listener's File() would hand children a socket whose
+// O_NONBLOCK flips under them (NOTES §2).
+func listenFile(t testing.TB, network, addr string) *os.File {
+	t.Helper()
+	var fd int
+	var err error
+	switch network {
+	case "tcp":
+		host, portStr, serr := net.SplitHostPort(addr)
+		port, perr := strconv.Atoi(portStr)
+		ip := net.ParseIP(host).To4()
+		if serr != nil || perr != nil || ip == nil {
+			t.Fatalf("listenFile: want 127.0.0.1:PORT, got %q", addr)
+		}
+		sa := &syscall.SockaddrInet4{Port: port}
+		copy(sa.Addr[:], ip)
+		if fd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err == nil {
+			syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			err = syscall.Bind(fd, sa)
+		}
+	case "unix":
+		if fd, err = syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err == nil {
+			err = syscall.Bind(fd, &syscall.SockaddrUnix{Name: addr})
+		}
+	default:
+		t.Fatalf("listenFile: network %q", network)
+	}
+	if err == nil {
+		err = syscall.Listen(fd, 128)
+	}
+	if err != nil {
+		if fd > 0 {
+			syscall.Close(fd)
+		}
+		t.Fatalf("listenFile %s %s: %v", network, addr, err)
+	}
+	f := os.NewFile(uintptr(fd), network+":"+addr)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// fileAddr is the "host:port" or path a socket made by listenFile is bound to.
+func fileAddr(t testing.TB, f *os.File) string {
+	t.Helper()
+	sa, err := syscall.Getsockname(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
+	case *syscall.SockaddrUnix:
+		return sa.Name
+	}
+	t.Fatalf("fileAddr: %T", sa)
+	return ""
+}
+
+// syncBuffer collects a process's output; every write wakes the waiters.
+type syncBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{} // closed and replaced at every write
+}
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{changed: make(chan struct{})} }
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.buf.Write(p)
+	close(b.changed)
+	b.changed = make(chan struct{})
+	return n, err
+}
+
+// snapshot returns the content so far and a channel closed at the next write.
+func (b *syncBuffer) snapshot() (string, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String(), b.changed
+}
+
+// procOpts are the less common ways to start a process.
+type procOpts struct {
+	Env   []string // extra KEY=VALUE entries, overriding the inherited ones
+	Dir   string   // working directory; "" is the test's (the package directory)
+	Stdin io.Reader
+	// ExtraFiles become the process's fds 3, 4, ... .
+	ExtraFiles []*os.File
+	// Activation passes ExtraFiles the systemd way: LISTEN_FDS=len,
+	// LISTEN_PID=the process's own pid (through sh -c 'LISTEN_PID=$$ exec
+	// ...'), and LISTEN_FDNAMES=FdNames joined with ':' when FdNames is set.
+	Activation bool
+	FdNames    []string
+}
+
+// relaunchProc is a process started by startRelaunch or startProc.
+type relaunchProc struct {
+	t      testing.TB
+	name   string
+	cmd    *exec.Cmd
+	marker string
+	out    *syncBuffer
+	outEOF chan struct{} // closed when every holder of the output pipe is gone
+	outR   *os.File
+	done   chan struct{} // closed when the process has exited and been reaped
+	state  *os.ProcessState
+	werr   error
+}
+
+var markerSeq atomic.Int64
+
+// startRelaunch starts the built relaunch with args, e.g.
+// startRelaunch(t, "--listen", addr, "--", demoBin, "-version", "2").
+func startRelaunch(t testing.TB, args ...string) *relaunchProc {
+	t.Helper()
+	return startRelaunchOpts(t, procOpts{}, args...)
+}
+
+// startRelaunchOpts is startRelaunch with options.
+func startRelaunchOpts(t testing.TB, o procOpts, args ...string) *relaunchProc {
+	t.Helper()
+	needE2E(t, "relaunch")
+	return startProc(t, o, append([]string{relaunchBin}, args...)...)
+}
+
+// startProc starts argv in its own process group with the inherited
+// environment minus LISTEN_*, NOTIFY_SOCKET, WATCHDOG_* and RELAUNCH_* (a
+// developer's RELAUNCH_LISTEN must not change the tests), plus o.Env,
+// capturing its stdout and stderr (and its children's) in one buffer, echoed
+// to t.Log when the test fails (always with RELAUNCH_E2E_LOG=1). The cleanup
+// SIGKILLs it, its process group, every descendant and their groups, waits
+// for it, and fails the test if the output shows a data race.
+func startProc(t testing.TB, o procOpts, argv ...string) *relaunchProc {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	name := filepath.Base(argv[0])
+	marker := fmt.Sprintf("%d-%d", os.Getpid(), markerSeq.Add(1))
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "LISTEN_") || k == "NOTIFY_SOCKET" || strings.HasPrefix(k, "WATCHDOG_") || strings.HasPrefix(k, "RELAUNCH_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, harnessMarkerEnv+"="+marker)
+	if o.Activation {
+		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(o.ExtraFiles)))
+		if o.FdNames != nil {
+			env = append(env, "LISTEN_FDNAMES="+strings.Join(o.FdNames, ":"))
+		}
+		argv = append([]string{"/bin/sh", "-c", `LISTEN_PID=$$; export LISTEN_PID; exec "$@"`, "sh"}, argv...)
+	}
+	env = append(env, o.Env...)
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Dir = o.Dir
+	cmd.Stdin = o.Stdin
+	cmd.Stdout = w
+	cmd.Stderr = w
+	cmd.ExtraFiles = o.ExtraFiles
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := &relaunchProc{
+		t:      t,
+		name:   name,
+		cmd:    cmd,
+		marker: marker,
+		out:    newSyncBuffer(),
+		outEOF: make(chan struct{}),
+		outR:   r,
+		done:   make(chan struct{}),
+	}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		r.Close()
+		t.Fatalf("start %q: %v", argv, err)
+	}
+	go func() {
+		io.Copy(p.out, r)
+		close(p.outEOF)
+	}()
+	go func() {
+		p.werr = cmd.Wait()
+		p.state = cmd.ProcessState
+		close(p.done)
+	}()
+	t.Cleanup(p.cleanup)
+	return p
+}
+
+// Pid is the process's pid (relaunch's, for startRelaunch).
+func (p *relaunchProc) Pid() int { return p.cmd.Process.Pid }
+
+// Signal sends sig to the process only (not its group).
+func (p *relaunchProc) Signal(sig syscall.Signal) {
+	p.t.Helper()
+	select {
+	case <-p.done:
+		p.t.Fatalf("signal %v: %s has exited already\n%s", sig, p.name, p.Stderr())
+	default:
+	}
+	if err := syscall.Kill(p.Pid(), sig); err != nil {
+		p.t.Fatalf("signal %v to %s: %v", sig, p.name, err)
+	}
+}
+
+// Wait waits up to timeout for the process to exit and returns its exit
+// status, 128+N when killed by signal N. The error says it is still running.
+func (p *relaunchProc) Wait(timeout time.Duration) (int, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		return -1, fmt.Errorf("%s (pid %d) still running after %v", p.name, p.Pid(), timeout)
+	}
+	return exitStatus(p.state), nil
+}
+
+// Exited reports whether the process has exited.
+func (p *relaunchProc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// MustWait is Wait that fails the test on timeout.
+func (p *relaunchProc) MustWait(timeout time.Duration) int {
+	p.t.Helper()
+	code, err := p.Wait(timeout)
+	if err != nil {
+		p.t.Fatalf("%v\noutput:\n%s", err, p.Stderr())
+	}
+	return code
+}
+
+func exitStatus(st *os.ProcessState) int {
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return st.ExitCode()
+}
+
+// Stderr is everything the process and its children wrote to stdout and
+// stderr so far.
+func (p *relaunchProc) Stderr() string {
+	s, _ := p.out.snapshot()
+	return s
+}
+
+// WaitLog waits until the output contains substr and returns the first line
+// that contains it; it fails the test after timeout, or when the process
+// exits without writing it.
+func (p *relaunchProc) WaitLog(t testing.TB, substr string, timeout time.Duration) string {
+	t.Helper()
+	return p.WaitLogN(t, substr, 1, timeout)
+}
+
+// WaitLogN waits until the output contains substr n times (on n lines) and
+// returns the n-th line that contains it.
+func (p *relaunchProc) WaitLogN(t testing.TB, substr string, n int, timeout time.Duration) string {
+	t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	exited := p.done
+	for {
+		s, changed := p.out.snapshot()
+		if line, ok := nthLine(s, substr, n); ok {
+			return line
+		}
+		select {
+		case <-changed:
+		case <-exited:
+			// Exited: the output may still be arriving from its pipe.
+			exited = nil
+			select {
+			case <-p.outEOF:
+			case <-timer.C:
+			}
+			s, _ = p.out.snapshot()
+			if line, ok := nthLine(s, substr, n); ok {
+				return line
+			}
+			t.Fatalf("%s exited (%s) without logging %q (x%d); output:\n%s", p.name, p.state, substr, n, s)
+		case <-timer.C:
+			t.Fatalf("%q (x%d) not logged by %s within %v; output:\n%s", substr, n, p.name, timeout, p.Stderr())
+		}
+	}
+}
+
+func nthLine(s, substr string, n int) (string, bool) {
+	if strings.Count(s, substr) < n {
+		return "", false
+	}
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, substr) {
+			if n--; n == 0 {
+				return strings.TrimSuffix(line, "\n"), true
+			}
+		}
+	}
+	// Found only across lines (substr contains a newline).
+	return s, true
+}
+
+// Children returns the process's children (for relaunch: its generations,
+// and orphans it adopted as a subreaper), from /proc.
+func (p *relaunchProc) Children() []int { return procChildren(p.Pid()) }
+
+// Descendants returns every descendant of the process, from /proc.
+func (p *relaunchProc) Descendants() []int { return procDescendants(p.Pid()) }
+
+// procChildren reads /proc/PID/task/*/children.
+func procChildren(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var kids []int
+	for _, f := range tasks {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, s := range strings.Fields(string(data)) {
+			if k, err := strconv.Atoi(s); err == nil && !slices.Contains(kids, k) {
+				kids = append(kids, k)
+			}
+		}
+	}
+	return kids
+}
+
+// procDescendants walks the process tree below pid.
+func procDescendants(pid int) []int {
+	var all []int
+	queue := procChildren(pid)
+	for len(queue) > 0 {
+		k := queue[0]
+		queue = queue[1:]
+		if slices.Contains(all, k) {
+			continue
+		}
+		all = append(all, k)
+		queue = append(queue, procChildren(k)...)
+	}
+	return all
+}
+
+// procStat is the part of /proc/PID/stat the harness uses.
+type procStat struct {
+	State byte // R, S, D, Z, T, ...
+	PPid  int
+	PGid  int
+}
+
+func readProcStat(pid int) (procStat, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, false
+	}
+	// pid (comm) state ppid pgrp ...; comm may contain spaces and ')'.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return procStat{}, false
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 3 || len(f[0]) != 1 {
+		return procStat{}, false
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	pgid, _ := strconv.Atoi(f[2])
+	return procStat{State: f[0][0], PPid: ppid, PGid: pgid}, true
+}
+
+// processAlive reports whether pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	st, ok := readProcStat(pid)
+	return ok && st.State != 'Z' && st.State != 'X'
+}
+
+// processZombie reports whether pid is a zombie (exited, not reaped).
+func processZombie(pid int) bool {
+	st, ok := readProcStat(pid)
+	return ok && st.State == 'Z'
+}
+
+// describeProc is "pid (cmdline) state S ppid P" for failure messages.
+func describeProc(pid int) string {
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	st, ok := readProcStat(pid)
+	if !ok {
+		return fmt.Sprintf("%d (gone)", pid)
+	}
+	return fmt.Sprintf("%d (%s) state %c ppid %d pgid %d", pid,
+		strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), st.State, st.PPid, st.PGid)
+}
+
+// noProcessesLeft fails the test unless every pid has exited and been reaped
+// (no zombie either) within a short grace period for the kernel to finish.
+func noProcessesLeft(t testing.TB, pids []int) {
+	t.Helper()
+	if left := waitProcsGone(pids, 5*time.Second); len(left) > 0 {
+		var desc []string
+		for _, pid := range left {
+			desc = append(desc, describeProc(pid))
+		}
+		t.Errorf("processes left behind (alive or zombie):\n  %s", strings.Join(desc, "\n  "))
+	}
+}
+
+// waitProcsGone waits until no pid exists any more (zombies count as
+// existing) and returns the ones still there after timeout. It checks /proc
+// every 10ms: these are not our children, so there is nothing to wait on,
+// and a zombie stays until someone else reaps it.
+func waitProcsGone(pids []int, timeout time.Duration) []int {
+	deadline := time.Now().Add(timeout)
+	for {
+		var left []int
+		for _, pid := range pids {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fdCount is the number of open fds of pid.
+func fdCount(pid int) (int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(ents), err
+}
+
+// fdTargets maps each open fd of pid to its readlink target
+// ("socket:[123]", "anon_inode:inotify", a path...).
+func fdTargets(pid int) (map[int]string, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	m := map[int]string{}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil {
+			m[fd] = target
+		}
+	}
+	return m, nil
+}
+
+// parseFdList parses the demo app's /fds answer ("N -> target" lines).
+// Note that a Go 1.25+ program (the demo included) keeps
+// /sys/fs/cgroup/.../cpu.max (or cpu.cfs_quota_us and cpu.cfs_period_us)
+// open from start-up to track its CPU limit: those are the runtime's own,
+// not leaks; isGoRuntimeFd tells them.
+func parseFdList(body string) map[int]string {
+	m := map[int]string{}
+	for line := range strings.Lines(body) {
+		n, target, ok := strings.Cut(strings.TrimSuffix(line, "\n"), " -> ")
+		if fd, err := strconv.Atoi(n); ok && err == nil {
+			m[fd] = target
+		}
+	}
+	return m
+}
+
+// isGoRuntimeFd reports whether an fd target is one the Go runtime opens by
+// itself in any Go program (the cgroup CPU limit files of Go 1.25+).
+func isGoRuntimeFd(target string) bool {
+	return strings.HasPrefix(target, "/sys/fs/cgroup/")
+}
+
+// inode of a "socket:[123]" target, 0 if it is not a socket.
+func socketInode(target string) uint64 {
+	s, ok := strings.CutPrefix(target, "socket:[")
+	if !ok {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+	return n
+}
+
+// bodyField returns the value of key in a "version=1 pid=2 gen=3" body.
+func bodyField(body, key string) string {
+	for _, f := range strings.Fields(body) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// splitTarget turns an address (as for httpGet) or an "http://host:port/path"
+// URL into the address and the path.
+func splitTarget(target string) (addr, path string) {
+	if rest, ok := strings.CutPrefix(target, "http://"); ok {
+		addr, path, _ = strings.Cut(rest, "/")
+		return addr, "/" + path
+	}
+	return target, "/"
+}
+
+// httpGet sends GET path on a new connection to addr ("host:port", or a unix
+// socket as a path or "unix:PATH") with Connection: close, so that no probe
+// keeps a connection open to a draining generation. A status other than 200
+// is an error that quotes the body.
+func httpGet(addr, path string) (string, error) {
+	network, a := "tcp", addr
+	switch {
+	case strings.HasPrefix(addr, "unix:"):
+		network, a = "unix", strings.TrimPrefix(strings.TrimPrefix(addr, "unix:"), "//")
+	case strings.HasPrefix(addr, "/"), strings.HasPrefix(addr, "./"):
+		network = "unix"
+	}
+	host := addr
+	if network == "unix" {
+		host = "localhost"
+	}
+	tr := &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, a)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + host + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return string(body), err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return string(body), fmt.Errorf("GET %s: %s: %q", path, resp.Status, body)
+	}
+	return string(body), nil
+}
+
+// waitHTTP polls GET on target (an address for GET /, as for httpGet, or an
+// "http://host:port/path" URL) every 20ms until the body contains want, and
+// returns that body; it fails the test after timeout with the last answer.
+func waitHTTP(t testing.TB, target, want string, timeout time.Duration) string {
+	t.Helper()
+	addr, path := splitTarget(target)
+	deadline := time.Now().Add(timeout)
+	for {
+		body, err := httpGet(addr, path)
+		if err == nil && strings.Contains(body, want) {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: no answer containing %q within %v; last: %q, %v", target, want, timeout, body, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// recordEvent is one line of the demo app's -record file:
+// "EVENT NS [ARG...] gen=G pid=P".
+type recordEvent struct {
+	Event string   // listening, ready, drain, usr1, exit
+	NS    int64    // unix nanoseconds
+	Args  []string // drain: the signal ("SIGQUIT")
+	Gen   string
+	Pid   int
+}
+
+func (e recordEvent) Time() time.Time { return time.Unix(0, e.NS) }
+
+// readRecord parses a demo -record file; a missing file is no events.
+func readRecord(t testing.TB, path string) []recordEvent {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []recordEvent
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			t.Fatalf("record %s: bad line %q", path, sc.Text())
+		}
+		ns, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			t.Fatalf("record %s: bad line %q", path, sc.Text())
+		}
+		e := recordEvent{Event: f[0], NS: ns}
+		for _, x := range f[2:] {
+			if v, ok := strings.CutPrefix(x, "gen="); ok {
+				e.Gen = v
+			} else if v, ok := strings.CutPrefix(x, "pid="); ok {
+				e.Pid, _ = strconv.Atoi(v)
+			} else {
+				e.Args = append(e.Args, x)
+			}
+		}
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+// findEvent returns the first event named event of generation gen ("" for
+// any) and whether there is one.
+func findEvent(evs []recordEvent, event, gen string) (recordEvent, bool) {
+	for _, e := range evs {
+		if e.Event == event && (gen == "" || e.Gen == gen) {
+			return e, true
+		}
+	}
+	return recordEvent{}, false
+}
+
+// markedProcs returns the pids of every process whose environment carries
+// marker: whatever a started process and its descendants left, wherever
+// they were reparented.
+func markedProcs(marker string) []int {
+	want := []byte(harnessMarkerEnv + "=" + marker + "\x00")
+	ents, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !bytes.Contains(append([]byte{0}, env...), append([]byte{0}, want...)) {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// killTree SIGKILLs every pid and the process group each one leads (never
+// the test's own group).
+func killTree(pids []int) {
+	own := syscall.Getpgrp()
+	for _, pid := range pids {
+		if st, ok := readProcStat(pid); ok && st.PGid == pid && pid != own && pid > 1 {
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+		if pid > 1 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func (p *relaunchProc) cleanup() {
+	t := p.t
+	pid := p.Pid()
+	if !p.Exited() {
+		// Freeze it so it starts nothing new while its tree is killed.
+		syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	for range 3 {
+		pids := procDescendants(pid)
+		pids = append(pids, markedProcs(p.marker)...)
+		if len(pids) == 0 {
+			break
+		}
+		killTree(pids)
+	}
+	if !p.Exited() {
+		syscall.Kill(-pid, syscall.SIGKILL)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if _, err := p.Wait(10 * time.Second); err != nil {
+		t.Errorf("cleanup: %v", err)
+	}
+	// Whatever escaped (reparented after the parent died): kill by marker.
+	left := markedProcs(p.marker)
+	killTree(left)
+	if left = waitProcsGone(left, 5*time.Second); len(left) > 0 {
+		var desc []string
+		for _, pid := range left {
+			desc = append(desc, describeProc(pid))
+		}
+		t.Errorf("cleanup: could not kill: %s", strings.Join(desc, "; "))
+	}
+	select {
+	case <-p.outEOF:
+	case <-time.After(5 * time.Second):
+		t.Errorf("cleanup: output pipe of %s still open (a process outside the tree holds it)", p.name)
+	}
+	p.outR.Close()
+	out := p.Stderr()
+	if strings.Contains(out, "WARNING: DATA RACE") {
+		t.Errorf("%s reported a data race", p.name)
+	}
+	if t.Failed() || os.Getenv("RELAUNCH_E2E_LOG") == "1" {
+		t.Logf("%s (pid %d, %v) output:\n%s", p.name, pid, p.state, out)
+	}
+}
+
+// TestHarnessSmoke runs the test apps without relaunch, to prove that the
+// harness and the apps work: the demo app on a port of its own (-listen) and
+// on an inherited socket, the demo's refusal of a LISTEN_PID that is not its
+// own, and the gosystemd app on an inherited socket.
+func TestHarnessSmoke(t *testing.T) {
+	needE2E(t, "demo", "demo-v2", "gosystemd")
+
+	t.Run("listen", func(t *testing.T) {
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		rec := filepath.Join(t.TempDir(), "record")
+		p := startProc(t, procOpts{Env: []string{"RELAUNCH_GENERATION=7"}}, demoBin, "-listen", addr, "-record", rec, "-version", "3")
+		body := waitHTTP(t, addr, "version=3", 10*time.Second)
+		if want := fmt.Sprintf("version=3 pid=%d gen=7\n", p.Pid()); body != want {
+			t.Errorf("GET / = %q, want %q", body, want)
+		}
+		p.WaitLog(t, fmt.Sprintf("demo: gen 7 pid %d version 3 listening on 1 sockets", p.Pid()), 5*time.Second)
+		env, err := httpGet(addr, "/env")
+		if err != nil || !strings.Contains(env, fmt.Sprintf("PID=%d\n", p.Pid())) || !strings.Contains(env, "LISTEN_FDS=\n") {
+			t.Errorf("GET /env = %q, %v", env, err)
+		}
+		if body := waitHTTP(t, "http://"+addr+"/sleep?d=10ms", "gen=7", 5*time.Second); !strings.HasPrefix(body, "version=3") {
+			t.Errorf("GET /sleep = %q", body)
+		}
+		if n, err := fdCount(p.Pid()); err != nil || n < 4 {
+			t.Errorf("fdCount = %d, %v", n, err)
+		}
+		p.Signal(syscall.SIGTERM)
+		if code := p.MustWait(10 * time.Second); code != 0 {
+			t.Errorf("exit status %d after SIGTERM, want 0", code)
+		}
+		p.WaitLog(t, fmt.Sprintf("demo: gen 7 pid %d exiting", p.Pid()), 5*time.Second)
+		evs := readRecord(t, rec)
+		var names []string
+		for _, e := range evs {
+			names = append(names, e.Event)
+			if e.Pid != p.Pid() || e.Gen != "7" {
+				t.Errorf("record event %+v: wrong pid or gen", e)
+			}
+		}
+		if got := strings.Join(names, " "); got != "listening drain exit" {
+			t.Errorf("record events %q, want listening drain exit", got)
+		}
+		if d, _ := findEvent(evs, "drain", ""); len(d.Args) != 1 || d.Args[0] != "SIGTERM" {
+			t.Errorf("drain event %+v", d)
+		}
+		noProcessesLeft(t, []int{p.Pid()})
+	})
+
+	t.Run("inherited", func(t *testing.T) {
+		dir := shortTempDir(t)
+		tcp := listenFile(t, "tcp", "127.0.0.1:0")
+		unix := listenFile(t, "unix", filepath.Join(dir, "d.sock"))
+		rec := filepath.Join(dir, "record")
+		p := startProc(t, procOpts{
+			ExtraFiles: []*os.File{tcp, unix},
+			Activation: true,
+			FdNames:    []string{"web", "admin"},
+			Env:        []string{"RELAUNCH_GENERATION=1"},
+		}, demoV2Bin, "-record", rec)
+		addr := fileAddr(t, tcp)
+		body := waitHTTP(t, addr, "version=2", 10*time.Second)
+		if pid := bodyField(body, "pid"); pid != strconv.Itoa(p.Pid()) {
+			t.Errorf("answer from pid %s, want %d", pid, p.Pid())
+		}
+		waitHTTP(t, fileAddr(t, unix), "version=2", 5*time.Second)
+		if names, err := httpGet(addr, "/names"); err != nil || names != "web\nadmin\n" {
+			t.Errorf("GET /names = %q, %v", names, err)
+		}
+		fds, err := httpGet(addr, "/fds?at=start")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := parseFdList(fds)
+		if socketInode(m[3]) == 0 || socketInode(m[4]) == 0 {
+			t.Errorf("fds 3 and 4 at start are not sockets: %q", fds)
+		}
+		if _, ok := findEvent(readRecord(t, rec), "ready", ""); ok {
+			t.Error("ready recorded without NOTIFY_SOCKET")
+		}
+		p.Signal(syscall.SIGQUIT)
+		if code := p.MustWait(10 * time.Second); code != 0 {
+			t.Errorf("exit status %d after SIGQUIT, want 0", code)
+		}
+	})
+
+	t.Run("wrong LISTEN_PID", func(t *testing.T) {
+		tcp := listenFile(t, "tcp", "127.0.0.1:0")
+		p := startProc(t, procOpts{ExtraFiles: []*os.File{tcp}, Env: []string{"LISTEN_FDS=1", "LISTEN_PID=1"}}, demoBin)
+		if code := p.MustWait(10 * time.Second); code != 1 {
+			t.Errorf("exit status %d, want 1", code)
+		}
+		p.WaitLog(t, "is not my pid", time.Second)
+	})
+
+	t.Run("gosystemd", func(t *testing.T) {
+		tcp := listenFile(t, "tcp", "127.0.0.1:0")
+		p := startProc(t, procOpts{ExtraFiles: []*os.File{tcp}, Activation: true}, gosystemdBin)
+		waitHTTP(t, fileAddr(t, tcp), fmt.Sprintf("gosystemd pid=%d", p.Pid()), 10*time.Second)
+		p.Signal(syscall.SIGTERM)
+		if code := p.MustWait(10 * time.Second); code != 0 {
+			t.Errorf("exit status %d after SIGTERM, want 0", code)
+		}
+
+		q := startProc(t, procOpts{}, gosystemdBin)
+		if code := q.MustWait(10 * time.Second); code != 1 {
+			t.Errorf("gosystemd without sockets: exit status %d, want 1", code)
+		}
+		q.WaitLog(t, "no sockets passed", time.Second)
+	})
+}

@@ -1,0 +1,395 @@
+// Command demo is the HTTP app relaunch's end-to-end tests run under
+// relaunch. It takes its listening sockets the systemd way (fds 3.. with
+// LISTEN_FDS, refused unless LISTEN_PID is its own pid), tells its readiness
+// with sd_notify READY=1, drains gracefully on SIGQUIT/SIGTERM/SIGINT, and can
+// misbehave on purpose (see the flags) so that tests can check how relaunch
+// copes. It uses the standard library only.
+//
+// Endpoints:
+//
+//	GET /            200 "version=V pid=P gen=G\n"
+//	GET /sleep?d=3s  sleeps d, then answers like /
+//	GET /fds         open fds, one "N -> target" per line (?at=start: as at the top of main)
+//	GET /env         LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, NOTIFY_SOCKET, RELAUNCH_GENERATION, PID as K=V lines
+//	GET /names       LISTEN_FDNAMES split on ':', one per line
+//	GET /helpers     pids of the helper processes started by -fork-helpers, one per line
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// defaultVersion is -version's default; build a binary that answers another
+// version without a flag with -ldflags "-X main.defaultVersion=2" (tests that
+// replace the binary on disk do).
+var defaultVersion = "1"
+
+var (
+	version     = flag.String("version", defaultVersion, "version string reported by every response")
+	listenAddr  = flag.String("listen", "", "bind this address itself (host:port, or unix:/path) and ignore LISTEN_FDS")
+	initDelay   = flag.Duration("init-delay", 0, "sleep this long before creating the listeners (start-up work)")
+	exitAtStart = flag.Int("exit-at-start", -1, "exit with this status at once (a bad build); negative: off")
+	noNotify    = flag.Bool("no-notify", false, "never send READY=1")
+	notifyDelay = flag.Duration("notify-delay", 0, "send READY=1 this long after the listeners exist")
+	drainMode   = flag.String("drain", "graceful", "graceful: close listeners, wait 100ms, Shutdown; naive: Shutdown at once")
+	recordFile  = flag.String("record", "", "append one line per event (listening, ready, drain, usr1, exit) with a unix-nano timestamp")
+	forkHelpers = flag.Bool("fork-helpers", false, "every request starts /bin/true and never waits for it (leaves zombies for a subreaper)")
+	ignoreQuit  = flag.Bool("ignore-quit", false, "do not handle SIGQUIT (Go's default: dump goroutines, exit 2)")
+)
+
+var (
+	gen       = os.Getenv("RELAUNCH_GENERATION")
+	pid       = os.Getpid()
+	startFds  string // the fd table at the top of main
+	recordMu  sync.Mutex
+	helpersMu sync.Mutex
+	helpers   []int
+)
+
+func main() {
+	startFds = listFds()
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fatalf("unexpected arguments %q", flag.Args())
+	}
+	if *exitAtStart >= 0 {
+		logf("demo: gen %s pid %d version %s exiting at start with status %d", gen, pid, *version, *exitAtStart)
+		os.Exit(*exitAtStart)
+	}
+	if *drainMode != "graceful" && *drainMode != "naive" {
+		fatalf("-drain must be graceful or naive, not %q", *drainMode)
+	}
+
+	// Check what we were given before any start-up work: a wrong LISTEN_PID
+	// is a launcher bug and must fail fast and loudly.
+	var inherited []int
+	if *listenAddr == "" {
+		var err error
+		if inherited, err = inheritedFds(); err != nil {
+			fatalf("%v", err)
+		}
+	}
+
+	// Signals are caught from the start so that a drain signal during the
+	// start-up work is not fatal.
+	sigs := make(chan os.Signal, 4)
+	drainSigs := []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	if !*ignoreQuit {
+		drainSigs = append(drainSigs, syscall.SIGQUIT)
+	}
+	signal.Notify(sigs, append(drainSigs, syscall.SIGUSR1)...)
+
+	if *initDelay > 0 {
+		time.Sleep(*initDelay)
+	}
+
+	var listeners []net.Listener
+	if *listenAddr != "" {
+		network, addr := "tcp", *listenAddr
+		if strings.HasPrefix(addr, "unix:") {
+			network, addr = "unix", strings.TrimPrefix(addr, "unix:")
+		}
+		l, err := net.Listen(network, addr)
+		if err != nil {
+			fatalf("listen %s: %v", *listenAddr, err)
+		}
+		listeners = append(listeners, l)
+	} else {
+		for _, fd := range inherited {
+			f := os.NewFile(uintptr(fd), "LISTEN_FD_"+strconv.Itoa(fd))
+			l, err := net.FileListener(f)
+			f.Close() // FileListener holds its own dup
+			if err != nil {
+				logf("demo: gen %s pid %d: fd %d is not a stream listener, skipped: %v", gen, pid, fd, err)
+				continue
+			}
+			listeners = append(listeners, l)
+		}
+		if len(listeners) == 0 {
+			fatalf("none of the %d inherited fds is a stream listener", len(inherited))
+		}
+	}
+	record("listening")
+	logf("demo: gen %s pid %d version %s listening on %d sockets", gen, pid, *version, len(listeners))
+
+	srv := &http.Server{Handler: handler()}
+	var draining sync.Once
+	drainingNow := make(chan struct{})
+	serveErr := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func(l net.Listener) {
+			err := srv.Serve(l)
+			select {
+			case <-drainingNow:
+			default:
+				serveErr <- fmt.Errorf("serve %s: %w", l.Addr(), err)
+			}
+		}(l)
+	}
+
+	if !*noNotify {
+		go func() {
+			if *notifyDelay > 0 {
+				time.Sleep(*notifyDelay)
+			}
+			sent, err := sdNotify("READY=1")
+			switch {
+			case err != nil:
+				logf("demo: gen %s pid %d: sd_notify: %v", gen, pid, err)
+			case sent:
+				record("ready")
+			}
+		}()
+	}
+
+	done := make(chan struct{})
+	for {
+		select {
+		case err := <-serveErr:
+			fatalf("%v", err)
+		case <-done:
+			record("exit")
+			logf("demo: gen %s pid %d exiting", gen, pid)
+			os.Exit(0)
+		case s := <-sigs:
+			if s == syscall.SIGUSR1 {
+				record("usr1")
+				continue
+			}
+			record("drain", sigName(s))
+			draining.Do(func() {
+				close(drainingNow)
+				go func() {
+					drain(srv, listeners)
+					close(done)
+				}()
+			})
+		}
+	}
+}
+
+// drain is the app's half of zero downtime (SPEC §10): stop accepting, give
+// the connections accepted just before a moment to send their request, then
+// let Shutdown finish every request in flight.
+func drain(srv *http.Server, listeners []net.Listener) {
+	if *drainMode == "graceful" {
+		for _, l := range listeners {
+			l.Close()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		logf("demo: gen %s pid %d: shutdown: %v", gen, pid, err)
+	}
+}
+
+func handler() http.Handler {
+	mux := http.NewServeMux()
+	hello := func(w http.ResponseWriter) {
+		fmt.Fprintf(w, "version=%s pid=%d gen=%s\n", *version, pid, gen)
+	}
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { hello(w) })
+	mux.HandleFunc("GET /sleep", func(w http.ResponseWriter, r *http.Request) {
+		d, err := time.ParseDuration(r.URL.Query().Get("d"))
+		if err != nil {
+			http.Error(w, "bad d: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return
+		}
+		hello(w)
+	})
+	mux.HandleFunc("GET /fds", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("at") == "start" {
+			fmt.Fprint(w, startFds)
+			return
+		}
+		fmt.Fprint(w, listFds())
+	})
+	mux.HandleFunc("GET /env", func(w http.ResponseWriter, r *http.Request) {
+		for _, k := range []string{"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "RELAUNCH_GENERATION"} {
+			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))
+		}
+		fmt.Fprintf(w, "PID=%d\n", pid)
+	})
+	mux.HandleFunc("GET /names", func(w http.ResponseWriter, r *http.Request) {
+		names, ok := os.LookupEnv("LISTEN_FDNAMES")
+		if !ok {
+			return
+		}
+		for _, n := range strings.Split(names, ":") {
+			fmt.Fprintln(w, n)
+		}
+	})
+	mux.HandleFunc("GET /helpers", func(w http.ResponseWriter, r *http.Request) {
+		helpersMu.Lock()
+		defer helpersMu.Unlock()
+		for _, p := range helpers {
+			fmt.Fprintln(w, p)
+		}
+	})
+	if !*forkHelpers {
+		return mux
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Started and never waited for: the zombie it leaves is reparented
+		// to a subreaper (or init) when this process exits.
+		cmd := exec.Command("/bin/true")
+		if err := cmd.Start(); err != nil {
+			logf("demo: gen %s pid %d: helper: %v", gen, pid, err)
+		} else {
+			helpersMu.Lock()
+			helpers = append(helpers, cmd.Process.Pid)
+			helpersMu.Unlock()
+			w.Header().Set("X-Demo-Helper-Pid", strconv.Itoa(cmd.Process.Pid))
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// inheritedFds checks LISTEN_FDS/LISTEN_PID the way sd_listen_fds(3) does,
+// except that it fails instead of ignoring them.
+func inheritedFds() ([]int, error) {
+	nStr := os.Getenv("LISTEN_FDS")
+	if nStr == "" || nStr == "0" {
+		return nil, errors.New("no sockets passed: LISTEN_FDS is unset or 0 (use -listen ADDR to bind a port myself)")
+	}
+	n, err := strconv.Atoi(nStr)
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("bad LISTEN_FDS=%q", nStr)
+	}
+	lp, ok := os.LookupEnv("LISTEN_PID")
+	if !ok {
+		return nil, fmt.Errorf("LISTEN_FDS=%d but LISTEN_PID is unset; refusing the sockets (they may be meant for another process)", n)
+	}
+	if lp != strconv.Itoa(pid) {
+		return nil, fmt.Errorf("LISTEN_PID=%s is not my pid %d; refusing the %d sockets (they are meant for another process)", lp, pid, n)
+	}
+	fds := make([]int, n)
+	for i := range fds {
+		fds[i] = 3 + i
+	}
+	return fds, nil
+}
+
+// sdNotify sends one datagram to NOTIFY_SOCKET; a leading '@' means the
+// abstract namespace (Go's sockaddr conversion does that itself). It returns
+// false, nil when NOTIFY_SOCKET is unset.
+func sdNotify(state string) (bool, error) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return false, nil
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(state)); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// listFds returns "N -> target" lines for every open fd, in numeric order,
+// leaving out the fd used to read /proc/self/fd. The directory is opened
+// with a raw open(2) so that os does not register it with the runtime poller:
+// at the top of main that would create the epoll and eventfd fds this
+// listing is meant to show absent.
+func listFds() string {
+	self, err := syscall.Open("/proc/self/fd", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return "error: " + err.Error() + "\n"
+	}
+	d := os.NewFile(uintptr(self), "/proc/self/fd")
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return "error: " + err.Error() + "\n"
+	}
+	var fds []int
+	for _, n := range names {
+		if fd, err := strconv.Atoi(n); err == nil && fd != self {
+			fds = append(fds, fd)
+		}
+	}
+	sort.Ints(fds)
+	var b strings.Builder
+	for _, fd := range fds {
+		target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		fmt.Fprintf(&b, "%d -> %s\n", fd, target)
+	}
+	return b.String()
+}
+
+// record appends "event <unix-ns> [args...] gen=G pid=P" to the -record file.
+// Positional fields come first; the gen= and pid= fields let several
+// generations share one file.
+func record(event string, args ...string) {
+	if *recordFile == "" {
+		return
+	}
+	line := event + " " + strconv.FormatInt(time.Now().UnixNano(), 10)
+	for _, a := range args {
+		line += " " + a
+	}
+	line += " gen=" + gen + " pid=" + strconv.Itoa(pid) + "\n"
+	recordMu.Lock()
+	defer recordMu.Unlock()
+	f, err := os.OpenFile(*recordFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		logf("demo: gen %s pid %d: record: %v", gen, pid, err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.WriteString(line); err != nil {
+		logf("demo: gen %s pid %d: record: %v", gen, pid, err)
+	}
+}
+
+func sigName(s os.Signal) string {
+	switch s {
+	case syscall.SIGQUIT:
+		return "SIGQUIT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGUSR1:
+		return "SIGUSR1"
+	}
+	return s.String()
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+}
+
+func fatalf(format string, args ...any) {
+	logf("demo: gen %s pid %d: "+format, append([]any{gen, pid}, args...)...)
+	os.Exit(1)
+}
