@@ -51,6 +51,9 @@ type launcher struct {
 	backoff      time.Duration
 	restartTimer *time.Timer
 
+	outer     *outerNotify // systemd's NOTIFY_SOCKET, when relaunch has one
+	reloading bool         // the outer manager was told RELOADING=1
+
 	stopping  bool
 	stopSig   syscall.Signal
 	stopGen   *generation // whose status relaunch exits with
@@ -111,6 +114,14 @@ func Run(cfg Config) (int, error) {
 		changes = w.Changes()
 	}
 
+	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
+	var watchdog <-chan time.Time
+	if d := l.outer.watchdogEvery(); d > 0 {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		watchdog = t.C
+	}
+
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
 		syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGCHLD)
@@ -126,6 +137,8 @@ func Run(cfg Config) (int, error) {
 			fn()
 		case sig := <-sigs:
 			l.onSignal(sig.(syscall.Signal))
+		case <-watchdog:
+			l.outer.send("WATCHDOG=1")
 		case c, ok := <-changes:
 			if !ok {
 				changes = nil // a nil channel blocks: no more file triggers
@@ -189,7 +202,7 @@ func (l *launcher) start() error {
 	g.pid = pid
 	l.gens = append(l.gens, g)
 	l.next = g
-	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s", g.id, pid, path), "gen", g.id, "pid", pid, "path", path)
+	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s", g.id, pid, path), "generation", g.id, "pid", pid, "path", path)
 	go func() {
 		execErr := readExecError(pipe)
 		l.post(func() { l.onExec(g, execErr) })
@@ -237,7 +250,7 @@ func (l *launcher) onExec(g *generation, err error) {
 func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {
 	if !own {
 		l.log.Warn(fmt.Sprintf("ignored an sd_notify message from pid %d: not a process of gen %d (pid %d)", m.Pid, g.id, g.pid),
-			"gen", g.id, "pid", g.pid, "sender", m.Pid)
+			"generation", g.id, "pid", g.pid, "sender", m.Pid)
 		return
 	}
 	if !m.Has("READY=1") {
@@ -259,9 +272,13 @@ func (l *launcher) onReady(g *generation, how string) {
 	}
 	g.state, g.readyAt = current, time.Now()
 	old := l.cur
+	if !l.everUp || l.reloading {
+		l.reloading = false
+		l.outer.ready(fmt.Sprintf("gen %d (pid %d) serving", g.id, g.pid))
+	}
 	l.cur, l.next, l.everUp = g, nil, true
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
-		"gen", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
+		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
 	if old != nil {
 		l.drain(old)
 	}
@@ -305,11 +322,25 @@ func (l *launcher) upgrade(reason string) {
 	}
 	l.cancelRestart()
 	l.log.Info("upgrade: " + reason)
+	if l.cur != nil {
+		l.reloading = true
+		l.outer.reloading("upgrading: " + reason)
+	}
 	if err := l.start(); err != nil {
 		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
+		l.upgradeFailed(err.Error())
 		if l.cur == nil {
 			l.scheduleRestart()
 		}
+	}
+}
+
+// upgradeFailed ends a reload for the outer manager: the old generation
+// still serves.
+func (l *launcher) upgradeFailed(why string) {
+	if l.reloading {
+		l.reloading = false
+		l.outer.ready("upgrade failed (" + why + "); " + l.stillServes())
 	}
 }
 
@@ -323,7 +354,7 @@ func (l *launcher) stillServes() string {
 func (l *launcher) drain(g *generation) {
 	g.state, g.drainAt = draining, time.Now()
 	syscall.Kill(g.pid, l.cfg.DrainSignal)
-	l.log.Info(fmt.Sprintf("gen %d (pid %d) draining: sent %s", g.id, g.pid, signalName(l.cfg.DrainSignal)), "gen", g.id, "pid", g.pid)
+	l.log.Info(fmt.Sprintf("gen %d (pid %d) draining: sent %s", g.id, g.pid, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
 	if l.cfg.DrainTimeout > 0 {
 		l.after(g, l.cfg.DrainTimeout, func() {
 			if !g.exited {
@@ -369,7 +400,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	if g.failReason != "" {
 		how = g.failReason + ", " + how
 	}
-	attrs := []any{"gen", g.id, "pid", g.pid, "status", st.code()}
+	attrs := []any{"generation", g.id, "pid", g.pid, "status", st.code()}
 	if g == l.stopGen {
 		l.setStatus(st.code())
 	}
@@ -388,6 +419,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		attrs = append(attrs, "reason", reason)
 		if l.cur != nil {
 			l.log.Error(fmt.Sprintf("upgrade failed: gen %d (pid %d) %s; %s", g.id, g.pid, reason, l.stillServes()), attrs...)
+			l.upgradeFailed(reason)
 			if l.pending != "" {
 				reason := l.pending
 				l.pending = ""
@@ -453,7 +485,7 @@ func (l *launcher) warnDrainSignal(g *generation, st exitStatus) {
 	}
 	l.log.Warn(fmt.Sprintf("gen %d (pid %d) %s: the app does not drain on %s, so its open requests were cut. "+
 		"Use the app's graceful signal: --drain-signal TERM (gunicorn, uvicorn, most Go and node apps), USR1 (haproxy), QUIT (nginx)",
-		g.id, g.pid, what, signalName(sig)), "gen", g.id, "pid", g.pid)
+		g.id, g.pid, what, signalName(sig)), "generation", g.id, "pid", g.pid)
 }
 
 func (l *launcher) scheduleRestart() {
@@ -529,6 +561,7 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 			l.setStatus(0)
 		}
 	}
+	l.outer.stopping()
 	l.log.Info(fmt.Sprintf("stopping: sent %s to %d generation(s)", signalName(sig), len(l.gens)))
 	for _, g := range l.gens {
 		if g.state == draining && sig == l.cfg.DrainSignal {
