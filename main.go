@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -225,6 +226,11 @@ func config(c *cli.Context) (launcher.Config, error) {
 	for _, a := range c.StringSlice("listen") {
 		if _, err := sdlisten.ParseAddr(a); err != nil {
 			return cfg, usageError("%v", err)
+		}
+	}
+	if dir := filepath.Dir(cfg.PIDFile); cfg.PIDFile != "" {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return cfg, &exitError{1, fmt.Sprintf("cannot write --pidfile %s: directory %s does not exist; create it or choose another path", cfg.PIDFile, dir)}
 		}
 	}
 	if err := launcher.CheckCommand(cfg.Command[0]); err != nil {

@@ -49,6 +49,7 @@ const (
 	ReadyAuto   ReadyMode = iota // the most precise signal seen so far (SPEC §4)
 	ReadyNotify                  // READY=1 on NOTIFY_SOCKET
 	ReadyDelay                   // alive for Delay
+	ReadyListen                  // seen polling or accepting on a socket, in /proc
 )
 
 // Readiness is a parsed --ready value.
@@ -64,6 +65,8 @@ func ParseReadiness(s string) (Readiness, error) {
 		return Readiness{Mode: ReadyAuto}, nil
 	case s == "notify":
 		return Readiness{Mode: ReadyNotify}, nil
+	case s == "listen":
+		return Readiness{Mode: ReadyListen}, nil
 	case strings.HasPrefix(s, "delay="):
 		d, err := time.ParseDuration(strings.TrimPrefix(s, "delay="))
 		if err != nil || d < 0 {
@@ -71,13 +74,15 @@ func ParseReadiness(s string) (Readiness, error) {
 		}
 		return Readiness{Mode: ReadyDelay, Delay: d}, nil
 	}
-	return Readiness{}, fmt.Errorf("bad --ready %q: use auto, notify or delay=DURATION (e.g. delay=2s)", s)
+	return Readiness{}, fmt.Errorf("bad --ready %q: use auto, notify, listen or delay=DURATION (e.g. delay=2s)", s)
 }
 
 func (r Readiness) String() string {
 	switch r.Mode {
 	case ReadyNotify:
 		return "notify"
+	case ReadyListen:
+		return "listen"
 	case ReadyDelay:
 		return "delay=" + r.Delay.String()
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,6 +46,7 @@ type generation struct {
 	failReason string        // why relaunch killed it, for the exit log line
 	execErr    error         // the helper could not exec the command
 	exited     bool
+	warnedOwn  bool // said that it listens on a socket of its own
 }
 
 // exitStatus is a wait status as a shell reports it: the code, or 128+signal.
@@ -104,6 +106,19 @@ func readExecError(r *os.File) error {
 		return nil
 	}
 	return errors.New(string(b))
+}
+
+// execHint says what to do about an exec failure.
+func execHint(err error) string {
+	switch msg := err.Error(); {
+	case strings.HasSuffix(msg, "exec format error"):
+		return ": it is not a program for this machine (built for another OS or CPU?) nor a script with a #! line"
+	case strings.HasSuffix(msg, "no such file or directory"):
+		return ": the file, or the interpreter named on its #! line, is missing"
+	case strings.HasSuffix(msg, "permission denied"):
+		return ": make it executable (chmod +x) and check its directories are searchable"
+	}
+	return ""
 }
 
 // stdinFd is what the children get as fd 0: relaunch's own, except a

@@ -45,7 +45,10 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
-	learnedNotify bool // --ready auto: the app has sent READY=1
+	probe         *listenProbe // nil: no sockets, or procfs cannot show readiness
+	learnedNotify bool         // --ready auto: the app has sent READY=1
+	learnedListen bool         // --ready auto: the app was seen accepting
+	warnedBlind   bool
 	warnedDrain   bool
 
 	backoff      time.Duration
@@ -128,6 +131,7 @@ func Run(cfg Config) (int, error) {
 	defer signal.Stop(sigs)
 	defer close(l.quit)
 
+	l.setupProbe()
 	if err := l.start(); err != nil {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 	}
@@ -227,44 +231,6 @@ func (l *launcher) readNotify(g *generation) {
 	}
 }
 
-func (l *launcher) onExec(g *generation, err error) {
-	if err != nil {
-		g.execErr = err
-		return // its exit follows
-	}
-	if g.exited || g.state != starting {
-		return
-	}
-	switch {
-	case l.cfg.Ready.Mode == ReadyDelay:
-		l.after(g, l.cfg.Ready.Delay, func() { l.onReady(g, "alive for "+l.cfg.Ready.Delay.String()+" (--ready delay)") })
-	case l.cfg.Ready.Mode == ReadyAuto && !l.learnedNotify:
-		l.after(g, autoFallback, func() {
-			if !l.learnedNotify {
-				l.onReady(g, "alive for 2s (no READY=1 seen from the app yet)")
-			}
-		})
-	}
-}
-
-func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {
-	if !own {
-		l.log.Warn(fmt.Sprintf("ignored an sd_notify message from pid %d: not a process of gen %d (pid %d)", m.Pid, g.id, g.pid),
-			"generation", g.id, "pid", g.pid, "sender", m.Pid)
-		return
-	}
-	if !m.Has("READY=1") {
-		return
-	}
-	if l.cfg.Ready.Mode == ReadyAuto && !l.learnedNotify {
-		l.learnedNotify = true
-		l.log.Info("readiness: the app sends READY=1, so relaunch waits for it from now on (--ready picks another way)")
-	}
-	if l.cfg.Ready.Mode != ReadyDelay {
-		l.onReady(g, "READY=1")
-	}
-}
-
 // onReady promotes the starting generation and drains the old current one.
 func (l *launcher) onReady(g *generation, how string) {
 	if g != l.next || g.exited {
@@ -296,16 +262,6 @@ func (l *launcher) onReadyTimeout(g *generation) {
 	}
 	g.failReason = fmt.Sprintf("not ready after %s (--ready-timeout, waiting for %s)", l.cfg.ReadyTimeout, l.waitingFor())
 	killGroup(g.pid, syscall.SIGKILL)
-}
-
-func (l *launcher) waitingFor() string {
-	switch {
-	case l.cfg.Ready.Mode == ReadyDelay:
-		return "the delay"
-	case l.cfg.Ready.Mode == ReadyNotify || l.learnedNotify:
-		return "READY=1 on NOTIFY_SOCKET"
-	}
-	return "READY=1 or 2s alive"
 }
 
 // upgrade starts a new generation now, or after the one in flight.
@@ -412,7 +368,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		l.next = nil
 		reason := fmt.Sprintf("exited before it was ready (%s)", how)
 		if g.execErr != nil {
-			reason = "cannot run " + g.execErr.Error()
+			reason = "cannot run " + g.execErr.Error() + execHint(g.execErr)
 		} else if g.failReason != "" {
 			reason = how
 		}
@@ -557,6 +513,9 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 	l.pending = ""
 	if !l.statusSet {
 		l.stopGen = l.cur
+		if l.stopGen == nil {
+			l.stopGen = l.next // the first generation, still starting
+		}
 		if l.stopGen == nil {
 			l.setStatus(0)
 		}

@@ -1,0 +1,532 @@
+package launcher
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// listenProbe recognises relaunch's sockets in a process tree, from /proc
+// (NOTES.md §3): a process polls one when the socket's inode is in one of its
+// epoll sets (fdinfo of the epoll fd), or accepts on one when a thread sits
+// in accept(2) on an fd that is the socket. select/poll users and io_uring
+// leave no trace there: the probe never sees them.
+//
+// One scan runs every few ms while a generation starts, so it reads only
+// what it must and reuses its buffers. Not safe for concurrent use.
+type listenProbe struct {
+	socks []probeSocket
+
+	buf   []byte // file contents, dirents
+	pids  []int  // the tree, in the order walked
+	ints  []int  // fds or tids of one directory
+	epfds []int  // one process's epoll fds
+	held  []probeHeld
+	other []probeOther // the tree's TCP sockets that are not relaunch's
+}
+
+// probeSocket is one of relaunch's sockets.
+type probeSocket struct {
+	ino  uint64
+	dev  uint64 // sockfs, encoded as the kernel prints it in fdinfo (sdev:)
+	fd   int    // the fd the children get it as: 3, 4, …
+	port int    // the local port of a TCP socket, 0 for any other
+}
+
+// probeHeld is one of relaunch's sockets as an fd of the process scanned.
+type probeHeld struct{ fd, sock int }
+
+// probeOther is a TCP socket of the tree that is not one of relaunch's.
+type probeOther struct {
+	pid int
+	ino uint64
+}
+
+// probeResult is what one scan saw.
+type probeResult struct {
+	Accepting bool   // some process polls (epoll) or blocks in accept on one of the sockets
+	How       string // for the log: "pid 123 polls fd 3 (epoll)", "pid 123 blocks in accept on fd 3"
+	// OwnSocket is set when a process of the tree listens on a TCP socket
+	// of its own with the port of one of relaunch's: it ignores LISTEN_FDS.
+	// Only looked for while nothing is Accepting.
+	OwnSocket string
+}
+
+// Bounds against a runaway tree or a file that never ends; a generation
+// that starts has far less.
+const (
+	probeMaxPids  = 1024
+	probeMaxBytes = 1 << 20
+)
+
+// newListenProbe takes the raw fds of relaunch's sockets, in the order the
+// children get them (fd 3, 4, …). A socket it cannot stat is never seen.
+func newListenProbe(fds []int) *listenProbe {
+	p := &listenProbe{buf: make([]byte, 16<<10)}
+	for i, fd := range fds {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil {
+			continue
+		}
+		s := probeSocket{
+			ino: st.Ino,
+			dev: uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev)),
+			fd:  3 + i,
+		}
+		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err == nil && typ == unix.SOCK_STREAM {
+			switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
+			case *unix.SockaddrInet4:
+				s.port = sa.Port
+			case *unix.SockaddrInet6:
+				s.port = sa.Port
+			}
+		}
+		p.socks = append(p.socks, s)
+	}
+	return p
+}
+
+// scan walks root and all its descendants once. It stops at the first
+// process seen polling or accepting. Any process that vanishes or cannot be
+// read is skipped.
+func (p *listenProbe) scan(root int) probeResult {
+	if root <= 0 || len(p.socks) == 0 {
+		return probeResult{}
+	}
+	p.pids = append(p.pids[:0], root)
+	p.other = p.other[:0]
+	for i := 0; i < len(p.pids) && i < probeMaxPids; i++ {
+		if how := p.scanProcess(p.pids[i]); how != "" {
+			return probeResult{Accepting: true, How: how}
+		}
+	}
+	if len(p.other) == 0 {
+		return probeResult{} // the cheap path: no socket of the app's own
+	}
+	return probeResult{OwnSocket: p.ownListener()}
+}
+
+// scanProcess looks at one process and appends its children to p.pids.
+// Every path is opened relative to /proc/P, so a pid reused mid-scan
+// cannot mix two processes: the old directory then just fails to read.
+func (p *listenProbe) scanProcess(pid int) string {
+	dir, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(dir)
+
+	// The fds: relaunch's sockets, other TCP sockets, epoll instances.
+	p.held, p.epfds = p.held[:0], p.epfds[:0]
+	if fdDir, err := unix.Openat(dir, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		p.ints = p.readDirInts(fdDir, p.ints[:0])
+		for _, fd := range p.ints {
+			p.classifyFd(pid, fdDir, fd)
+		}
+		unix.Close(fdDir)
+	}
+	for _, ep := range p.epfds {
+		if s, tfd := p.epollTarget(dir, ep); s >= 0 {
+			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, true)
+		}
+	}
+
+	// The threads: their children, and accept(2) when the process has one
+	// of relaunch's sockets (otherwise no thread can be accepting on it).
+	taskDir, err := unix.Openat(dir, "task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	p.ints = p.readDirInts(taskDir, p.ints[:0])
+	unix.Close(taskDir)
+	for _, tid := range p.ints {
+		task := "task/" + strconv.Itoa(tid) + "/"
+		if len(p.held) > 0 {
+			if s, fd := p.acceptTarget(dir, task+"syscall"); s >= 0 {
+				return "pid " + strconv.Itoa(pid) + " blocks in accept on " + p.fdName(s, fd, false)
+			}
+		}
+		if b := p.readAt(dir, task+"children"); b != nil {
+			for f := range bytes.FieldsSeq(b) {
+				if c, ok := probeAtoi(f); ok && len(p.pids) < probeMaxPids && !slices.Contains(p.pids, c) {
+					p.pids = append(p.pids, c)
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// classifyFd reads where one fd of pid points.
+func (p *listenProbe) classifyFd(pid, fdDir, fd int) {
+	name := strconv.Itoa(fd)
+	n, err := unix.Readlinkat(fdDir, name, p.buf)
+	if err != nil {
+		return
+	}
+	link := p.buf[:n]
+	switch {
+	case bytes.Equal(link, []byte("anon_inode:[eventpoll]")):
+		p.epfds = append(p.epfds, fd)
+	case bytes.HasPrefix(link, []byte("socket:[")) && link[len(link)-1] == ']':
+		// The link's number is the inode, in decimal; all sockets are on
+		// sockfs, so it alone names one.
+		ino, err := strconv.ParseUint(string(link[len("socket:["):len(link)-1]), 10, 64)
+		if err != nil {
+			return
+		}
+		if s := p.sockByIno(ino, 0); s >= 0 {
+			p.held = append(p.held, probeHeld{fd, s})
+			return
+		}
+		// Keep only TCP ones for the OwnSocket lookup: sockfs names the
+		// protocol ("TCP", "TCPv6", "UNIX", …) without reading any table.
+		var proto [16]byte
+		if m, err := unix.Getxattr("/proc/"+strconv.Itoa(pid)+"/fd/"+name, "system.sockprotoname", proto[:]); err == nil &&
+			bytes.HasPrefix(proto[:m], []byte("TCP")) {
+			p.other = append(p.other, probeOther{pid, ino})
+		}
+	}
+}
+
+// epollTarget finds one of relaunch's sockets among an epoll instance's
+// targets, fdinfo lines like
+//
+//	tfd:        3 events:       19 data:                3  pos:0 ino:2d51a sdev:9
+//
+// (Linux ≥ 4.13). tfd is the fd number the socket had when it was added, in
+// the process that added it, so the match is on the inode (hex here) and
+// the device, never on the number. It returns the socket's index and tfd, or
+// -1.
+func (p *listenProbe) epollTarget(dir, epfd int) (sock, tfd int) {
+	b := p.readAt(dir, "fdinfo/"+strconv.Itoa(epfd))
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		rest, ok := bytes.CutPrefix(line, []byte("tfd:"))
+		if !ok {
+			continue
+		}
+		ino, ok := probeHexField(rest, " ino:")
+		if !ok {
+			continue
+		}
+		dev, ok := probeHexField(rest, " sdev:")
+		if !ok {
+			dev = 0 // not printed: trust the inode
+		}
+		if s := p.sockByIno(ino, dev); s >= 0 {
+			f := bytes.TrimLeft(rest, " \t")
+			n, _ := probeAtoi(f[:max(0, bytes.IndexAny(f, " \t"))])
+			return s, n
+		}
+	}
+	return -1, 0
+}
+
+// acceptTarget reads a thread's /proc/P/task/T/syscall, "288 0x3 0x7ffd…"
+// (the number, then the arguments in hex) while it is in a system call,
+// "running" otherwise. In accept or accept4 the first argument is the fd.
+// This sees any family, where wchan (inet_csk_accept) shows only TCP's.
+func (p *listenProbe) acceptTarget(dir int, path string) (sock, fd int) {
+	b := p.readAt(dir, path)
+	nr, rest, _ := bytes.Cut(b, []byte{' '})
+	if n, ok := probeAtoi(nr); !ok || (n != unix.SYS_ACCEPT4 && n != probeSysAccept) {
+		return -1, 0
+	}
+	arg, _, _ := bytes.Cut(rest, []byte{' '})
+	v, err := strconv.ParseUint(string(bytes.TrimPrefix(arg, []byte("0x"))), 16, 32)
+	if err != nil {
+		return -1, 0
+	}
+	for _, h := range p.held {
+		if h.fd == int(v) {
+			return h.sock, h.fd
+		}
+	}
+	return -1, 0
+}
+
+// probeSysAccept is accept(2)'s own number; -1 where libc reaches it only
+// through socketcall(2) (386, s390x), whose arguments /proc does not show.
+var probeSysAccept = func() int {
+	switch runtime.GOARCH {
+	case "amd64":
+		return 43
+	case "arm64", "loong64", "riscv64":
+		return 202
+	case "arm":
+		return 285
+	case "ppc", "ppc64", "ppc64le":
+		return 330
+	case "mips", "mipsle":
+		return 4168
+	case "mips64", "mips64le":
+		return 5042
+	case "sparc64":
+		return 99
+	}
+	return -1
+}()
+
+// fdName names relaunch's socket s by the fd the app got it as, and by the
+// app's own number when it dup'd it (Go's net.FileListener does).
+func (p *listenProbe) fdName(s, fd int, epoll bool) string {
+	name := "fd " + strconv.Itoa(p.socks[s].fd)
+	switch {
+	case epoll && fd != p.socks[s].fd:
+		return name + " (epoll, as its fd " + strconv.Itoa(fd) + ")"
+	case epoll:
+		return name + " (epoll)"
+	case fd != p.socks[s].fd:
+		return name + " (as its fd " + strconv.Itoa(fd) + ")"
+	}
+	return name
+}
+
+// sockByIno returns the index of relaunch's socket with that inode (and
+// device, when known), or -1.
+func (p *listenProbe) sockByIno(ino, dev uint64) int {
+	for i, s := range p.socks {
+		if s.ino == ino && (dev == 0 || s.dev == dev) {
+			return i
+		}
+	}
+	return -1
+}
+
+// ownListener looks the tree's other TCP sockets up in their process's
+// /proc/P/net/tcp and tcp6 (its network namespace's tables) and names the
+// first that listens on one of relaunch's ports.
+func (p *listenProbe) ownListener() string {
+	for i, o := range p.other {
+		if slices.ContainsFunc(p.other[:i], func(x probeOther) bool { return x.pid == o.pid }) {
+			continue // that process's tables are read already
+		}
+		for _, table := range [...]string{"tcp", "tcp6"} {
+			if addr := p.listenerIn(o.pid, table); addr != "" {
+				return "pid " + strconv.Itoa(o.pid) + " listens on " + addr + " itself"
+			}
+		}
+	}
+	return ""
+}
+
+// listenerIn reads /proc/P/net/<table>, lines like
+//
+//	0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000  0 185626 …
+//
+// (local address:port in hex, state 0A = LISTEN, the inode 10th), for one of
+// pid's other sockets listening on one of relaunch's ports. The kernel lists
+// listening sockets first, so reading stops at the first line in another
+// state: a busy host's connections are never read.
+func (p *listenProbe) listenerIn(pid int, table string) string {
+	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/net/"+table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(fd)
+	have, header := 0, true
+	for {
+		n, err := unix.Read(fd, p.buf[have:])
+		if err != nil || n <= 0 {
+			return ""
+		}
+		have += n
+		b := p.buf[:have]
+		for {
+			i := bytes.IndexByte(b, '\n')
+			if i < 0 {
+				break
+			}
+			line := b[:i]
+			b = b[i+1:]
+			if header {
+				header = false
+				continue
+			}
+			var f [10][]byte
+			k := 0
+			for field := range bytes.FieldsSeq(line) {
+				if k == len(f) {
+					break
+				}
+				f[k] = field
+				k++
+			}
+			if k < len(f) || !bytes.Equal(f[3], []byte("0A")) {
+				return "" // past the listeners
+			}
+			if addr := p.ownAddr(pid, f[1], f[9]); addr != "" {
+				return addr
+			}
+		}
+		have = copy(p.buf, b)
+		if have == len(p.buf) {
+			return "" // a line longer than the buffer: not a table we know
+		}
+	}
+}
+
+// ownAddr returns local ("0100007F:1F90") as an address when the socket
+// with inode ino is one of pid's other sockets and its port is one of
+// relaunch's.
+func (p *listenProbe) ownAddr(pid int, local, ino []byte) string {
+	hexAddr, hexPort, ok := bytes.Cut(local, []byte{':'})
+	if !ok {
+		return ""
+	}
+	port, err := strconv.ParseUint(string(hexPort), 16, 16)
+	if err != nil || !slices.ContainsFunc(p.socks, func(s probeSocket) bool { return s.port != 0 && s.port == int(port) }) {
+		return ""
+	}
+	i, err := strconv.ParseUint(string(ino), 10, 64)
+	if err != nil || !slices.Contains(p.other, probeOther{pid, i}) {
+		return ""
+	}
+	// The address is printed as 32-bit words in the kernel's byte order.
+	var a [16]byte
+	if len(hexAddr) != 8 && len(hexAddr) != 32 {
+		return ""
+	}
+	for w := 0; w*8 < len(hexAddr); w++ {
+		v, err := strconv.ParseUint(string(hexAddr[w*8:w*8+8]), 16, 32)
+		if err != nil {
+			return ""
+		}
+		binary.NativeEndian.PutUint32(a[w*4:], uint32(v))
+	}
+	ip := netip.AddrFrom16(a)
+	if len(hexAddr) == 8 {
+		ip = netip.AddrFrom4([4]byte(a[:4]))
+	}
+	return netip.AddrPortFrom(ip, uint16(port)).String()
+}
+
+// readAt reads a small /proc file relative to dir into p.buf; nil when it
+// cannot. The slice is valid until the next read.
+func (p *listenProbe) readAt(dir int, path string) []byte {
+	fd, err := unix.Openat(dir, path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	have := 0
+	for {
+		if have == len(p.buf) {
+			if len(p.buf) >= probeMaxBytes {
+				return nil
+			}
+			p.buf = append(p.buf, make([]byte, len(p.buf))...)
+		}
+		n, err := unix.Read(fd, p.buf[have:])
+		if err != nil {
+			return nil
+		}
+		if n == 0 {
+			return p.buf[:have]
+		}
+		have += n
+	}
+}
+
+// readDirInts lists a /proc directory of numbers (fd/, task/) into dst,
+// from the raw dirents: no string per entry.
+func (p *listenProbe) readDirInts(dirfd int, dst []int) []int {
+	for {
+		n, err := unix.Getdents(dirfd, p.buf)
+		if err != nil || n <= 0 {
+			return dst
+		}
+		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+		for b := p.buf[:n]; len(b) >= 19; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			if reclen < 19 || reclen > len(b) {
+				break
+			}
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if v, ok := probeAtoi(name); ok {
+				dst = append(dst, v)
+			}
+			b = b[reclen:]
+		}
+	}
+}
+
+// probeAtoi parses a non-negative decimal number.
+func probeAtoi(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 9 {
+		return 0, false
+	}
+	v := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int(c-'0')
+	}
+	return v, true
+}
+
+// probeHexField finds key (" ino:") in line and parses the hex number after it.
+func probeHexField(line []byte, key string) (uint64, bool) {
+	i := bytes.Index(line, []byte(key))
+	if i < 0 {
+		return 0, false
+	}
+	v := line[i+len(key):]
+	if j := bytes.IndexAny(v, " \t"); j >= 0 {
+		v = v[:j]
+	}
+	n, err := strconv.ParseUint(string(v), 16, 64)
+	return n, err == nil
+}
+
+// probeSupported reports whether this kernel shows epoll targets in fdinfo
+// (Linux ≥ 4.13): relaunch watches a pipe of its own and looks, once.
+func probeSupported() bool { return probeSupportedOnce() }
+
+var probeSupportedOnce = sync.OnceValue(func() bool {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(ep)
+	var pipe [2]int
+	if unix.Pipe2(pipe[:], unix.O_CLOEXEC) != nil {
+		return false
+	}
+	defer unix.Close(pipe[0])
+	defer unix.Close(pipe[1])
+	var st unix.Stat_t
+	if unix.Fstat(pipe[0], &st) != nil ||
+		unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, pipe[0], &unix.EpollEvent{Events: unix.EPOLLIN}) != nil {
+		return false
+	}
+	p := &listenProbe{buf: make([]byte, 4096)}
+	self, err := unix.Open("/proc/self", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(self)
+	b := p.readAt(self, "fdinfo/"+strconv.Itoa(ep))
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		if rest, ok := bytes.CutPrefix(line, []byte("tfd:")); ok {
+			if ino, ok := probeHexField(rest, " ino:"); ok && ino == st.Ino {
+				return true
+			}
+		}
+	}
+	return false
+})
