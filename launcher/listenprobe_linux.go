@@ -187,9 +187,11 @@ func (p *listenProbe) classifyFd(pid, fdDir, fd int) {
 		}
 		// Keep only TCP ones for the OwnSocket lookup: sockfs names the
 		// protocol ("TCP", "TCPv6", "UNIX", …) without reading any table.
+		// Go ≥ 1.24 listens with MPTCP by default; its listener shows in
+		// /proc/net/tcp under the same inode.
 		var proto [16]byte
 		if m, err := unix.Getxattr("/proc/"+strconv.Itoa(pid)+"/fd/"+name, "system.sockprotoname", proto[:]); err == nil &&
-			bytes.HasPrefix(proto[:m], []byte("TCP")) {
+			(bytes.HasPrefix(proto[:m], []byte("TCP")) || bytes.HasPrefix(proto[:m], []byte("MPTCP"))) {
 			p.other = append(p.other, probeOther{pid, ino})
 		}
 	}

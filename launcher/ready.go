@@ -12,7 +12,10 @@ import (
 // Readiness of a starting generation (SPEC §4): READY=1 from its processes,
 // relaunch's socket seen polled or accepted in procfs, or a delay.
 
-const scanEvery = 10 * time.Millisecond // procfs scans, only while a generation starts
+const (
+	scanEvery  = 10 * time.Millisecond // procfs scans while a generation starts
+	observeFor = 10 * time.Second      // how long a generation ready by the fallback is still watched
+)
 
 func (l *launcher) setupProbe() {
 	wantListen := l.cfg.Ready.Mode == ReadyListen || l.cfg.Ready.Mode == ReadyAuto
@@ -93,20 +96,26 @@ func (l *launcher) onExec(g *generation, err error) {
 			if _, _, fallback := l.waits(); !fallback || g.state != starting {
 				return // something more precise was learned meanwhile
 			}
-			if !l.warnedBlind && l.probe != nil {
-				l.warnedBlind = true
-				l.log.Info("readiness: the app sent no READY=1 and was not seen accepting on its socket (a select/poll server?); " +
-					"it is taken as ready after 2s alive. Pick a precise way with --ready notify or --ready delay=D")
-			}
 			l.onReady(g, "alive for 2s")
 		})
 	}
 }
 
-// scan looks once for the generation accepting on relaunch's sockets, and
-// again in scanEvery while it is starting.
+// scan looks for the generation accepting on relaunch's sockets, every
+// scanEvery while it is starting. A generation taken as ready by the 2s
+// fallback is still watched, more slowly and for a bounded time, so that
+// what it shows later (a slow start) becomes the method for the next ones.
 func (l *launcher) scan(g *generation) {
-	if g.exited || g.state != starting {
+	learning := g.state != starting
+	if g.exited || learning && (l.learnedListen || l.learnedNotify) {
+		return
+	}
+	if learning && time.Since(g.started) > observeFor {
+		if !l.warnedBlind {
+			l.warnedBlind = true
+			l.log.Info(fmt.Sprintf("readiness: gen %d sent no READY=1 and was not seen accepting on its socket in %s (a select/poll server?); "+
+				"its generations are taken as ready after 2s alive. Pick a precise way with --ready notify or --ready delay=D", g.id, observeFor))
+		}
 		return
 	}
 	r := l.probe.scan(g.pid)
@@ -116,16 +125,22 @@ func (l *launcher) scan(g *generation) {
 			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see the README's \"Works with\")",
 			g.id, g.pid, r.OwnSocket), "generation", g.id, "pid", g.pid)
 	}
-	if _, listen, _ := l.waits(); r.Accepting && listen {
+	if r.Accepting {
 		if l.cfg.Ready.Mode == ReadyAuto && !l.learnedListen && !l.learnedNotify {
 			l.learnedListen = true
 			l.log.Info("readiness: the app is seen accepting on its socket in /proc, so relaunch waits for that from now on " +
 				"(READY=1 would take precedence; --ready picks another way)")
 		}
-		l.onReady(g, r.How)
+		if _, listen, _ := l.waits(); !learning && listen {
+			l.onReady(g, r.How)
+		}
 		return
 	}
-	l.after(g, scanEvery, func() { l.scan(g) })
+	every := scanEvery
+	if learning {
+		every = 10 * scanEvery
+	}
+	l.after(g, every, func() { l.scan(g) })
 }
 
 func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {

@@ -1,0 +1,18 @@
+# An HTTP server that waits with select() on fd 3: /proc cannot show what
+# select() waits for, so relaunch's auto readiness falls back to 2s alive.
+import os
+import select
+import signal
+import socket
+import sys
+
+gen = os.environ.get("RELAUNCH_GENERATION", "?")
+sock = socket.socket(fileno=3)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    r, _, _ = select.select([sock], [], [])
+    conn, _ = sock.accept()
+    with conn:
+        conn.recv(4096)
+        body = ("version=select pid=%d gen=%s\n" % (os.getpid(), gen)).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
