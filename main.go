@@ -150,9 +150,23 @@ func action(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// Start-up failures go through the logger, so --log-format json
+	// covers them too; usage errors (status 2) are plain.
+	fail := func(err error) error {
+		cfg.Logger.Error(strings.TrimPrefix(err.Error(), launcher.ErrStartup.Error()+": "), "reason", err.Error())
+		return &exitError{1, ""}
+	}
+	if err := launcher.CheckCommand(cfg.Command[0]); err != nil {
+		return fail(err)
+	}
+	if dir := filepath.Dir(cfg.PIDFile); cfg.PIDFile != "" {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return fail(fmt.Errorf("cannot write --pidfile %s: directory %s does not exist; create it or choose another path", cfg.PIDFile, dir))
+		}
+	}
 	socks, err := bindAll(c.StringSlice("listen"))
 	if err != nil {
-		return &exitError{1, err.Error()}
+		return fail(err)
 	}
 	defer func() {
 		for _, s := range socks {
@@ -165,7 +179,7 @@ func action(c *cli.Context) error {
 	}
 	status, err := launcher.Run(cfg)
 	if err != nil {
-		return &exitError{1, strings.TrimPrefix(err.Error(), launcher.ErrStartup.Error()+": ")}
+		return fail(err)
 	}
 	if status != 0 {
 		return &exitError{status, ""}
@@ -227,14 +241,6 @@ func config(c *cli.Context) (launcher.Config, error) {
 		if _, err := sdlisten.ParseAddr(a); err != nil {
 			return cfg, usageError("%v", err)
 		}
-	}
-	if dir := filepath.Dir(cfg.PIDFile); cfg.PIDFile != "" {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return cfg, &exitError{1, fmt.Sprintf("cannot write --pidfile %s: directory %s does not exist; create it or choose another path", cfg.PIDFile, dir)}
-		}
-	}
-	if err := launcher.CheckCommand(cfg.Command[0]); err != nil {
-		return cfg, &exitError{1, err.Error()}
 	}
 	return cfg, nil
 }

@@ -238,10 +238,10 @@ func (l *launcher) onReady(g *generation, how string) {
 	}
 	g.state, g.readyAt = current, time.Now()
 	old := l.cur
-	if !l.everUp || l.reloading {
-		l.reloading = false
-		l.outer.ready(fmt.Sprintf("gen %d (pid %d) serving", g.id, g.pid))
-	}
+	// Every time, not only at first or after a reload: STATUS= must name
+	// the generation that serves after a crash restart too.
+	l.reloading = false
+	l.outer.ready(fmt.Sprintf("gen %d (pid %d) serving", g.id, g.pid))
 	l.cur, l.next, l.everUp = g, nil, true
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
@@ -451,6 +451,7 @@ func (l *launcher) scheduleRestart() {
 	d := l.backoff
 	l.backoff = min(2*l.backoff, backoffMax)
 	l.log.Info(fmt.Sprintf("restarting in %s; %s", ms(d), l.stillServes()), "backoff_ms", d.Milliseconds())
+	l.outer.send("STATUS=restarting in " + ms(d))
 	l.restartTimer = time.AfterFunc(d, func() {
 		l.post(func() {
 			l.restartTimer = nil
