@@ -1046,7 +1046,7 @@ func TestCLIUDP(t *testing.T) {
 		port := cliFreeUDPPort(t)
 		tmp, env := cliTmp(t)
 		p := startRelaunchOpts(t, procOpts{Env: env}, "-l", fmt.Sprintf("udp://127.0.0.1:%d", port), "--", "/bin/sleep", "60")
-		p.WaitLog(t, fmt.Sprintf("listening on udp://127.0.0.1:%d (fd 3)", port), cliStartTimeout)
+		p.WaitLog(t, fmt.Sprintf("listening on udp://127.0.0.1:%d (fd 3,", port), cliStartTimeout)
 		pid := cliWaitChild(t, p, "sleep", cliStartTimeout)
 		m, err := fdTargets(pid)
 		if err != nil {

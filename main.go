@@ -102,6 +102,10 @@ func flags() []cli.Flag {
 			Usage: "then a draining generation gets SIGKILL; 0 waits forever"},
 		&cli.IntFlag{Name: "max-draining", Value: -1, DefaultText: "unbounded", EnvVars: env("MAX_DRAINING"),
 			Usage: "at most `N` generations draining at once; the oldest is killed past that"},
+		&cli.StringFlag{Name: "handover", Value: "auto", EnvVars: env("HANDOVER"),
+			Usage: "auto, steered or shared: steered TCP listeners send new connections only to the newest generation before the old one drains; shared ones let generations share one accept queue"},
+		&cli.DurationFlag{Name: "settle", Value: 100 * time.Millisecond, EnvVars: env("SETTLE"),
+			Usage: "steered: time from steering new connections away from the old generation to its drain signal"},
 		&cli.DurationFlag{Name: "stop-timeout", Value: 30 * time.Second, EnvVars: env("STOP_TIMEOUT"),
 			Usage: "on TERM/INT, time given to the generations before SIGKILL"},
 		&cli.StringFlag{Name: "restart", Value: "on-failure", EnvVars: env("RESTART"),
@@ -164,19 +168,23 @@ func action(c *cli.Context) error {
 			return fail(fmt.Errorf("cannot write --pidfile %s: directory %s does not exist; create it or choose another path", cfg.PIDFile, dir))
 		}
 	}
-	socks, err := bindAll(c.StringSlice("listen"))
+	var addrs []sdlisten.Addr
+	for _, a := range c.StringSlice("listen") {
+		addr, _ := sdlisten.ParseAddr(a) // checked in config
+		addrs = append(addrs, addr)
+	}
+	handover, _ := launcher.ParseHandover(c.String("handover")) // checked in config
+	// Slots: the current generation, one starting, and --max-draining
+	// draining; 8 when that is unbounded (a ninth waits for the oldest).
+	slots := 8
+	if cfg.MaxDraining >= 0 {
+		slots = cfg.MaxDraining + 2
+	}
+	cfg.Listeners, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger)
 	if err != nil {
 		return fail(err)
 	}
-	defer func() {
-		for _, s := range socks {
-			s.Close()
-		}
-	}()
-	cfg.Sockets = socks
-	for i, s := range socks {
-		cfg.Logger.Info(fmt.Sprintf("listening on %s (fd %d)", s.Addr(), 3+i))
-	}
+	defer launcher.CloseListeners(cfg.Listeners)
 	status, err := launcher.Run(cfg)
 	if err != nil {
 		return fail(err)
@@ -195,6 +203,7 @@ func config(c *cli.Context) (launcher.Config, error) {
 		DrainTimeout: c.Duration("drain-timeout"),
 		MaxDraining:  c.Int("max-draining"),
 		StopTimeout:  c.Duration("stop-timeout"),
+		Settle:       c.Duration("settle"),
 		PIDFile:      c.String("pidfile"),
 	}
 	if len(cfg.Command) == 0 {
@@ -230,43 +239,25 @@ func config(c *cli.Context) (launcher.Config, error) {
 		}
 		cfg.Watch = w
 	}
-	for _, d := range []string{"ready-timeout", "drain-timeout", "stop-timeout", "debounce"} {
+	for _, d := range []string{"ready-timeout", "drain-timeout", "stop-timeout", "debounce", "settle"} {
 		if c.Duration(d) < 0 {
 			return cfg, usageError("bad value %s for --%s: use a duration of 0 or more", c.Duration(d), d)
 		}
 	}
 	// Parse every address before binding any: a typo must not leave the
 	// first sockets bound, nor start anything.
+	handover, err := launcher.ParseHandover(c.String("handover"))
+	if err != nil {
+		return cfg, usageError("%v", err)
+	}
 	for _, a := range c.StringSlice("listen") {
-		if _, err := sdlisten.ParseAddr(a); err != nil {
+		addr, err := sdlisten.ParseAddr(a)
+		if err != nil {
 			return cfg, usageError("%v", err)
+		}
+		if why := launcher.Steerable(addr); why != "" && handover == launcher.HandoverSteered {
+			return cfg, usageError("--handover steered: %s cannot be steered (%s); use --handover auto", addr, why)
 		}
 	}
 	return cfg, nil
-}
-
-// bindAll passes on the sockets relaunch itself was given by systemd, then
-// binds the --listen ones; on any error it closes what it opened.
-func bindAll(listen []string) (socks []*sdlisten.Socket, err error) {
-	defer func() {
-		if err != nil {
-			for _, s := range socks {
-				s.Close()
-			}
-			socks = nil
-		}
-	}()
-	socks, err = sdlisten.Inherited()
-	if err != nil {
-		return nil, err
-	}
-	for _, a := range listen {
-		addr, _ := sdlisten.ParseAddr(a) // checked in config
-		s, err := sdlisten.Bind(addr)
-		if err != nil {
-			return socks, err
-		}
-		socks = append(socks, s)
-	}
-	return socks, nil
 }

@@ -20,8 +20,9 @@ var ErrStartup = errors.New("start-up failed")
 
 // Config is everything Run needs. main builds it from the command line.
 type Config struct {
-	Command []string           // argv of the app; Command[0] is resolved at every start
-	Sockets []*sdlisten.Socket // passed in order from fd 3
+	Command   []string      // argv of the app; Command[0] is resolved at every start
+	Listeners []Listener    // passed in order from fd 3
+	Settle    time.Duration // steered: from the switch to the old generation's drain signal
 
 	Ready        Readiness
 	ReadyTimeout time.Duration // a generation not ready by then has failed
@@ -40,6 +41,13 @@ type Config struct {
 	PIDFile string
 	Logger  *slog.Logger // nil discards
 	Env     []string     // the app's base environment; nil means os.Environ()
+}
+
+// Listener is one address the generations get: a socket they all share,
+// or a pool of slots relaunch steers new connections between (SPEC §1).
+type Listener struct {
+	Socket *sdlisten.Socket // shared, when Pool is nil
+	Pool   *sdlisten.Pool
 }
 
 // ReadyMode says how a new generation proves it is ready.

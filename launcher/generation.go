@@ -22,12 +22,13 @@ type genState int
 const (
 	starting genState = iota // started, not ready yet
 	current                  // ready, serving
+	settling                 // steered away from, its queue emptying; not yet told to drain
 	draining                 // got the drain signal
 	stopping                 // got TERM/INT/QUIT from a stop of relaunch
 )
 
 func (s genState) String() string {
-	return [...]string{"starting", "current", "draining", "stopping"}[s]
+	return [...]string{"starting", "current", "settling", "draining", "stopping"}[s]
 }
 
 // generation is one start of the command. Its fields belong to the loop
@@ -36,6 +37,8 @@ type generation struct {
 	id      int
 	pid     int
 	path    string // the file that was exec'd
+	slot    int    // its slot in every steered pool; -1 without pools
+	probe   *listenProbe
 	state   genState
 	started time.Time
 	readyAt time.Time

@@ -45,9 +45,11 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
-	probe         *listenProbe // nil: no sockets, or procfs cannot show readiness
-	learnedNotify bool         // --ready auto: the app has sent READY=1
-	learnedListen bool         // --ready auto: the app was seen accepting
+	probeOK       bool  // procfs can show this app's readiness
+	steerSlot     int   // the slot the pools steer to
+	frozen        []int // per listener: the slot a disturbed pool is shared on; -1 steers
+	learnedNotify bool  // --ready auto: the app has sent READY=1
+	learnedListen bool  // --ready auto: the app was seen accepting
 	warnedBlind   bool
 	warnedDrain   bool
 
@@ -132,6 +134,10 @@ func Run(cfg Config) (int, error) {
 	defer close(l.quit)
 
 	l.setupProbe()
+	l.frozen = make([]int, len(cfg.Listeners))
+	for i := range l.frozen {
+		l.frozen[i] = -1
+	}
 	if err := l.start(); err != nil {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 	}
@@ -189,16 +195,24 @@ func (l *launcher) start() error {
 	if err != nil {
 		return err
 	}
+	slot, err := l.pickSlot()
+	if err != nil {
+		return err
+	}
+	socks := l.socketsFor(slot)
 	l.lastID++
-	g := &generation{id: l.lastID, path: path, state: starting, started: time.Now()}
+	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: time.Now()}
+	if l.probeOK {
+		g.probe = probeOf(socks)
+	}
 	g.notify, err = sdlisten.ListenNotify(filepath.Join(l.runDir, "gen"+strconv.Itoa(g.id)+".sock"))
 	if err != nil {
 		return fmt.Errorf("cannot create the notify socket in %s: %v", l.runDir, err)
 	}
-	env := append(sdlisten.ChildEnv(l.env, l.cfg.Sockets),
+	env := append(sdlisten.ChildEnv(l.env, socks),
 		"NOTIFY_SOCKET="+g.notify.Path(),
 		"RELAUNCH_GENERATION="+strconv.Itoa(g.id))
-	pid, pipe, err := startProcess(path, l.cfg.Command, env, l.cfg.Sockets, l.stdin)
+	pid, pipe, err := startProcess(path, l.cfg.Command, env, socks, l.stdin)
 	if err != nil {
 		g.notify.Close()
 		return err
@@ -245,8 +259,11 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.cur, l.next, l.everUp = g, nil, true
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
+	if l.hasPools() {
+		l.steerTo(g.slot)
+	}
 	if old != nil {
-		l.drain(old)
+		l.handOver(old)
 	}
 	l.limitDraining()
 	if l.pending != "" {
@@ -277,6 +294,13 @@ func (l *launcher) upgrade(reason string) {
 		return
 	}
 	l.cancelRestart()
+	if l.cur != nil && l.steered() {
+		l.checkTripwire()
+	}
+	if _, err := l.pickSlot(); err == errNoSlot {
+		l.freeSlot(reason)
+		return
+	}
 	l.log.Info("upgrade: " + reason)
 	if l.cur != nil {
 		l.reloading = true
@@ -327,7 +351,7 @@ func (l *launcher) limitDraining() {
 	}
 	var ds []*generation
 	for _, g := range l.gens {
-		if g.state == draining && g.failReason == "" {
+		if (g.state == draining || g.state == settling) && g.failReason == "" {
 			ds = append(ds, g)
 		}
 	}
@@ -400,9 +424,14 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 			break // it takes over when ready
 		}
 		l.afterExit(st)
-	default: // draining
+	default: // draining or settling
 		l.log.Info(fmt.Sprintf("gen %d (pid %d) exited: %s", g.id, g.pid, how), attrs...)
 		l.warnDrainSignal(g, st)
+		if l.pending != "" && l.next == nil {
+			reason := l.pending // waited for a free slot
+			l.pending = ""
+			l.upgrade(reason)
+		}
 	}
 	if l.stopping && len(l.gens) == 0 {
 		l.done = true

@@ -19,7 +19,7 @@ const (
 
 func (l *launcher) setupProbe() {
 	wantListen := l.cfg.Ready.Mode == ReadyListen || l.cfg.Ready.Mode == ReadyAuto
-	if !wantListen || len(l.cfg.Sockets) == 0 {
+	if !wantListen || len(l.cfg.Listeners) == 0 {
 		return
 	}
 	if !probeSupported() {
@@ -28,16 +28,21 @@ func (l *launcher) setupProbe() {
 		}
 		return
 	}
-	fds := make([]int, len(l.cfg.Sockets))
-	for i, s := range l.cfg.Sockets {
+	l.probeOK = true
+}
+
+// probeOf recognises the sockets one generation was given.
+func probeOf(socks []*sdlisten.Socket) *listenProbe {
+	fds := make([]int, len(socks))
+	for i, s := range socks {
 		fds[i] = s.Fd()
 	}
-	l.probe = newListenProbe(fds)
+	return newListenProbe(fds)
 }
 
 // waits says what a starting generation's readiness is taken from now.
 func (l *launcher) waits() (notify, listen, fallback bool) {
-	canListen := l.probe != nil
+	canListen := l.probeOK
 	switch l.cfg.Ready.Mode {
 	case ReadyNotify:
 		return true, false, false
@@ -118,7 +123,7 @@ func (l *launcher) scan(g *generation) {
 		}
 		return
 	}
-	r := l.probe.scan(g.pid)
+	r := g.probe.scan(g.pid)
 	if r.OwnSocket != "" && !g.warnedOwn {
 		g.warnedOwn = true
 		l.log.Warn(fmt.Sprintf("gen %d (pid %d): %s instead of using the socket relaunch passes as fd 3 (LISTEN_FDS): "+

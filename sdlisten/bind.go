@@ -104,7 +104,7 @@ func Bind(a Addr) (*Socket, error) {
 	case "unix":
 		s, err = bindUnix(a)
 	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
-		s, err = bindInet(a)
+		s, err = bindInet(a, false)
 	default:
 		err = fmt.Errorf("unknown network %q; use tcp, tcp4, tcp6, udp, udp4, udp6 or unix", a.Network)
 	}
@@ -114,7 +114,9 @@ func Bind(a Addr) (*Socket, error) {
 	return s, nil
 }
 
-func bindInet(a Addr) (*Socket, error) {
+// bindInet binds a tcp or udp socket; with reusePort, one member of a
+// SO_REUSEPORT group (see Pool).
+func bindInet(a Addr, reusePort bool) (*Socket, error) {
 	hp, err := parseHostPort(a.Network, a.Address)
 	if err != nil {
 		return nil, err
@@ -129,14 +131,14 @@ func bindInet(a Addr) (*Socket, error) {
 	var fd int
 	switch {
 	case host == "" && last == '4':
-		fd, err = inetSocket(typ, netip.IPv4Unspecified(), port, false)
+		fd, err = inetSocket(typ, netip.IPv4Unspecified(), port, false, reusePort)
 	case host == "" && last == '6':
-		fd, err = inetSocket(typ, netip.IPv6Unspecified(), port, true)
+		fd, err = inetSocket(typ, netip.IPv6Unspecified(), port, true, reusePort)
 	case host == "":
 		// Both stacks on one socket; IPv4 alone where the kernel has no IPv6.
-		fd, err = inetSocket(typ, netip.IPv6Unspecified(), port, false)
+		fd, err = inetSocket(typ, netip.IPv6Unspecified(), port, false, reusePort)
 		if errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EADDRNOTAVAIL) {
-			fd, err = inetSocket(typ, netip.IPv4Unspecified(), port, false)
+			fd, err = inetSocket(typ, netip.IPv4Unspecified(), port, false, reusePort)
 		}
 	default:
 		var ip netip.Addr
@@ -144,7 +146,7 @@ func bindInet(a Addr) (*Socket, error) {
 			return nil, err
 		}
 		host = ip.String()
-		fd, err = inetSocket(typ, ip, port, true)
+		fd, err = inetSocket(typ, ip, port, true, reusePort)
 	}
 	if err != nil {
 		return nil, explainInet(typ, host, port, err)
@@ -199,7 +201,7 @@ func resolve(network, host string) (netip.Addr, error) {
 
 // inetSocket returns a bound (and, for a stream, listening) socket on ip and
 // port. An IPv6 socket is IPv6-only when v6only is set, dual-stack otherwise.
-func inetSocket(typ int, ip netip.Addr, port int, v6only bool) (int, error) {
+func inetSocket(typ int, ip netip.Addr, port int, v6only, reusePort bool) (int, error) {
 	var sa unix.Sockaddr
 	domain := unix.AF_INET
 	if ip.Is4() {
@@ -222,22 +224,28 @@ func inetSocket(typ int, ip netip.Addr, port int, v6only bool) (int, error) {
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
-	if err = setupInet(fd, domain, typ, sa, v6only); err != nil {
+	if err = setupInet(fd, domain, typ, sa, v6only, reusePort); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
 	return fd, nil
 }
 
-func setupInet(fd, domain, typ int, sa unix.Sockaddr, v6only bool) error {
+func setupInet(fd, domain, typ int, sa unix.Sockaddr, v6only, reusePort bool) error {
 	// SO_REUSEADDR on tcp: a restarted relaunch can bind while connections
 	// of the previous one are in TIME_WAIT. Not on udp, which has no
 	// TIME_WAIT and where Linux lets a second SO_REUSEADDR socket bind the
-	// same port and take its traffic. Never SO_REUSEPORT: it would split the
-	// one accept queue every generation shares.
+	// same port and take its traffic. SO_REUSEPORT only for a Pool's
+	// members, whose group relaunch steers: on a shared socket it would
+	// split the one accept queue every generation shares.
 	if typ == unix.SOCK_STREAM {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return os.NewSyscallError("setsockopt SO_REUSEADDR", err)
+		}
+	}
+	if reusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
 		}
 	}
 	if domain == unix.AF_INET6 {

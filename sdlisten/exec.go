@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,6 +54,13 @@ func RunExecHelper() {
 	// Go runtime's own) must not survive the exec.
 	closeOnExecFrom(errFd)
 	err = unix.Exec(path, os.Args, os.Environ())
+	// "Text file busy": a deploy still has the new file open for writing
+	// (closed just after its last write). Its close sends no event relaunch
+	// would see again, so wait for it here, briefly, rather than fail.
+	for deadline := time.Now().Add(3 * time.Second); err == unix.ETXTBSY && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		err = unix.Exec(path, os.Args, os.Environ())
+	}
 	// Still here: exec failed. The pipe tells relaunch why; stderr is the
 	// fallback when the pipe is unusable.
 	msg := []byte(path + ": " + err.Error())

@@ -3,7 +3,9 @@ package watch
 import (
 	"bytes"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -190,6 +192,32 @@ func elfWhole(f io.ReaderAt, size int64, h []byte) string {
 	}
 	if end, ok := tableEnd(shoff, shentsize, shnum); !ok || end > usize {
 		return fmt.Sprintf("incomplete ELF file: section header table ends at %d, file size %d", end, size)
+	}
+	return elfContentsWhole(f, usize)
+}
+
+// elfContentsWhole checks that every loadable segment and every section
+// with bytes in the file ends within it. The header tables alone prove
+// little: Go's linker puts the section headers right after the program
+// headers, near the start, so a half-copied Go binary passes that check.
+func elfContentsWhole(f io.ReaderAt, size uint64) string {
+	ef, err := elf.NewFile(f)
+	var fe *elf.FormatError
+	if errors.As(err, &fe) {
+		return "" // a layout debug/elf does not know; the header checks passed
+	}
+	if err != nil {
+		return "incomplete ELF file: " + err.Error()
+	}
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_LOAD && (p.Off+p.Filesz < p.Off || p.Off+p.Filesz > size) {
+			return fmt.Sprintf("incomplete ELF file: a loadable segment ends at %d, file size %d", p.Off+p.Filesz, size)
+		}
+	}
+	for _, sec := range ef.Sections {
+		if sec.Type != elf.SHT_NOBITS && (sec.Offset+sec.FileSize < sec.Offset || sec.Offset+sec.FileSize > size) {
+			return fmt.Sprintf("incomplete ELF file: section %s ends at %d, file size %d", sec.Name, sec.Offset+sec.FileSize, size)
+		}
 	}
 	return ""
 }

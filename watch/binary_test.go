@@ -27,6 +27,7 @@ func synthELF(class byte, bo binary.ByteOrder, phnum, shnum int) []byte {
 	if bo == binary.BigEndian {
 		b[5] = 2
 	}
+	bo.PutUint32(b[0x14:], 1) // e_version: EV_CURRENT
 	if class == 1 {
 		bo.PutUint32(b[0x1c:], uint32(phoff))
 		bo.PutUint32(b[0x20:], uint32(shoff))

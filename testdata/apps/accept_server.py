@@ -7,24 +7,24 @@ import socket
 
 gen = os.environ.get("RELAUNCH_GENERATION", "?")
 sock = socket.socket(fileno=3)  # blocking, as relaunch hands it over
-stopping = False
+state = {"accepting": False, "stopping": False}
 
 
 def on_term(signum, frame):
-    global stopping
-    stopping = True
-    # accept() is retried after a handler returns (PEP 475): wake it with a
-    # connection of our own. Whichever generation accepts it reads EOF.
-    # Raising here instead could drop a connection accept() had just taken.
-    try:
-        socket.create_connection(sock.getsockname()[:2], timeout=1).close()
-    except OSError:
-        pass
+    state["stopping"] = True
+    # Interrupted in accept(): nothing was taken, leave now. (Steered, no new
+    # connection reaches this generation's socket any more; with a shared
+    # socket a connection accept() took just as the signal came could be
+    # lost here: the app's half of zero downtime, README.)
+    if state["accepting"]:
+        raise SystemExit(0)
 
 
 signal.signal(signal.SIGTERM, on_term)
-while not stopping:
+while not state["stopping"]:
+    state["accepting"] = True
     conn, _ = sock.accept()
+    state["accepting"] = False
     with conn:
         req = b""
         while b"\r\n\r\n" not in req:

@@ -126,7 +126,7 @@ func main() {
 	record("listening")
 	logf("demo: gen %s pid %d version %s listening on %d sockets", gen, pid, *version, len(listeners))
 
-	srv := &http.Server{Handler: handler()}
+	srv := &http.Server{Handler: handler(), ConnState: trackNew}
 	var draining sync.Once
 	drainingNow := make(chan struct{})
 	serveErr := make(chan error, len(listeners))
@@ -190,13 +190,41 @@ func drain(srv *http.Server, listeners []net.Listener) {
 		for _, l := range listeners {
 			l.Close()
 		}
+		// Shutdown closes a connection whose request it reads only after
+		// it began (golang/go#65802): wait until every accepted connection
+		// has been read (a busy machine may take longer than 100ms), 5s at most.
 		time.Sleep(100 * time.Millisecond)
+		for deadline := time.Now().Add(5 * time.Second); newConns() > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
 		logf("demo: gen %s pid %d: shutdown: %v", gen, pid, err)
 	}
+}
+
+// The connections accepted whose first request has not been read yet.
+var (
+	connMu  sync.Mutex
+	connNew = map[net.Conn]bool{}
+)
+
+func trackNew(c net.Conn, st http.ConnState) {
+	connMu.Lock()
+	defer connMu.Unlock()
+	if st == http.StateNew {
+		connNew[c] = true
+	} else {
+		delete(connNew, c)
+	}
+}
+
+func newConns() int {
+	connMu.Lock()
+	defer connMu.Unlock()
+	return len(connNew)
 }
 
 func handler() http.Handler {

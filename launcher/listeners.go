@@ -1,0 +1,108 @@
+package launcher
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"relaunch/sdlisten"
+)
+
+// Handover says how a listening address is handed from one generation to
+// the next (SPEC §1).
+type Handover int
+
+const (
+	HandoverAuto    Handover = iota // steered where it can be, shared elsewhere
+	HandoverSteered                 // every address steered: an error where it cannot be
+	HandoverShared                  // one socket per address, every generation on it
+)
+
+// ParseHandover parses --handover.
+func ParseHandover(s string) (Handover, error) {
+	switch s {
+	case "auto", "":
+		return HandoverAuto, nil
+	case "steered":
+		return HandoverSteered, nil
+	case "shared":
+		return HandoverShared, nil
+	}
+	return 0, fmt.Errorf("bad --handover %q: use auto, steered or shared", s)
+}
+
+// Steerable says why an address cannot be steered, or "".
+func Steerable(a sdlisten.Addr) string {
+	if !strings.HasPrefix(a.Network, "tcp") {
+		return "only TCP listeners can be steered"
+	}
+	return ""
+}
+
+// OpenListeners passes on the sockets relaunch inherited from systemd
+// (shared: they are not relaunch's to put in a SO_REUSEPORT group), then
+// binds each address: a pool of slots where mode allows and the kernel
+// can steer, one shared socket elsewhere. It logs how each is handed over.
+// On error it closes what it opened.
+func OpenListeners(addrs []sdlisten.Addr, mode Handover, slots int, log *slog.Logger) (ls []Listener, err error) {
+	var said []string // logged once everything is bound: a failure says only why
+	defer func() {
+		if err != nil {
+			CloseListeners(ls)
+			ls = nil
+			return
+		}
+		for _, s := range said {
+			log.Info(s)
+		}
+	}()
+	inherited, err := sdlisten.Inherited()
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range inherited {
+		ls = append(ls, Listener{Socket: s})
+		said = append(said, fmt.Sprintf("listening on %s (fd %d, passed on from systemd; shared handover)", s.Addr(), 2+len(ls)))
+	}
+	for _, a := range addrs {
+		if mode != HandoverShared && Steerable(a) == "" {
+			p, err := sdlisten.BindPool(a, slots)
+			if err != nil {
+				return ls, err
+			}
+			if err := p.Steer(0); err != nil {
+				p.Close()
+				if mode == HandoverSteered {
+					return ls, fmt.Errorf("--handover steered: %s cannot be steered: %v; use --handover auto or shared", a, err)
+				}
+				log.Warn(fmt.Sprintf("%s cannot be steered (%v): shared handover", a, err))
+			} else {
+				ls = append(ls, Listener{Pool: p})
+				said = append(said, fmt.Sprintf("listening on %s (fd %d, steered handover: %d slots)", p.Addr(), 2+len(ls), slots))
+				continue
+			}
+		}
+		s, err := sdlisten.Bind(a)
+		if err != nil {
+			return ls, err
+		}
+		ls = append(ls, Listener{Socket: s})
+		how := "shared handover"
+		if why := Steerable(a); why != "" && mode == HandoverAuto {
+			how += ": " + why
+		}
+		said = append(said, fmt.Sprintf("listening on %s (fd %d, %s)", s.Addr(), 2+len(ls), how))
+	}
+	return ls, nil
+}
+
+// CloseListeners closes every socket and pool: when relaunch exits.
+func CloseListeners(ls []Listener) {
+	for _, l := range ls {
+		if l.Pool != nil {
+			l.Pool.Close()
+		} else if l.Socket != nil {
+			l.Socket.Close()
+		}
+	}
+}

@@ -1,0 +1,120 @@
+package launcher
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"relaunch/sdlisten"
+)
+
+// The tripwire (NOTES.md §8): a child can disturb a steered group, by
+// opening its own SO_REUSEPORT socket on the port (harmless until a slot
+// leaves the group: the last member then takes that slot's index), by
+// shutdown() of the slot it was given (the slot leaves the group), or by
+// attaching a program of its own (connections then queue on slots nobody
+// receives on). Checked at each upgrade; on a hit, the address is shared
+// from then on.
+
+// checkTripwire freezes every disturbed pool on the current slot.
+func (l *launcher) checkTripwire() {
+	for i, ln := range l.cfg.Listeners {
+		if ln.Pool == nil || l.frozen[i] >= 0 {
+			continue
+		}
+		why := l.disturbed(ln.Pool)
+		if why == "" {
+			continue
+		}
+		l.frozen[i] = l.steerSlot
+		l.log.Warn(fmt.Sprintf("steering %s stopped: %s. From now on every generation shares its slot %d (the shared-socket handover) for this address",
+			ln.Pool.Addr(), why, l.steerSlot), "addr", ln.Pool.Addr().String(), "reason", why)
+	}
+}
+
+// disturbed says what is wrong with a pool's group, or "".
+func (l *launcher) disturbed(p *sdlisten.Pool) string {
+	ours := map[uint64]int{} // inode → slot
+	for s := 0; s < p.Len(); s++ {
+		var st unix.Stat_t
+		if unix.Fstat(p.Slot(s).Fd(), &st) == nil {
+			ours[st.Ino] = s
+		}
+	}
+	listeners, port := tcpListeners(p.Slot(0).Fd())
+	var local string // our slots' local address, as /proc prints it
+	seen := map[int]bool{}
+	for _, ln := range listeners {
+		if s, ok := ours[ln.ino]; ok {
+			seen[s], local = true, ln.local
+		}
+	}
+	for s := 0; s < p.Len(); s++ {
+		if !seen[s] {
+			return fmt.Sprintf("slot %d no longer listens (a process called shutdown() on the socket it was given?)", s)
+		}
+	}
+	for _, ln := range listeners {
+		if _, ok := ours[ln.ino]; !ok && ln.local == local {
+			return fmt.Sprintf("a socket relaunch does not hold listens on port %d too (inode %d): the app opened its own SO_REUSEPORT socket there", port, ln.ino)
+		}
+	}
+	used := map[int]bool{l.steerSlot: true}
+	for _, g := range l.gens {
+		used[g.slot] = true
+	}
+	for s := 0; s < p.Len(); s++ {
+		if n, err := p.Queued(s); err == nil && n > 0 && !used[s] {
+			return fmt.Sprintf("%d connection(s) are queued on slot %d, which no generation receives on (a BPF program that is not relaunch's?)", n, s)
+		}
+	}
+	return ""
+}
+
+type tcpListener struct {
+	local string // "0100007F:1F90"
+	ino   uint64
+}
+
+// tcpListeners lists the listening TCP sockets on fd's port, from
+// /proc/net/tcp and tcp6 (relaunch's network namespace).
+func tcpListeners(fd int) ([]tcpListener, int) {
+	port := 0
+	switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		port = sa.Port
+	case *unix.SockaddrInet6:
+		port = sa.Port
+	}
+	suffix := fmt.Sprintf(":%04X", port)
+	var out []tcpListener
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		f, err := os.Open(table)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		sc.Scan() // the header
+		for sc.Scan() {
+			fl := strings.Fields(sc.Text())
+			// The kernel lists listening sockets first: stop at the first
+			// other one, so that the table of a busy host's connections
+			// (slow to read, and read with the loop waiting) is not read.
+			if len(fl) < 10 || fl[3] != "0A" {
+				break
+			}
+			if !strings.HasSuffix(fl[1], suffix) {
+				continue
+			}
+			if ino, err := strconv.ParseUint(fl[9], 10, 64); err == nil {
+				out = append(out, tcpListener{local: fl[1], ino: ino})
+			}
+		}
+		f.Close()
+	}
+	return out, port
+}
