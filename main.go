@@ -116,6 +116,10 @@ func flags() []cli.Flag {
 			Usage: "do not upgrade when the command's binary on disk changes"},
 		&cli.DurationFlag{Name: "debounce", Value: 250 * time.Millisecond, EnvVars: env("DEBOUNCE"),
 			Usage: "quiet period after the last file change before upgrading"},
+		&cli.StringFlag{Name: "build", EnvVars: env("BUILD"),
+			Usage: "development: run `CMD` (with /bin/sh) on every change under --watch, and at start; a success upgrades, a failure keeps the current generation"},
+		&cli.StringSliceFlag{Name: "ignore", EnvVars: env("IGNORE"),
+			Usage: "changes under --watch matching `GLOB` (a name or an absolute path) do not count; repeatable"},
 		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
 			Usage: "write relaunch's pid to `PATH` (atomically); removed at exit"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("LOG_FORMAT"),
@@ -160,8 +164,10 @@ func action(c *cli.Context) error {
 		cfg.Logger.Error(strings.TrimPrefix(err.Error(), launcher.ErrStartup.Error()+": "), "reason", err.Error())
 		return &exitError{1, ""}
 	}
-	if err := launcher.CheckCommand(cfg.Command[0]); err != nil {
-		return fail(err)
+	if cfg.Build == "" { // else the first build makes it
+		if err := launcher.CheckCommand(cfg.Command[0]); err != nil {
+			return fail(err)
+		}
 	}
 	if dir := filepath.Dir(cfg.PIDFile); cfg.PIDFile != "" {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -211,9 +217,9 @@ func config(c *cli.Context) (launcher.Config, error) {
 	}
 	switch c.String("log-format") {
 	case "text":
-		cfg.Logger = launcher.NewLogger(os.Stderr, false)
+		cfg.Logger = launcher.NewLogger(os.Stderr, launcher.LogOptions{Quiet: c.String("build") != ""})
 	case "json":
-		cfg.Logger = launcher.NewLogger(os.Stderr, true)
+		cfg.Logger = launcher.NewLogger(os.Stderr, launcher.LogOptions{JSON: true})
 	default:
 		return cfg, usageError("bad --log-format %q: use text or json", c.String("log-format"))
 	}
@@ -227,9 +233,21 @@ func config(c *cli.Context) (launcher.Config, error) {
 	if cfg.Restart, err = launcher.ParseRestart(c.String("restart")); err != nil {
 		return cfg, usageError("%v", err)
 	}
+	cfg.Build = c.String("build")
+	if cfg.Build != "" && len(c.StringSlice("watch")) == 0 {
+		return cfg, usageError("--build needs --watch PATH: the sources whose change runs it")
+	}
 	if !c.Bool("no-watch-binary") || len(c.StringSlice("watch")) > 0 {
-		w := &watch.Options{Paths: c.StringSlice("watch"), Debounce: c.Duration("debounce"), Logger: cfg.Logger}
-		if !c.Bool("no-watch-binary") {
+		w := &watch.Options{Paths: c.StringSlice("watch"), Debounce: c.Duration("debounce"), Logger: cfg.Logger,
+			Ignore: c.StringSlice("ignore")}
+		if cfg.Build != "" {
+			// The build's success is the trigger; its output must not
+			// trigger another build.
+			w.Ignore = append(w.Ignore, "vendor", "node_modules")
+			if abs, err := filepath.Abs(cfg.Command[0]); err == nil && strings.ContainsRune(cfg.Command[0], '/') {
+				w.Ignore = append(w.Ignore, abs)
+			}
+		} else if !c.Bool("no-watch-binary") {
 			w.Binary = cfg.Command[0]
 		}
 		for _, p := range w.Paths {

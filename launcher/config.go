@@ -38,6 +38,10 @@ type Config struct {
 	// and of the watched paths.
 	Watch *watch.Options
 
+	// Build, when set, runs (through /bin/sh) on every change under the
+	// watched paths, and once before the first start; a success upgrades.
+	Build string
+
 	PIDFile string
 	Logger  *slog.Logger // nil discards
 	Env     []string     // the app's base environment; nil means os.Environ()

@@ -59,6 +59,10 @@ type launcher struct {
 	outer     *outerNotify // systemd's NOTIFY_SOCKET, when relaunch has one
 	reloading bool         // the outer manager was told RELOADING=1
 
+	buildPid   int           // the build running, 0 when none
+	buildAgain bool          // sources changed during it
+	built      time.Duration // the last build's time, for the summary line
+
 	stopping  bool
 	stopSig   syscall.Signal
 	stopGen   *generation // whose status relaunch exits with
@@ -86,8 +90,9 @@ func Run(cfg Config) (int, error) {
 	}
 	l.env = withoutEnv(l.env, "RELAUNCH_GENERATION") // a nested relaunch's own
 	// Resolve first: a missing or non-executable command is a start-up
-	// error, before any file or process exists.
-	if _, err := resolve(cfg.Command[0]); err != nil {
+	// error, before any file or process exists (with --build, the first
+	// build makes it).
+	if _, err := resolve(cfg.Command[0]); err != nil && cfg.Build == "" {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 	}
 	if err := becomeSubreaper(); err != nil {
@@ -133,6 +138,11 @@ func Run(cfg Config) (int, error) {
 	defer signal.Stop(sigs)
 	defer close(l.quit)
 
+	if cfg.Build != "" {
+		if err := l.initialBuild(); err != nil {
+			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+		}
+	}
 	l.setupProbe()
 	l.frozen = make([]int, len(cfg.Listeners))
 	for i := range l.frozen {
@@ -154,7 +164,7 @@ func Run(cfg Config) (int, error) {
 				changes = nil // a nil channel blocks: no more file triggers
 				continue
 			}
-			l.upgrade(describeChange(c))
+			l.onChange(c)
 		}
 	}
 	if l.fatal != nil {
@@ -259,6 +269,10 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.cur, l.next, l.everUp = g, nil, true
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
+	if l.cfg.Build != "" { // the development loop's one line per restart
+		l.log.Info(fmt.Sprintf("rebuilt in %s · gen %d (pid %d) ready in %s", ms(l.built), g.id, g.pid, ms(g.readyAt.Sub(g.started))),
+			summaryKey, true, "generation", g.id, "pid", g.pid)
+	}
 	if l.hasPools() {
 		l.steerTo(g.slot)
 	}
@@ -412,6 +426,12 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 			l.finish(1)
 			break
 		}
+		if l.cfg.Build != "" && l.cfg.Watch != nil {
+			// Development: code that crashes at start waits for the next
+			// change rather than restart-looping.
+			l.log.Error(fmt.Sprintf("gen %d (pid %d) %s; waiting for the next change", g.id, g.pid, reason), attrs...)
+			break
+		}
 		l.log.Error(fmt.Sprintf("gen %d (pid %d) %s", g.id, g.pid, reason), attrs...)
 		l.afterExit(st)
 	case g == l.cur:
@@ -525,6 +545,9 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 }
 
 func (l *launcher) owns(pid int) bool {
+	if pid == l.buildPid {
+		return true
+	}
 	for _, g := range l.gens {
 		if g.pid == pid {
 			return true
@@ -541,6 +564,9 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 	l.stopping, l.stopSig = true, sig
 	l.cancelRestart()
 	l.pending = ""
+	if l.buildPid != 0 {
+		killGroup(l.buildPid, syscall.SIGKILL)
+	}
 	if !l.statusSet {
 		l.stopGen = l.cur
 		if l.stopGen == nil {

@@ -21,6 +21,40 @@ func ignoredName(name string) bool {
 	return false
 }
 
+// ignored says whether a path inside a watched tree is ignored, by its name
+// or by an Ignore pattern; a path under an ignored directory is too.
+func (w *Watcher) ignored(path string) bool {
+	for p := path; !w.isRoot(p); p = filepath.Dir(p) {
+		name := filepath.Base(p)
+		if ignoredName(name) {
+			return true
+		}
+		for _, g := range w.ignore {
+			if ok, _ := filepath.Match(g, name); ok {
+				return true
+			}
+			if ok, _ := filepath.Match(g, p); ok {
+				return true
+			}
+		}
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	return false
+}
+
+// isRoot says whether p is the top of a --watch tree: the walk up from a
+// changed file stops there.
+func (w *Watcher) isRoot(p string) bool {
+	for _, r := range w.roots {
+		if r.target == p || r.abs == p {
+			return true
+		}
+	}
+	return false
+}
+
 // resolveRoot resolves a --watch path again. When it now names another file
 // or directory (or force), a directory's tree is walked again and watched.
 // A missing path is not an error: its nearest existing parent is watched for
@@ -72,7 +106,7 @@ func (w *Watcher) walkTree(top string, record bool) ([]string, error) {
 			return nil
 		}
 		if d.IsDir() {
-			if p != top && d.Name() == ".git" {
+			if p != top && w.ignored(p) {
 				return filepath.SkipDir
 			}
 			if err := w.add(p); err != nil {
@@ -90,7 +124,7 @@ func (w *Watcher) walkTree(top string, record bool) ([]string, error) {
 			}
 			return nil
 		}
-		if record && !ignoredName(d.Name()) {
+		if record && !w.ignored(p) {
 			w.addFile(p)
 		}
 		return nil

@@ -21,6 +21,11 @@ type Options struct {
 	Debounce time.Duration // trailing quiet period; 0 means 250ms
 	MaxDelay time.Duration // cap on how long a stream of events may postpone a Change; 0 means 10*Debounce, at least 2s
 	Logger   *slog.Logger  // nil = discard
+	// Ignore lists glob patterns (filepath.Match) of files and directories
+	// under Paths whose changes do not count, matched against a name and
+	// against its absolute path: "*.log", "vendor", "/src/app/app". Editor
+	// temp files and .git are always ignored.
+	Ignore []string
 }
 
 // Change is one debounced real change.
@@ -54,8 +59,9 @@ type Watcher struct {
 
 	// Everything below is owned by the run goroutine once New has returned.
 
-	bin   *binWatch
-	roots []*root
+	bin    *binWatch
+	roots  []*root
+	ignore []string // Options.Ignore
 
 	pending bool      // a debounce is running
 	firstAt time.Time // first event of the pending burst
@@ -108,6 +114,7 @@ func New(opts Options) (*Watcher, error) {
 		done:     make(chan struct{}),
 		exited:   make(chan struct{}),
 		fileSet:  map[string]bool{},
+		ignore:   opts.Ignore,
 	}
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
@@ -261,7 +268,7 @@ func (w *Watcher) handleEvent(ev fsnotify.Event) {
 	}
 
 	// Inside a watched tree.
-	if !attrOnly && !ignoredName(base) && w.inTree(dir) {
+	if !attrOnly && !w.ignored(name) && w.inTree(dir) {
 		w.addFile(name)
 		touched = true
 		if ev.Has(fsnotify.Create) && w.treeCreated(dir, name) {

@@ -689,3 +689,42 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("max delay %v", w.maxDelay)
 	}
 }
+
+// Ignore patterns: by name (a directory's whole subtree) and by absolute
+// path (a build's output binary inside the watched tree).
+func TestIgnorePatterns(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, d := range []string{"vendor/x", "src"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "app")
+	w, err := New(Options{Paths: []string{dir}, Debounce: 50 * time.Millisecond, Ignore: []string{"vendor", out, "*.log"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for _, f := range []string{"vendor/x/a.go", "vendor/b.go", "app", "debug.log"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case c := <-w.Changes():
+		t.Fatalf("ignored files made a change: %+v", c)
+	case <-time.After(500 * time.Millisecond): // proving a negative: 10× the debounce
+	}
+	if err := os.WriteFile(filepath.Join(dir, "src", "main.go"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-w.Changes():
+		if len(c.Files) != 1 || filepath.Base(c.Files[0]) != "main.go" {
+			t.Errorf("change %+v; want only src/main.go", c)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change for src/main.go")
+	}
+}
