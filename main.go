@@ -40,6 +40,9 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
+	if isClientCommand(args) {
+		return runClient(args, os.Stdout, stderr)
+	}
 	app := newApp()
 	app.ErrWriter = stderr
 	err := app.Run(args)
@@ -75,7 +78,10 @@ EXAMPLES:
    relaunch --listen :8080 -- ./app
    relaunch -l web=:80 -l admin=unix:///run/app/admin.sock --drain-signal TERM -- ./app --config prod.toml
    relaunch -l 127.0.0.1:8000 --drain-signal TERM -- gunicorn app:wsgi
-   kill -USR2 $(cat /run/app.pid)    # upgrade; with --pidfile /run/app.pid`,
+   kill -USR2 $(cat /run/app.pid)    # upgrade; with --pidfile /run/app.pid
+   relaunch upgrade --pidfile /run/app.pid   # upgrade and wait for the outcome (exit 0 or 1)
+   relaunch status --pidfile /run/app.pid    # generations, pids, states; --json
+   relaunch rollback --pidfile /run/app.pid  # run the previous generation's binary again`,
 		HideHelpCommand:        true,
 		UseShortOptionHandling: false,
 		Flags:                  flags(),
@@ -122,6 +128,8 @@ func flags() []cli.Flag {
 			Usage: "changes under --watch matching `GLOB` (a name or an absolute path) do not count; repeatable"},
 		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
 			Usage: "write relaunch's pid to `PATH` (atomically); removed at exit"},
+		&cli.StringFlag{Name: "control", EnvVars: env("CONTROL"),
+			Usage: "the control socket (`PATH`) of relaunch status|upgrade|rollback; default: next to --pidfile (app.pid → app.sock)"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("LOG_FORMAT"),
 			Usage: "relaunch's own log lines on stderr: text or json"},
 	}
@@ -211,6 +219,10 @@ func config(c *cli.Context) (launcher.Config, error) {
 		StopTimeout:  c.Duration("stop-timeout"),
 		Settle:       c.Duration("settle"),
 		PIDFile:      c.String("pidfile"),
+		Control:      c.String("control"),
+	}
+	if cfg.Control == "" && cfg.PIDFile != "" {
+		cfg.Control = controlPath(cfg.PIDFile)
 	}
 	if len(cfg.Command) == 0 {
 		return cfg, usageError("no command given: put it after the options, e.g. relaunch -l :8080 -- ./app")

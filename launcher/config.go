@@ -43,6 +43,7 @@ type Config struct {
 	Build string
 
 	PIDFile string
+	Control string       // the control socket's path; "" = none
 	Logger  *slog.Logger // nil discards
 	Env     []string     // the app's base environment; nil means os.Environ()
 }

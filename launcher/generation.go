@@ -39,6 +39,7 @@ type generation struct {
 	path    string // the file that was exec'd
 	slot    int    // its slot in every steered pool; -1 without pools
 	probe   *listenProbe
+	bin     *os.File // the file it runs, kept open: a rollback runs it again
 	state   genState
 	started time.Time
 	readyAt time.Time
@@ -75,7 +76,10 @@ func (s exitStatus) String() string {
 // RunExecHelper), in its own process group, with exactly stdio, the sockets
 // and the helper's error pipe. It returns the pid and the read end of the
 // pipe: EOF there means the exec succeeded, bytes are the exec error.
-func startProcess(path string, argv, env []string, socks []*sdlisten.Socket, stdin int) (int, *os.File, error) {
+//
+// With bin, the helper execs that open file (/proc/self/fd/N resolves before
+// the exec closes the fd), whatever is at path now: a rollback.
+func startProcess(path string, argv, env []string, socks []*sdlisten.Socket, stdin int, bin *os.File) (int, *os.File, error) {
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 		return 0, nil, fmt.Errorf("pipe: %w", err)
@@ -87,6 +91,10 @@ func startProcess(path string, argv, env []string, socks []*sdlisten.Socket, std
 	}
 	errFd := len(files)
 	files = append(files, uintptr(p[1]))
+	if bin != nil {
+		files = append(files, bin.Fd())
+		path = fmt.Sprintf("/proc/self/fd/%d", errFd+1)
+	}
 	env = append(env, sdlisten.HelperEnv(path, errFd)...)
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Env:   env,

@@ -63,6 +63,12 @@ type launcher struct {
 	buildAgain bool          // sources changed during it
 	built      time.Duration // the last build's time, for the summary line
 
+	waiters       []chan<- Answer // clients waiting for an upgrade's outcome
+	prevBin       *os.File        // the binary of the generation that was current before this one
+	startFrom     *os.File        // a rollback: the next generation runs this file
+	lastFailure   string
+	lastFailureAt time.Time
+
 	stopping  bool
 	stopSig   syscall.Signal
 	stopGen   *generation // whose status relaunch exits with
@@ -125,6 +131,13 @@ func Run(cfg Config) (int, error) {
 	}
 
 	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
+	if cfg.Control != "" {
+		stop, err := l.serveControl(cfg.Control)
+		if err != nil {
+			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+		}
+		defer stop()
+	}
 	var watchdog <-chan time.Time
 	if d := l.outer.watchdogEvery(); d > 0 {
 		t := time.NewTicker(d)
@@ -222,9 +235,20 @@ func (l *launcher) start() error {
 	env := append(sdlisten.ChildEnv(l.env, socks),
 		"NOTIFY_SOCKET="+g.notify.Path(),
 		"RELAUNCH_GENERATION="+strconv.Itoa(g.id))
-	pid, pipe, err := startProcess(path, l.cfg.Command, env, socks, l.stdin)
+	g.bin, l.startFrom = l.startFrom, nil
+	if g.bin != nil {
+		path = g.bin.Name()
+	} else if f, err := os.Open(path); err == nil {
+		g.bin = f // kept for a later rollback
+	}
+	var from *os.File
+	if g.bin != nil && !samePath(g.bin, path) {
+		from = g.bin // a rollback to a file no longer at its path
+	}
+	pid, pipe, err := startProcess(path, l.cfg.Command, env, socks, l.stdin, from)
 	if err != nil {
 		g.notify.Close()
+		closeFile(g.bin)
 		return err
 	}
 	g.pid = pid
@@ -277,9 +301,12 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.steerTo(g.slot)
 	}
 	if old != nil {
+		closeFile(l.prevBin)
+		l.prevBin, old.bin = old.bin, nil
 		l.handOver(old)
 	}
 	l.limitDraining()
+	l.concluded(Outcome{OK: true, Generation: g.id, Pid: g.pid, ReadyMS: g.readyAt.Sub(g.started).Milliseconds()})
 	if l.pending != "" {
 		reason := l.pending
 		l.pending = ""
@@ -332,6 +359,7 @@ func (l *launcher) upgrade(reason string) {
 // upgradeFailed ends a reload for the outer manager: the old generation
 // still serves.
 func (l *launcher) upgradeFailed(why string) {
+	l.concluded(Outcome{Reason: why})
 	if l.reloading {
 		l.reloading = false
 		l.outer.ready("upgrade failed (" + why + "); " + l.stillServes())
@@ -381,6 +409,8 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		t.Stop()
 	}
 	g.notify.Close()
+	closeFile(g.bin)
+	g.bin = nil
 	// Whatever the leader left in its group goes with it: a generation is
 	// over when its main process is.
 	killGroup(g.pid, syscall.SIGKILL)

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"relaunch/launcher"
+)
+
+// The control socket's client: relaunch status | upgrade | rollback.
+
+// isClientCommand says whether args name a client subcommand. The app's
+// own command never does: it comes after "--" or after the options.
+func isClientCommand(args []string) bool {
+	if len(args) < 2 {
+		return false
+	}
+	switch args[1] {
+	case "status", "upgrade", "rollback":
+		return true
+	}
+	return false
+}
+
+// controlPath is the control socket of a relaunch started with --pidfile
+// and no --control: next to the pidfile (/run/app.pid → /run/app.sock).
+func controlPath(pidfile string) string {
+	return strings.TrimSuffix(pidfile, ".pid") + ".sock"
+}
+
+func runClient(args []string, stdout, stderr io.Writer) int {
+	cmd := args[1]
+	fs := flag.NewFlagSet("relaunch "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	control := fs.String("control", os.Getenv("RELAUNCH_CONTROL"), "the control socket of the relaunch to talk to")
+	pidfile := fs.String("pidfile", os.Getenv("RELAUNCH_PIDFILE"), "or its --pidfile: the socket is next to it")
+	asJSON := fs.Bool("json", false, "status: print JSON")
+	timeout := fs.Duration("timeout", 2*time.Minute, "upgrade, rollback: how long to wait for the outcome")
+	usage := func(msg string) int {
+		fmt.Fprintf(stderr, "relaunch %s: %s\nusage: relaunch %s [--control PATH | --pidfile PATH] [--json] [--timeout D]\n", cmd, msg, cmd)
+		return 2
+	}
+	if err := fs.Parse(args[2:]); err != nil {
+		return usage(err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usage(fmt.Sprintf("unexpected %q", fs.Arg(0)))
+	}
+	path := *control
+	if path == "" && *pidfile != "" {
+		path = controlPath(*pidfile)
+	}
+	if path == "" {
+		return usage("which relaunch? give --control PATH (or the --pidfile it was started with)")
+	}
+	ans, err := launcher.Ask(path, launcher.Request{Cmd: cmd}, *timeout)
+	if err != nil {
+		fmt.Fprintln(stderr, "relaunch "+cmd+": "+err.Error())
+		return 1
+	}
+	if ans.Error != "" {
+		fmt.Fprintln(stderr, "relaunch "+cmd+": "+ans.Error)
+		return 1
+	}
+	switch {
+	case ans.Status != nil && *asJSON:
+		b, _ := json.MarshalIndent(ans.Status, "", "  ")
+		fmt.Fprintln(stdout, string(b))
+	case ans.Status != nil:
+		fmt.Fprint(stdout, ans.Status.Text())
+	case ans.Outcome != nil && ans.Outcome.OK:
+		fmt.Fprintf(stdout, "generation %d (pid %d) ready in %d ms\n", ans.Outcome.Generation, ans.Outcome.Pid, ans.Outcome.ReadyMS)
+	case ans.Outcome != nil:
+		fmt.Fprintln(stderr, "relaunch "+cmd+" failed: "+ans.Outcome.Reason)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,101 @@
+package launcher
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// The control socket (relaunch status | upgrade | rollback): one JSON
+// request line, one JSON answer line, on a unix stream socket (0600).
+
+// Request is what a client asks.
+type Request struct {
+	Cmd string `json:"cmd"` // "status", "upgrade" or "rollback"
+}
+
+// Outcome is how an upgrade or a rollback ended.
+type Outcome struct {
+	OK         bool   `json:"ok"`
+	Generation int    `json:"generation,omitempty"`
+	Pid        int    `json:"pid,omitempty"`
+	ReadyMS    int64  `json:"ready_ms,omitempty"`
+	Reason     string `json:"reason,omitempty"` // why it failed
+}
+
+// GenStatus is one generation in a Status.
+type GenStatus struct {
+	Generation int       `json:"generation"`
+	Pid        int       `json:"pid"`
+	State      string    `json:"state"`
+	Since      time.Time `json:"since"`
+	Path       string    `json:"path"`
+	Slot       int       `json:"slot"` // -1 without steered listeners
+}
+
+// Status is what `relaunch status` shows.
+type Status struct {
+	Pid           int         `json:"pid"`
+	Command       []string    `json:"command"`
+	Readiness     string      `json:"readiness"`
+	Generations   []GenStatus `json:"generations"`
+	LastFailure   string      `json:"last_failure,omitempty"`
+	LastFailureAt time.Time   `json:"last_failure_at,omitzero"`
+}
+
+// Answer is the control socket's one reply.
+type Answer struct {
+	Status  *Status  `json:"status,omitempty"`
+	Outcome *Outcome `json:"outcome,omitempty"`
+	Error   string   `json:"error,omitempty"`
+}
+
+// Ask sends one request to the control socket at path and returns the
+// answer; timeout bounds the whole exchange (an upgrade waits for its
+// outcome).
+func Ask(path string, req Request, timeout time.Duration) (*Answer, error) {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("no relaunch answers at the control socket %s (%v): is it running with --control %s (or the matching --pidfile)?",
+			path, errors.Unwrap(err), path)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	b, _ := json.Marshal(req)
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("control socket %s: %v", path, err)
+	}
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			return nil, fmt.Errorf("no outcome within %s (the upgrade may still be running; see relaunch status)", timeout)
+		}
+		return nil, fmt.Errorf("control socket %s: %v", path, err)
+	}
+	var a Answer
+	if err := json.Unmarshal(line, &a); err != nil {
+		return nil, fmt.Errorf("control socket %s: bad answer %q", path, line)
+	}
+	return &a, nil
+}
+
+// Text renders a status for people.
+func (s *Status) Text() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "relaunch pid %d: %s\nreadiness: %s\n", s.Pid, strings.Join(s.Command, " "), s.Readiness)
+	for _, g := range s.Generations {
+		fmt.Fprintf(&b, "gen %d  pid %d  %-9s since %s (%s ago)  %s\n", g.Generation, g.Pid, g.State,
+			g.Since.Format(time.RFC3339), time.Since(g.Since).Round(time.Second), g.Path)
+	}
+	if len(s.Generations) == 0 {
+		b.WriteString("no generation running\n")
+	}
+	if s.LastFailure != "" {
+		fmt.Fprintf(&b, "last failure (%s): %s\n", s.LastFailureAt.Format(time.RFC3339), s.LastFailure)
+	}
+	return b.String()
+}
