@@ -23,3 +23,12 @@ lint:
 #   kill -USR2 $$(cat bin/relaunch.pid)  # upgrade: gen=2 answers, nothing refused
 demo: build
 	bin/relaunch --listen 127.0.0.1:8080 --pidfile bin/relaunch.pid -- bin/demo -init-delay 300ms
+
+# The handover benchmark (~3 minutes, on the machine at hand): relaunch's
+# upgrades against a naive stop-then-start restart of the same app under the
+# same load; writes bench/results.md (also printed) and bench/latency.png,
+# which the README quotes. `make bench BENCHFLAGS=-quick` is a smoke test.
+# Not part of `make test`.
+.PHONY: bench
+bench:
+	$(GO) run ./internal/bench -out bench $(BENCHFLAGS)

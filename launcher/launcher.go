@@ -30,13 +30,15 @@ const (
 // goroutine; other goroutines (waiters, notify readers, timers) only post
 // functions to events.
 type launcher struct {
-	cfg    Config
-	log    *slog.Logger
-	events chan func()
-	quit   chan struct{} // closed when the loop ends, so late posts do not block
-	env    []string
-	stdin  int
-	runDir string
+	cfg     Config
+	log     *slog.Logger
+	events  chan func()
+	quit    chan struct{} // closed when the loop ends, so late posts do not block
+	env     []string
+	stdin   int
+	runDir  string
+	handoff *broker  // the connection handoff (SPEC §9)
+	roots   genRoots // the generations' root pids, for the handoff's genOf
 
 	gens    []*generation // alive, oldest first
 	cur     *generation   // ready and serving; nil while none is
@@ -94,7 +96,7 @@ func Run(cfg Config) (int, error) {
 	if l.env == nil {
 		l.env = os.Environ()
 	}
-	l.env = withoutEnv(l.env, "RELAUNCH_GENERATION") // a nested relaunch's own
+	l.env = withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), "RELAUNCH_HANDOFF") // a nested relaunch's own
 	// Resolve first: a missing or non-executable command is a start-up
 	// error, before any file or process exists (with --build, the first
 	// build makes it).
@@ -110,6 +112,10 @@ func Run(cfg Config) (int, error) {
 	}
 	l.runDir = dir
 	defer os.RemoveAll(dir)
+	if l.handoff, err = newBroker(filepath.Join(dir, "handoff.sock"), l.log, l.roots.genOf); err != nil {
+		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+	}
+	defer l.handoff.close()
 	stdin, closeStdin := stdinFd()
 	defer closeStdin()
 	l.stdin = stdin
@@ -234,7 +240,8 @@ func (l *launcher) start() error {
 	}
 	env := append(sdlisten.ChildEnv(l.env, socks),
 		"NOTIFY_SOCKET="+g.notify.Path(),
-		"RELAUNCH_GENERATION="+strconv.Itoa(g.id))
+		"RELAUNCH_GENERATION="+strconv.Itoa(g.id),
+		"RELAUNCH_HANDOFF="+l.handoff.path)
 	g.bin, l.startFrom = l.startFrom, nil
 	if g.bin != nil {
 		path = g.bin.Name()
@@ -252,6 +259,7 @@ func (l *launcher) start() error {
 		return err
 	}
 	g.pid = pid
+	l.roots.add(g.id, pid)
 	l.gens = append(l.gens, g)
 	l.next = g
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s", g.id, pid, path), "generation", g.id, "pid", pid, "path", path)
@@ -291,6 +299,7 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.reloading = false
 	l.outer.ready(fmt.Sprintf("gen %d (pid %d) serving", g.id, g.pid))
 	l.cur, l.next, l.everUp = g, nil, true
+	l.handoff.setCurrent(g.id)
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
 	if l.cfg.Build != "" { // the development loop's one line per restart
@@ -393,7 +402,9 @@ func (l *launcher) limitDraining() {
 	}
 	var ds []*generation
 	for _, g := range l.gens {
-		if (g.state == draining || g.state == settling) && g.failReason == "" {
+		// A settling generation is not counted: killing it would strand
+		// the connections queued on its slot. It drains, then counts.
+		if g.state == draining && g.failReason == "" {
 			ds = append(ds, g)
 		}
 	}
@@ -405,6 +416,8 @@ func (l *launcher) limitDraining() {
 
 func (l *launcher) onExit(g *generation, st exitStatus) {
 	g.exited = true
+	l.roots.remove(g.id)
+	l.handoff.exited(g.id)
 	for _, t := range g.timers {
 		t.Stop()
 	}

@@ -150,6 +150,7 @@ func (l *launcher) handOver(old *generation) {
 				old.id, old.pid, q, ms(time.Since(since))), "generation", old.id, "pid", old.pid)
 		}
 		l.drain(old)
+		l.limitDraining()
 	}
 	l.after(old, l.cfg.Settle, wait)
 }

@@ -83,19 +83,21 @@ type tcpListener struct {
 // tcpListeners lists the listening TCP sockets on fd's port, from
 // /proc/net/tcp and tcp6 (relaunch's network namespace).
 func tcpListeners(fd int) ([]tcpListener, int) {
-	port := 0
+	// Only the table of the socket's own family: reading one with no
+	// listener makes the kernel walk its whole connection table.
+	port, table := 0, "/proc/net/tcp"
 	switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
 	case *unix.SockaddrInet4:
 		port = sa.Port
 	case *unix.SockaddrInet6:
-		port = sa.Port
+		port, table = sa.Port, "/proc/net/tcp6"
 	}
 	suffix := fmt.Sprintf(":%04X", port)
 	var out []tcpListener
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+	{
 		f, err := os.Open(table)
 		if err != nil {
-			continue
+			return nil, port
 		}
 		sc := bufio.NewScanner(f)
 		sc.Scan() // the header

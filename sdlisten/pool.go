@@ -36,6 +36,14 @@ func BindPool(a Addr, n int) (*Pool, error) {
 		}
 		p.addr = s.addr // port 0 resolved: the other members join that port
 		p.slots = append(p.slots, s)
+		if i == 0 {
+			// Steer to slot 0 before any other member listens: a
+			// connection hashed onto a slot nobody serves would wait forever.
+			if err := p.Steer(0); err != nil {
+				p.Close()
+				return nil, &BindError{Addr: a, Err: err}
+			}
+		}
 	}
 	return p, nil
 }

@@ -49,6 +49,7 @@ var (
 	recordFile  = flag.String("record", "", "append one line per event (listening, ready, drain, usr1, exit) with a unix-nano timestamp")
 	forkHelpers = flag.Bool("fork-helpers", false, "every request starts /bin/true and never waits for it (leaves zombies for a subreaper)")
 	ignoreQuit  = flag.Bool("ignore-quit", false, "do not handle SIGQUIT (Go's default: dump goroutines, exit 2)")
+	joinReuse   = flag.Bool("join-reuseport", false, "after taking the listeners, open an extra SO_REUSEADDR+SO_REUSEPORT listening socket on fd 3's address and never accept on it (it joins the launcher's SO_REUSEPORT group)")
 )
 
 var (
@@ -122,6 +123,9 @@ func main() {
 		if len(listeners) == 0 {
 			fatalf("none of the %d inherited fds is a stream listener", len(inherited))
 		}
+	}
+	if *joinReuse {
+		joinReuseport(listeners[0])
 	}
 	record("listening")
 	logf("demo: gen %s pid %d version %s listening on %d sockets", gen, pid, *version, len(listeners))
@@ -420,4 +424,46 @@ func logf(format string, args ...any) {
 func fatalf(format string, args ...any) {
 	logf("demo: gen %s pid %d: "+format, append([]any{gen, pid}, args...)...)
 	os.Exit(1)
+}
+
+// joinReuseport (-join-reuseport) opens a listening socket of its own, with
+// SO_REUSEADDR and SO_REUSEPORT, on the address of l (fd 3's, as
+// getsockname gives it) and never accepts on it: it joins the SO_REUSEPORT
+// group of the launcher's sockets, which a launcher's tripwire must notice.
+// The socket stays open until the process exits.
+func joinReuseport(l net.Listener) {
+	ta, ok := l.Addr().(*net.TCPAddr)
+	if !ok {
+		fatalf("-join-reuseport: fd 3 is %s %s, not tcp", l.Addr().Network(), l.Addr())
+	}
+	family := syscall.AF_INET
+	var sa syscall.Sockaddr
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		s4 := &syscall.SockaddrInet4{Port: ta.Port}
+		copy(s4.Addr[:], ip4)
+		sa = s4
+	} else {
+		family = syscall.AF_INET6
+		s6 := &syscall.SockaddrInet6{Port: ta.Port}
+		copy(s6.Addr[:], ta.IP.To16())
+		sa = s6
+	}
+	const soReusePort = 0xf // SO_REUSEPORT on Linux; the syscall package does not name it
+	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	}
+	if err == nil {
+		err = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, soReusePort, 1)
+	}
+	if err == nil {
+		err = syscall.Bind(fd, sa)
+	}
+	if err == nil {
+		err = syscall.Listen(fd, 128)
+	}
+	if err != nil {
+		fatalf("-join-reuseport: %s: %v", ta, err)
+	}
+	logf("demo: gen %s pid %d joined the SO_REUSEPORT group of %s with a socket of its own (fd %d, never accepted on)", gen, pid, ta, fd)
 }

@@ -1,0 +1,481 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"relaunch/internal/loadtest"
+)
+
+// report turns the measurements into results.md.
+type report struct {
+	cfg     config
+	machine machine
+	when    time.Time
+	rl      *phase
+	naive   *phase
+	idle    *idleResult
+	tput    *tputResult
+	mem     memory
+	took    time.Duration
+	load    [2]string // /proc/loadavg at the start and at the end
+}
+
+// genInfo is what relaunch's log says about one generation.
+type genInfo struct {
+	upgradeAt time.Time // the "upgrade: REASON" line before its start
+	reason    string
+	startedAt time.Time
+	readyAt   time.Time
+	pid       int
+}
+
+// genInfos reads relaunch's log: each generation's upgrade line, start and
+// readiness, and the failed upgrades.
+func genInfos(logs []logEntry) (map[int]*genInfo, []string) {
+	gens := map[int]*genInfo{}
+	var failed []string
+	var pending *logEntry
+	for i, e := range logs {
+		switch {
+		case strings.HasPrefix(e.Msg, "upgrade: "):
+			pending = &logs[i]
+		case strings.HasPrefix(e.Msg, "upgrade failed"):
+			failed = append(failed, e.Msg)
+		case e.started():
+			g := &genInfo{startedAt: e.Time, pid: e.Pid}
+			if pending != nil {
+				g.upgradeAt, g.reason = pending.Time, strings.TrimPrefix(pending.Msg, "upgrade: ")
+				pending = nil
+			}
+			gens[e.Generation] = g
+		case e.ready():
+			if g := gens[e.Generation]; g != nil {
+				g.readyAt = e.Time
+			}
+		}
+	}
+	return gens, failed
+}
+
+// dist is a set of per-upgrade durations.
+type dist []time.Duration
+
+func (d dist) p50() time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return percentile(s, 50)
+}
+
+func (d dist) max() time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return slices.Max(d)
+}
+
+func (d dist) over(limit time.Duration) int {
+	n := 0
+	for _, v := range d {
+		if v >= limit {
+			n++
+		}
+	}
+	return n
+}
+
+// "p50 X, max Y", or "n/a".
+func (d dist) String() string {
+	if len(d) == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%s (max %s)", ms(d.p50()), ms(d.max()))
+}
+
+// rlFigures are the per-upgrade figures of the relaunch run.
+type rlFigures struct {
+	total       map[string]dist // trigger → first answer, by kind
+	appStart    dist            // relaunch's "ready in": started → ready log lines
+	overhead    map[string]dist // by kind: (upgrade start → first answer) − appStart; a signal's upgrade starts at the signal
+	renameLag   dist            // rename → "upgrade:" log line, minus the debounce
+	sigLag      dist            // SIGUSR2 → "upgrade:" log line
+	spawn       dist            // "upgrade:" → "started"
+	exec        dist            // "started" → the app's "listening" record, minus -init-delay
+	notify      dist            // the app's "listening" → its "ready" (READY=1 sent) records
+	readyLag    dist            // READY=1 sent → relaunch's "ready" line
+	firstAnswer dist            // relaunch's "ready" line → the poller's first answer
+	missing     int             // upgrades whose log lines were not found
+	wrongReason int             // upgrades whose "upgrade:" line does not name their trigger
+	failed      []string
+	starts      int // generations started
+}
+
+func (r *report) rlFigures() rlFigures {
+	f := rlFigures{total: map[string]dist{}, overhead: map[string]dist{}}
+	gens, failed := genInfos(r.rl.logs)
+	f.failed, f.starts = failed, len(gens)
+	recGen := map[int]map[string]time.Time{}
+	for pid, g := range r.rl.recs.gen {
+		recGen[g] = r.rl.recs.at[pid]
+	}
+	for _, u := range r.rl.upgrades {
+		f.total[u.kind] = append(f.total[u.kind], u.first.Sub(u.trigger))
+		g := gens[u.newGen]
+		if g == nil || g.upgradeAt.IsZero() || g.readyAt.IsZero() {
+			f.missing++
+			continue
+		}
+		if (u.kind == "SIGUSR2") != (g.reason == "SIGUSR2") || (u.kind == "rename") != strings.HasPrefix(g.reason, "the binary changed") {
+			f.wrongReason++
+		}
+		start := g.readyAt.Sub(g.startedAt)
+		f.appStart = append(f.appStart, start)
+		from := u.trigger
+		if u.kind == "rename" {
+			from = g.upgradeAt
+			f.renameLag = append(f.renameLag, g.upgradeAt.Sub(u.trigger)-r.cfg.debounce)
+		} else {
+			f.sigLag = append(f.sigLag, g.upgradeAt.Sub(u.trigger))
+		}
+		f.overhead[u.kind] = append(f.overhead[u.kind], u.first.Sub(from)-start)
+		f.spawn = append(f.spawn, g.startedAt.Sub(g.upgradeAt))
+		f.firstAnswer = append(f.firstAnswer, u.first.Sub(g.readyAt))
+		if rec := recGen[u.newGen]; rec != nil && !rec["listening"].IsZero() && !rec["ready"].IsZero() {
+			f.exec = append(f.exec, rec["listening"].Sub(g.startedAt)-r.cfg.initDelay)
+			f.notify = append(f.notify, rec["ready"].Sub(rec["listening"]))
+			f.readyLag = append(f.readyLag, g.readyAt.Sub(rec["ready"]))
+		}
+	}
+	return f
+}
+
+func (f rlFigures) allOverhead() dist {
+	var d dist
+	for _, k := range []string{"SIGUSR2", "rename"} {
+		d = append(d, f.overhead[k]...)
+	}
+	return d
+}
+
+// naiveFigures are the per-restart figures of the baseline.
+type naiveFigures struct {
+	down     dist // SIGTERM → the new process's first answer
+	drain    dist // SIGTERM → the old process's exit
+	appStart dist // start → first answer
+	exec     dist // start → "listening" record, minus -init-delay
+}
+
+func (r *report) naiveFigures() naiveFigures {
+	var f naiveFigures
+	for _, u := range r.naive.upgrades {
+		f.down = append(f.down, u.first.Sub(u.trigger))
+		f.drain = append(f.drain, u.exited.Sub(u.trigger))
+		f.appStart = append(f.appStart, u.first.Sub(u.spawned))
+		if rec := r.naive.recs.at[u.newPid]; rec != nil && !rec["listening"].IsZero() {
+			f.exec = append(f.exec, rec["listening"].Sub(u.spawned)-r.cfg.initDelay)
+		}
+	}
+	return f
+}
+
+// target is one line of the targets table.
+type target struct {
+	name, measured, verdict string
+}
+
+func met(format string, args ...any) string    { return "met: " + fmt.Sprintf(format, args...) }
+func missed(format string, args ...any) string { return "**missed**: " + fmt.Sprintf(format, args...) }
+
+func (r *report) targets(f rlFigures, steady, during, control part) []target {
+	var ts []target
+	res := r.rl.res
+
+	if n := res.Failed(); n == 0 {
+		ts = append(ts, target{"0 errors", fmt.Sprintf("%d errors in %d requests", n, res.Total), met("0 errors")})
+	} else {
+		ts = append(ts, target{"0 errors", fmt.Sprintf("%d errors in %d requests (%s)", n, res.Total, kinds(res.Errors)),
+			missed("by %d errors, %.2f per upgrade", n, float64(n)/float64(len(r.rl.upgrades)))})
+	}
+
+	const overheadLimit = 5 * time.Millisecond
+	oh := f.allOverhead()
+	t := target{name: "upgrade overhead < 5 ms beyond the app's start"}
+	t.measured = fmt.Sprintf("p50 %s, max %s (SIGUSR2 %s; rename, from the upgrade start, %s)", ms(oh.p50()), ms(oh.max()), f.overhead["SIGUSR2"], f.overhead["rename"])
+	switch {
+	case len(oh) == 0:
+		t.verdict = missed("relaunch's log lines were not found")
+	case oh.max() < overheadLimit:
+		t.verdict = met("every upgrade, the worst by %s", ms(overheadLimit-oh.max()))
+	default:
+		t.verdict = missed("%d of %d upgrades at or over, the worst by %s", oh.over(overheadLimit), len(oh), ms(oh.max()-overheadLimit))
+		if oh.p50() < overheadLimit {
+			t.verdict += fmt.Sprintf(" (p50 %s under)", ms(overheadLimit-oh.p50()))
+		}
+	}
+	ts = append(ts, t)
+
+	if r.cfg.renames > 0 {
+		const lagLimit = 20 * time.Millisecond
+		t := target{name: fmt.Sprintf("rename → upgrade start within debounce (%s) + 20 ms", ms(r.cfg.debounce))}
+		t.measured = fmt.Sprintf("debounce + %s, max + %s", ms(f.renameLag.p50()), ms(f.renameLag.max()))
+		switch {
+		case len(f.renameLag) == 0:
+			t.verdict = missed("relaunch's log lines were not found")
+		case f.renameLag.max() <= lagLimit:
+			t.verdict = met("every rename, the worst by %s", ms(lagLimit-f.renameLag.max()))
+		default:
+			t.verdict = missed("%d of %d renames over, the worst by %s", f.renameLag.over(lagLimit+1), len(f.renameLag), ms(f.renameLag.max()-lagLimit))
+		}
+		ts = append(ts, t)
+	}
+
+	t = target{name: "p99 during upgrades ≤ 1.2 × steady"}
+	if steady.lat.n > 0 && during.lat.n > 0 {
+		ratio := float64(during.lat.p99) / float64(steady.lat.p99)
+		t.measured = fmt.Sprintf("%s vs %s: %.2f ×", ms(during.lat.p99), ms(steady.lat.p99), ratio)
+		if control.lat.n > 0 {
+			t.measured += fmt.Sprintf(" (the poller alone: %s, %.2f ×)", ms(control.lat.p99), float64(control.lat.p99)/float64(steady.lat.p99))
+		}
+		if ratio <= 1.2 {
+			t.verdict = met("by %.2f ×", 1.2-ratio)
+		} else {
+			t.verdict = missed("by %.2f × (%s over 1.2 × steady)", ratio-1.2, ms(during.lat.p99-time.Duration(1.2*float64(steady.lat.p99))))
+		}
+	} else {
+		t.measured, t.verdict = "n/a", missed("no samples")
+	}
+	ts = append(ts, t)
+
+	const rssLimit = 10 * 1024 // KiB
+	t = target{name: "relaunch's RSS < 10 MiB", measured: fmt.Sprintf("%s (peak %s)", mib(r.mem.rss), mib(r.mem.hwm))}
+	if r.mem.rss < rssLimit {
+		t.verdict = met("by %s", mib(rssLimit-r.mem.rss))
+	} else {
+		t.verdict = missed("by %s", mib(r.mem.rss-rssLimit))
+	}
+	ts = append(ts, t)
+
+	ticks := r.idle.after.ticks - r.idle.before.ticks
+	cpu := time.Duration(ticks) * time.Second / userHZ
+	t = target{name: "idle CPU ~0 (at most one clock tick, 10 ms, over the idle period)"}
+	t.measured = fmt.Sprintf("%s over %s (%.3f %% of a core)", ms(cpu), r.idle.d.Round(time.Second), 100*cpu.Seconds()/r.idle.d.Seconds())
+	if ticks <= 1 {
+		t.verdict = met("%d tick(s)", ticks)
+	} else {
+		t.verdict = missed("by %d ticks (%s)", ticks-1, ms(cpu-time.Second/userHZ))
+	}
+	ts = append(ts, t)
+
+	t = target{name: "throughput behind relaunch / direct = 1.00 ± 0.05"}
+	ratio := r.tput.ratio()
+	t.measured = fmt.Sprintf("%.3f (%.0f vs %.0f req/s; rounds differ by up to %.1f %%)", ratio, r.tput.relaunch, r.tput.direct, 100*r.tput.noise())
+	if d := math.Abs(ratio - 1); d <= 0.05 {
+		t.verdict = met("off by %.3f", d)
+	} else {
+		t.verdict = missed("by %.3f", d-0.05)
+	}
+	ts = append(ts, t)
+	return ts
+}
+
+// markdown is results.md.
+func (r *report) markdown() string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	c := r.cfg
+	f := r.rlFigures()
+	nf := r.naiveFigures()
+	rs, rparts := classify(r.rl.res.Samples, r.rl.windows(c.window), r.rl.controls)
+	rd, rc := rparts[0], rparts[1]
+	ns, nd := split(r.naive.res.Samples, r.naive.windows(c.window))
+
+	w("# relaunch: handover benchmark\n\n")
+	w("`%s` on %s: %d × %s, Linux %s, %s; the run took %s, load average %s at its start, %s at its end.\n\n",
+		r.command(), r.when.Format("2006-01-02 15:04 MST"), r.machine.cpus, r.machine.model, r.machine.kernel, r.machine.goVer, r.took.Round(time.Second), r.load[0], r.load[1])
+	w("The demo app (`testdata/demo`, `-init-delay %s`) under open-loop load, %.0f req/s from %d clients, %.0f %% of them keep-alive, the others connect per request. "+
+		"**relaunch**: %d upgrades, %d by `SIGUSR2` and %d by renaming the other build over the binary relaunch watches (`--debounce %s`), one every ~%s. "+
+		"**naive**: the same app bound to its own port (`-listen`), %d restarts as a process manager would do them: `SIGTERM`, wait for the exit, start again.\n\n",
+		c.initDelay, c.rate, c.clients, 100*c.keepAlive, len(r.rl.upgrades), c.signals, c.renames, ms(c.debounce), c.interval, len(r.naive.upgrades))
+
+	w("| | relaunch | naive stop/start |\n|---|---|---|\n")
+	w("| upgrades | %d (%d `SIGUSR2`, %d rename) | %d restarts |\n", len(r.rl.upgrades), c.signals, c.renames, len(r.naive.upgrades))
+	w("| requests | %d (%.0f/s) | %d (%.0f/s) |\n", r.rl.res.Total, rate(r.rl.res), r.naive.res.Total, rate(r.naive.res))
+	w("| errors | **%s** | **%s** |\n", errText(r.rl.res.Errors), errText(r.naive.res.Errors))
+	w("| errors per upgrade | %.2f | %.1f |\n", perUpgrade(r.rl.res.Failed(), len(r.rl.upgrades)), perUpgrade(r.naive.res.Failed(), len(r.naive.upgrades)))
+	w("| keep-alive connections closed by a draining app, request retried (not an error) | %d | %d |\n", r.rl.res.Retried, r.naive.res.Retried)
+	w("| latency steady: p50 / p99 / max | %s | %s |\n", latText(rs), latText(ns))
+	w("| latency during upgrades: p50 / p99 / max | %s | %s |\n", latText(rd), latText(nd))
+	w("| requests steady / during upgrades | %d / %d | %d / %d |\n", rs.requests, rd.requests, ns.requests, nd.requests)
+	if len(r.rl.controls) > 0 {
+		w("| control: latency while the 1 ms poller runs alone, no upgrade (%d windows, %d requests): p50 / p99 / max | %s | |\n", len(r.rl.controls), rc.requests, latText(rc))
+	}
+	w("| trigger → first answer of the new app, p50 (max) | `SIGUSR2` %s; rename %s | `SIGTERM` %s |\n", f.total["SIGUSR2"], f.total["rename"], nf.down)
+	w("| the app's own start, p50 (max) | %s: relaunch's `ready in` | %s: start → first answer |\n", f.appStart, nf.appStart)
+	rp, rf := polls(r.rl.upgrades)
+	np, nfail := polls(r.naive.upgrades)
+	w("| new connections every 1 ms from the trigger until the new app answers: failed | %d of %d | %d of %d |\n", rf, rp, nfail, np)
+	w("| the app unreachable | %s | %s per restart: connections refused |\n", map[bool]string{true: "never", false: "**yes**: see the failed probes"}[rf == 0], nf.down)
+	w("\n")
+
+	w("Targets (shown, not asserted):\n\n| target | measured | |\n|---|---|---|\n")
+	for _, t := range r.targets(f, rs, rd, rc) {
+		w("| %s | %s | %s |\n", t.name, t.measured, t.verdict)
+	}
+	w("\n")
+
+	if len(f.failed) > 0 || f.missing > 0 || f.wrongReason > 0 || f.starts != len(r.rl.upgrades)+1 {
+		w("Anomalies: %d generations started for %d upgrades; %d upgrades without their log lines; %d whose `upgrade:` line names another trigger; failed upgrades: %q.\n\n",
+			f.starts, len(r.rl.upgrades), f.missing, f.wrongReason, f.failed)
+	}
+
+	w("![latency of every request over time, upgrades marked](latency.png)\n\n")
+
+	w("## Where an upgrade's time goes\n\np50 (max) over the upgrades, from relaunch's JSON log (ns timestamps) and the demo's `-record` file:\n\n")
+	w("| step | relaunch | naive |\n|---|---|---|\n")
+	w("| `SIGUSR2` → relaunch logs `upgrade:` | %s | |\n", f.sigLag)
+	if c.renames > 0 {
+		w("| rename → relaunch logs `upgrade:`, minus the %s debounce | %s | |\n", ms(c.debounce), f.renameLag)
+	}
+	w("| `SIGTERM` → the old process has exited (its graceful drain) | | %s |\n", nf.drain)
+	w("| `upgrade:` → new generation forked | %s | |\n", f.spawn)
+	w("| fork → the app listens, minus its %s `-init-delay` (exec, Go runtime start; relaunch: its exec helper too) | %s | %s |\n", ms(c.initDelay), f.exec, nf.exec)
+	w("| the app listens → it sends `READY=1` | %s | |\n", f.notify)
+	w("| `READY=1` sent → relaunch logs `ready` | %s | |\n", f.readyLag)
+	w("| relaunch logs `ready` → first answer of the new generation (steering, 1 ms poll) | %s | |\n", f.firstAnswer)
+	w("| upgrade overhead = upgrade start → first answer, minus `ready in` | SIGUSR2 %s; rename %s | |\n", f.overhead["SIGUSR2"], f.overhead["rename"])
+	w("| TCP sockets in TIME_WAIT on the host at the trigger (`/proc/net/sockstat`) | %s | %s |\n", intDist(r.rl.upgrades), intDist(r.naive.upgrades))
+	w("\n")
+	if r.rl.tcp6 > 0 {
+		w("Before an upgrade starts (before its `upgrade:` line), relaunch checks its steered group in `/proc/net/tcp` and `/proc/net/tcp6` (`launcher/tripwire_linux.go`). "+
+			"Reading `/proc/net/tcp6` to its end took %s here after the run, with %d sockets in TIME_WAIT: with no IPv6 listener, the kernel walks its whole table of connections, every bucket and every TIME_WAIT socket, to print nothing. "+
+			"A rename also waits for the watcher's SHA-256 of the new binary (%s) after the debounce.\n\n", ms(r.rl.tcp6), r.rl.tcp6TW, mib(r.rl.appSize/1024))
+	}
+
+	w("## relaunch at rest\n\n")
+	ticks := r.idle.after.ticks - r.idle.before.ticks
+	w("* Idle for %s after the upgrades (its app idle too): utime+stime %d clock ticks (%s), scheduler run time %s, %d context switches.\n",
+		r.idle.d.Round(time.Second), ticks, ms(time.Duration(ticks)*time.Second/userHZ), ms(r.idle.after.run-r.idle.before.run), r.idle.after.ctxsw-r.idle.before.ctxsw)
+	w("* Memory: VmRSS %s once the first generation was ready (%s anonymous, %s file-backed: relaunch's own binary); at the end, after %d upgrades, the idle period and the throughput runs, %s (%s anonymous, %s file-backed), peak (VmHWM) %s.\n",
+		mib(r.rl.memStart.rss), mib(r.rl.memStart.anon), mib(r.rl.memStart.file), len(r.rl.upgrades), mib(r.mem.rss), mib(r.mem.anon), mib(r.mem.file), mib(r.mem.hwm))
+	w("* Throughput, closed loop, %d clients (%.0f %% keep-alive), %s per side in %d alternating rounds: direct %.0f req/s, behind relaunch %.0f req/s, ratio %.3f; rounds (direct, relaunch):",
+		c.tputClients, 100*c.keepAlive, c.tput, len(r.tput.rounds), r.tput.direct, r.tput.relaunch, r.tput.ratio())
+	for _, rd := range r.tput.rounds {
+		w(" (%.0f, %.0f)", rd[0], rd[1])
+	}
+	w("; %d errors.\n\n", r.tput.errors)
+
+	w("## Definitions\n\n")
+	w("* *During an upgrade*: from the trigger (the signal sent, the rename done) to %s after the new generation's first answer; a request is counted there when its span overlaps such a window, steady when it overlaps no window (upgrade or control). Latency percentiles are of the successful requests.\n", ms(c.window))
+	w("* *Control windows*: before the first upgrade, the poller below runs %d times alone for %s (about as long as in an upgrade), each window extended by %s like an upgrade's: what the measurement itself costs the latency.\n", len(r.rl.controls), ms(c.initDelay+20*time.Millisecond), ms(c.window))
+	w("* *First answer of the new generation*: from the trigger, a poller opens a new connection every 1 ms (%d connections per upgrade on average, on top of the load) until an answer names the new generation (relaunch) or the new pid (naive).\n", avgPolls(r.rl.upgrades))
+	w("* *The app's own start*: relaunch's `ready in` (its `gen N started` to `gen N ready` log lines): exec, the app's start-up work, `READY=1`. *Upgrade overhead*: the upgrade's start (the signal; for a rename, relaunch's `upgrade:` line) to the first answer, minus that.\n")
+	w("* Errors are the load generator's (`internal/loadtest`): refused, reset, EOF before any byte of the answer, timeout, non-200, other. A keep-alive connection closed between two requests is retried once on a new connection, as every HTTP client does; only a failed retry is an error.\n")
+	return b.String()
+}
+
+func (r *report) command() string {
+	if strings.Join(r.cfg.args, " ") == "-out bench" {
+		return "make bench"
+	}
+	return strings.TrimSpace("go run ./internal/bench " + strings.Join(r.cfg.args, " "))
+}
+
+func polls(us []upgrade) (n, failed int) {
+	for _, u := range us {
+		n += u.polls
+		failed += u.failed
+	}
+	return n, failed
+}
+
+// intDist is "p50 (max)" of the TIME_WAIT counts.
+func intDist(us []upgrade) string {
+	var v []int
+	for _, u := range us {
+		if u.tw >= 0 {
+			v = append(v, u.tw)
+		}
+	}
+	if len(v) == 0 {
+		return "n/a"
+	}
+	slices.Sort(v)
+	return fmt.Sprintf("%d (max %d)", v[(len(v)-1)/2], v[len(v)-1])
+}
+
+func rate(res *loadtest.Result) float64 {
+	return float64(res.Total) / max(res.Elapsed.Seconds(), 1e-9)
+}
+
+func perUpgrade(n, ups int) float64 {
+	if ups == 0 {
+		return 0
+	}
+	return float64(n) / float64(ups)
+}
+
+func avgPolls(us []upgrade) int {
+	n := 0
+	for _, u := range us {
+		n += u.polls
+	}
+	if len(us) == 0 {
+		return 0
+	}
+	return n / len(us)
+}
+
+// kinds is "3 refused, 1 eof".
+func kinds(m map[loadtest.Kind]int) string {
+	var parts []string
+	for _, k := range loadtest.Kinds {
+		if n := m[k]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, k))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func errText(m map[loadtest.Kind]int) string {
+	n := 0
+	for _, c := range m {
+		n += c
+	}
+	if n == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d: %s", n, kinds(m))
+}
+
+func latText(p part) string {
+	if p.lat.n == 0 {
+		return "n/a"
+	}
+	s := fmt.Sprintf("%s / %s / %s", ms(p.lat.p50), ms(p.lat.p99), ms(p.lat.max))
+	if n := p.failed(); n > 0 {
+		s += fmt.Sprintf(" (+%d errors)", n)
+	}
+	return s
+}
+
+// ms formats a duration in milliseconds with a precision that suits it.
+func ms(d time.Duration) string {
+	v := float64(d) / float64(time.Millisecond)
+	a := math.Abs(v)
+	switch {
+	case a < 10:
+		return fmt.Sprintf("%.2f ms", v)
+	case a < 100:
+		return fmt.Sprintf("%.1f ms", v)
+	default:
+		return fmt.Sprintf("%.0f ms", v)
+	}
+}
+
+func mib(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }

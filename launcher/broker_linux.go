@@ -1,0 +1,688 @@
+//go:build linux
+
+package launcher
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The connection handoff (SPEC §9): relaunch's side of the protocol that
+// handoff/doc.go defines. A draining generation sends its live connections
+// (an fd and an opaque state each) to the broker, which forwards them, in
+// order, to the current generation's receiver, holding them while there is
+// none. It keeps its own reference to each fd until the receiver
+// acknowledges it, so a receiver that dies loses only what it took.
+//
+// The broker runs its own goroutines: one accepting, one per connection
+// reading, one per receiver writing. The launcher's loop calls its methods,
+// which never block (close excepted, at exit, briefly).
+
+// Message types and limits of the wire format (handoff/doc.go).
+const (
+	hoHelloSend byte = 1
+	hoHelloRecv byte = 2
+	hoConn      byte = 3
+	hoEnd       byte = 4
+	hoOK        byte = 5
+	hoError     byte = 6
+	hoAck       byte = 7
+
+	hoVersion   = 1
+	hoMaxState  = 64 << 10
+	hoMaxRights = 253 // SCM_MAX_FD: with room for all, no fd is lost to MSG_CTRUNC
+)
+
+// Tunables; variables so that tests can lower them.
+var (
+	brokerMaxHeld   = 100_000          // fds held at once; fewer when RLIMIT_NOFILE is lower
+	brokerMaxBytes  = 256 << 20        // state bytes held at once
+	brokerWindow    = 256              // fds sent to a receiver and not yet acknowledged
+	brokerHelloWait = 10 * time.Second // a connection silent that long before its hello is dropped
+	brokerPidRetry  = 100 * time.Millisecond
+	brokerStopWait  = time.Second // close: time for senders' last messages
+	brokerLogCap    = 5           // rejections logged per connection; the rest are counted
+)
+
+type broker struct {
+	path    string
+	log     *slog.Logger
+	genOf   func(pid int) (gen int, ok bool)
+	ln      *net.UnixListener
+	maxHeld int // brokerMaxHeld, or less (RLIMIT_NOFILE)
+	window  int // brokerWindow
+	logCap  int // brokerLogCap
+
+	mu        sync.Mutex
+	cond      sync.Cond // on mu: the queue, a window, a receiver, current or closed changed
+	current   int
+	queue     []heldConn // not yet sent to a receiver, in order
+	held      int        // fds held: queued and sent but not acknowledged
+	heldBytes int
+	recvs     map[*brokerRecv]bool // connected receivers
+	conns     map[*net.UnixConn]bool
+	closed    bool
+	lost      int // fds closed because relaunch stops
+	wg        sync.WaitGroup
+}
+
+// heldConn is one connection in flight.
+type heldConn struct {
+	fd  int
+	msg []byte // the CONN message as it came: its type byte, then the state
+}
+
+// brokerRecv is a generation's receiving connection.
+type brokerRecv struct {
+	gen, pid int
+	c        *net.UnixConn
+	retired  bool // not (or no longer) the current generation's: gets END, nothing more
+	broken   bool // a send failed: nothing more is sent
+	gone     bool // disconnected: what it had not acknowledged went back to the queue
+	unacked  []heldConn
+	taken    int
+}
+
+// newBroker listens on path (in relaunch's 0700 runtime directory). genOf
+// tells which generation a pid belongs to; it is called from the broker's
+// goroutines.
+func newBroker(path string, log *slog.Logger, genOf func(pid int) (gen int, ok bool)) (*broker, error) {
+	if len(path) > 107 {
+		return nil, fmt.Errorf("the handoff socket path %s is %d bytes, more than the 107 a socket address holds; set TMPDIR to a shorter directory", path, len(path))
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("cannot create the handoff socket: %w", err)
+	}
+	if log == nil {
+		log = discardLogger()
+	}
+	b := &broker{path: path, log: log, genOf: genOf, ln: ln, maxHeld: brokerMaxHeld, window: brokerWindow, logCap: brokerLogCap,
+		recvs: map[*brokerRecv]bool{}, conns: map[*net.UnixConn]bool{}}
+	b.cond.L = &b.mu
+	// Every fd held is one of relaunch's: stay clear of EMFILE, where the
+	// kernel would close what it cannot install.
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur < uint64(b.maxHeld)+1024 {
+		b.maxHeld = max(int(rl.Cur)/2, int(rl.Cur)-1024)
+	}
+	b.wg.Add(1)
+	go b.accept()
+	return b, nil
+}
+
+// setCurrent makes gen the generation that receives from now on. The
+// receivers of older generations get END.
+func (b *broker) setCurrent(gen int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.current = gen
+	for r := range b.recvs {
+		if r.gen < gen {
+			r.retired = true
+		}
+	}
+	b.cond.Broadcast()
+}
+
+// exited says generation gen is gone. Its senders' connections are read to
+// their end (what is queued there is not lost); its receiver gets nothing
+// more, and what it had not acknowledged goes back to the queue when its
+// connection closes.
+func (b *broker) exited(gen int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for r := range b.recvs {
+		if r.gen == gen {
+			r.retired = true
+		}
+	}
+	b.cond.Broadcast()
+}
+
+// close stops the broker when relaunch stops: it closes every fd it still
+// holds, logs how many, and returns that. It waits for the senders' last
+// messages (their processes are gone by then) for brokerStopWait at most.
+func (b *broker) close() (closedInFlight int) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return 0
+	}
+	b.closed = true
+	b.cond.Broadcast()
+	deadline := time.Now().Add(brokerStopWait)
+	for c := range b.conns {
+		c.SetDeadline(deadline)
+	}
+	for r := range b.recvs {
+		r.c.Close() // whatever it did not acknowledge comes back to the queue
+	}
+	b.mu.Unlock()
+	b.ln.Close() // removes the socket file
+	b.wg.Wait()
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := b.lost + len(b.queue)
+	for _, h := range b.queue {
+		unix.Close(h.fd)
+	}
+	b.queue, b.held, b.heldBytes, b.lost = nil, 0, 0, 0
+	if n > 0 {
+		b.log.Warn(fmt.Sprintf("handoff: relaunch stops holding %s that no generation took: closed", connections(n)), "connections", n)
+	}
+	return n
+}
+
+func (b *broker) accept() {
+	defer b.wg.Done()
+	for {
+		c, err := b.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			b.log.Warn("handoff: accept: " + errorText(err))
+			time.Sleep(100 * time.Millisecond) // EMFILE and the like: do not spin
+			continue
+		}
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			c.Close()
+			return
+		}
+		b.conns[c] = true
+		b.wg.Add(1)
+		b.mu.Unlock()
+		go b.session(c)
+	}
+}
+
+// session serves one connection: its hello, then its role.
+func (b *broker) session(c *net.UnixConn) {
+	defer b.wg.Done()
+	defer func() {
+		b.mu.Lock()
+		delete(b.conns, c)
+		b.mu.Unlock()
+		c.Close()
+	}()
+	pid := peerPid(c)
+	buf := make([]byte, 1+hoMaxState+1)
+	oob := make([]byte, unix.CmsgSpace(4*hoMaxRights))
+	c.SetReadDeadline(time.Now().Add(brokerHelloWait))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	closeFds(parseRights(oob[:oobn])) // a hello carries none
+	if err != nil || n == 0 {
+		return // gone, or silent
+	}
+	b.mu.Lock()
+	if !b.closed {
+		c.SetReadDeadline(time.Time{})
+	}
+	b.mu.Unlock()
+	who := fmt.Sprintf("pid %d", pid)
+	role := buf[0]
+	switch {
+	case n != 2 || role != hoHelloSend && role != hoHelloRecv:
+		b.refuse(c, who, fmt.Sprintf("the first message must be a hello (type %d or %d, then the version), not type %d of %d bytes", hoHelloSend, hoHelloRecv, role, n))
+		return
+	case buf[1] != hoVersion:
+		b.refuse(c, who, fmt.Sprintf("protocol version %d; relaunch speaks version %d", buf[1], hoVersion))
+		return
+	case pid <= 0:
+		b.refuse(c, "a process", "its pid is unknown (SO_PEERCRED; another pid namespace?)")
+		return
+	}
+	gen, ok := b.genOf(pid)
+	// The launcher records a generation right after forking it; a process
+	// could in theory connect before that: ask again, briefly.
+	for t := time.Now(); !ok && time.Since(t) < brokerPidRetry; {
+		time.Sleep(10 * time.Millisecond)
+		gen, ok = b.genOf(pid)
+	}
+	if !ok {
+		b.refuse(c, who, "not a process of any generation of this relaunch")
+		return
+	}
+	who = fmt.Sprintf("gen %d (pid %d)", gen, pid)
+	if role == hoHelloSend {
+		b.sender(c, gen, pid, who, buf, oob)
+	} else {
+		b.receiver(c, gen, pid, who, buf, oob)
+	}
+}
+
+// refuse answers a hello with ERROR, logs it, and leaves the caller to close.
+func (b *broker) refuse(c *net.UnixConn, who, why string) {
+	b.log.Warn(fmt.Sprintf("handoff: refused %s: %s", who, why), "reason", why)
+	c.Write(append([]byte{hoError}, why...))
+}
+
+// refuseQuietly is refuse for what an app that opts in does at every stop
+// of relaunch: its current generation, told to drain, asks to hand over.
+func (b *broker) refuseQuietly(c *net.UnixConn, who, why string) {
+	b.log.Info(fmt.Sprintf("handoff: refused %s: %s", who, why), "reason", why)
+	c.Write(append([]byte{hoError}, why...))
+}
+
+// sender reads a draining generation's CONN messages into the queue until
+// END and the connection's end.
+func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []byte) {
+	b.mu.Lock()
+	cur, closed, logCap := b.current, b.closed, b.logCap
+	b.mu.Unlock()
+	switch {
+	case closed:
+		b.refuse(c, who, errStopping)
+		return
+	case gen == cur:
+		b.refuseQuietly(c, who, fmt.Sprintf("gen %d is the current generation: only a draining generation hands connections over", gen))
+		return
+	case gen > cur:
+		b.refuse(c, who, fmt.Sprintf("gen %d is still starting: only a draining generation hands connections over", gen))
+		return
+	}
+	if _, err := c.Write([]byte{hoOK}); err != nil {
+		return
+	}
+	start := time.Now()
+	var (
+		msgs, taken, rejected int
+		firstWhy              string
+		ended                 bool
+	)
+	reject := func(fds []int, why string) {
+		closeFds(fds)
+		rejected++
+		if firstWhy == "" {
+			firstWhy = why
+		}
+		if why != errStopping && rejected <= logCap {
+			more := ""
+			if rejected == logCap {
+				more = " (further rejections from it are only counted)"
+			}
+			b.log.Warn(fmt.Sprintf("handoff: %s: rejected message %d: %s; closed its %d fd(s)%s", who, msgs, why, len(fds), more),
+				"generation", gen, "pid", pid, "reason", why)
+		}
+	}
+	for {
+		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+		fds := parseRights(oob[:oobn])
+		if errors.Is(err, io.EOF) && !peerGone(c) {
+			err, n = nil, 0 // an empty packet, not the end
+		}
+		if err != nil {
+			closeFds(fds)
+			break
+		}
+		msgs++
+		switch {
+		case ended:
+			reject(fds, "a message after END")
+		case flags&unix.MSG_CTRUNC != 0:
+			reject(fds, fmt.Sprintf("more than %d fds", hoMaxRights))
+		case n == 0:
+			reject(fds, "an empty message")
+		case buf[0] == hoConn && (flags&unix.MSG_TRUNC != 0 || n > 1+hoMaxState):
+			reject(fds, fmt.Sprintf("a state over %d bytes", hoMaxState))
+		case buf[0] == hoConn && len(fds) != 1:
+			reject(fds, fmt.Sprintf("a connection message with %d fds instead of 1", len(fds)))
+		case buf[0] == hoConn:
+			if what := notSocket(fds[0]); what != "" {
+				reject(fds, "the fd is not a socket but "+what)
+			} else if why := b.push(heldConn{fd: fds[0], msg: append([]byte(nil), buf[:n]...)}); why != "" {
+				reject(fds, why)
+			} else {
+				taken++
+			}
+		case buf[0] == hoEnd && n == 1 && len(fds) == 0:
+			ended = true
+			d := time.Since(start)
+			attrs := []any{"generation", gen, "pid", pid, "connections", taken, "rejected", rejected, "ms", d.Milliseconds()}
+			line := fmt.Sprintf("handoff: %s handed over %s in %s", who, connections(taken), ms(d))
+			if cur, held, ok := b.receiving(); !ok && held > 0 {
+				line += fmt.Sprintf("; gen %d has no receiver: relaunch holds %s for the next one", cur, connections(held))
+			}
+			if rejected == 0 {
+				b.log.Info(line, attrs...)
+				c.Write([]byte{hoOK})
+				break
+			}
+			b.log.Warn(fmt.Sprintf("%s; rejected %d message(s)", line, rejected), attrs...)
+			c.Write(fmt.Appendf([]byte{hoError}, "%d of %d messages rejected (their fds closed; relaunch's log has each), the first: %s", rejected, msgs-1, firstWhy))
+		default:
+			reject(fds, fmt.Sprintf("unknown message type %d from a sender", buf[0]))
+		}
+	}
+	b.mu.Lock()
+	closed = b.closed
+	b.mu.Unlock()
+	if !ended && !closed {
+		b.log.Warn(fmt.Sprintf("handoff: %s went away without END after handing over %s; relaunch keeps what it sent", who, connections(taken)),
+			"generation", gen, "pid", pid, "connections", taken)
+	}
+}
+
+// errStopping is why a connection that comes while relaunch stops is not
+// taken; it is counted with those close closes.
+const errStopping = "relaunch is stopping"
+
+// receiving tells whether the current generation has a receiver that takes
+// connections, and how many fds are held.
+func (b *broker) receiving() (current, held int, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for r := range b.recvs {
+		if r.gen == b.current && !r.retired && !r.broken && !r.gone {
+			ok = true
+		}
+	}
+	return b.current, b.held, ok
+}
+
+// push queues a connection, or says why it does not; the caller closes it.
+func (b *broker) push(h heldConn) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		b.lost++
+		return errStopping
+	case b.held >= b.maxHeld:
+		return fmt.Sprintf("relaunch holds %d handed-over connections already, its limit", b.held)
+	case b.heldBytes+len(h.msg) > brokerMaxBytes:
+		return fmt.Sprintf("relaunch holds %d MiB of handed-over state already, its limit", b.heldBytes>>20)
+	}
+	b.queue = append(b.queue, h)
+	b.held++
+	b.heldBytes += len(h.msg)
+	b.cond.Broadcast()
+	return ""
+}
+
+// receiver registers a generation's receiver, starts its writer and reads
+// its ACKs until its connection ends.
+func (b *broker) receiver(c *net.UnixConn, gen, pid int, who string, buf, oob []byte) {
+	r := &brokerRecv{gen: gen, pid: pid, c: c}
+	var why string
+	b.mu.Lock()
+	switch {
+	case b.closed:
+		why = errStopping
+	case gen < b.current:
+		why = fmt.Sprintf("gen %d is not current (gen %d is): only the current or a starting generation receives", gen, b.current)
+	default:
+		for o := range b.recvs {
+			if o.gen == gen && !o.gone {
+				why = fmt.Sprintf("gen %d has a receiver already (pid %d)", gen, o.pid)
+			}
+		}
+	}
+	if why == "" {
+		b.recvs[r] = true
+	}
+	b.mu.Unlock()
+	if why != "" {
+		b.refuse(c, who, why)
+		return
+	}
+	// OK goes out before the writer may send anything.
+	if _, err := c.Write([]byte{hoOK}); err == nil {
+		b.wg.Add(1)
+		go b.deliver(r)
+		for {
+			n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+			fds := parseRights(oob[:oobn])
+			closeFds(fds)
+			if errors.Is(err, io.EOF) && !peerGone(c) {
+				err, n = nil, 0
+			}
+			if err != nil {
+				break
+			}
+			if n == 1 && buf[0] == hoAck && len(fds) == 0 && b.ack(r) {
+				continue
+			}
+			b.log.Warn(fmt.Sprintf("handoff: %s: ignored an unexpected message from a receiver (type %d, %d bytes, %d fds)", who, buf[0], n, len(fds)),
+				"generation", gen, "pid", pid)
+		}
+	}
+	b.mu.Lock()
+	r.gone = true
+	back := len(r.unacked)
+	b.queue = append(r.unacked, b.queue...) // first in line again, in order
+	r.unacked = nil
+	delete(b.recvs, r)
+	b.cond.Broadcast()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed || r.taken == 0 && back == 0 {
+		return
+	}
+	msg := fmt.Sprintf("handoff: %s took %s", who, connections(r.taken))
+	if back > 0 {
+		msg += fmt.Sprintf(" and went away before taking %d more: relaunch holds them for the next receiver", back)
+	}
+	b.log.Info(msg, "generation", gen, "pid", pid, "connections", r.taken, "returned", back)
+}
+
+// ack: the receiver holds the oldest connection sent to it; drop ours.
+func (b *broker) ack(r *brokerRecv) bool {
+	b.mu.Lock()
+	if len(r.unacked) == 0 {
+		b.mu.Unlock()
+		return false
+	}
+	h := r.unacked[0]
+	r.unacked[0] = heldConn{}
+	r.unacked = r.unacked[1:]
+	r.taken++
+	b.held--
+	b.heldBytes -= len(h.msg)
+	b.cond.Broadcast()
+	b.mu.Unlock()
+	unix.Close(h.fd)
+	return true
+}
+
+// deliver sends queued connections to r while its generation is current,
+// then END once it is retired.
+func (b *broker) deliver(r *brokerRecv) {
+	defer b.wg.Done()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		for !r.gone && !r.broken && !b.closed && !r.retired &&
+			!(r.gen == b.current && len(b.queue) > 0 && len(r.unacked) < b.window) {
+			b.cond.Wait()
+		}
+		if r.gone || r.broken || b.closed {
+			return
+		}
+		if r.retired {
+			b.mu.Unlock()
+			r.c.Write([]byte{hoEnd}) // it closes; the reader then gives back what it did not take
+			b.mu.Lock()
+			return
+		}
+		h := b.queue[0]
+		b.queue[0] = heldConn{}
+		b.queue = b.queue[1:]
+		r.unacked = append(r.unacked, h)
+		b.mu.Unlock()
+		_, _, err := r.c.WriteMsgUnix(h.msg, unix.UnixRights(h.fd), nil)
+		b.mu.Lock()
+		if err != nil {
+			// Not sent: h goes back first in line, unless the reader has
+			// given back everything already (the connection ended).
+			if !r.gone && len(r.unacked) > 0 && r.unacked[len(r.unacked)-1].fd == h.fd {
+				r.unacked = r.unacked[:len(r.unacked)-1]
+				b.queue = append([]heldConn{h}, b.queue...)
+			}
+			r.broken = true
+			b.cond.Broadcast()
+			if !r.gone && !b.closed {
+				b.log.Warn(fmt.Sprintf("handoff: gen %d (pid %d): cannot pass a connection to it: %s; it gets no more", r.gen, r.pid, errorText(err)),
+					"generation", r.gen, "pid", r.pid)
+			}
+			r.c.CloseWrite() // its reads end: it closes, and the reader gives back the rest
+			return
+		}
+	}
+}
+
+// connections is "1 connection" or "N connections".
+func connections(n int) string {
+	if n == 1 {
+		return "1 connection"
+	}
+	return fmt.Sprintf("%d connections", n)
+}
+
+// peerPid is the pid of the process that connected c (SO_PEERCRED), 0 if
+// unknown.
+func peerPid(c *net.UnixConn) int {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	rc.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
+}
+
+// peerGone tells a real end of the connection from an empty packet: Go
+// reports both as io.EOF on a SOCK_SEQPACKET socket.
+func peerGone(c *net.UnixConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := true
+	rc.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+		if n, err := unix.Poll(p, 0); err == nil {
+			gone = n > 0 && p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return gone
+}
+
+// parseRights returns the fds a control message carries (received
+// close-on-exec: Go's ReadMsgUnix asks for MSG_CMSG_CLOEXEC).
+func parseRights(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for i := range msgs {
+		if msgs[i].Header.Level == unix.SOL_SOCKET && msgs[i].Header.Type == unix.SCM_RIGHTS {
+			if f, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+				fds = append(fds, f...)
+			}
+		}
+	}
+	return fds
+}
+
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// notSocket says what fd is when it is not a socket, "" when it is one.
+func notSocket(fd int) string {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return "unreadable: " + err.Error()
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFSOCK:
+		return ""
+	case unix.S_IFIFO:
+		return "a pipe"
+	case unix.S_IFREG:
+		return "a regular file"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFCHR:
+		return "a character device"
+	}
+	return fmt.Sprintf("a file of mode %#o", st.Mode&unix.S_IFMT)
+}
+
+// genRoots maps the live generations to their root pids, so that genOf can
+// tell which generation a process belongs to. The launcher's loop adds and
+// removes; the broker's goroutines read. Its zero value is ready to use.
+type genRoots struct {
+	mu    sync.Mutex
+	roots map[int]int // gen → root pid
+}
+
+func (g *genRoots) add(gen, pid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.roots == nil {
+		g.roots = map[int]int{}
+	}
+	g.roots[gen] = pid
+}
+
+func (g *genRoots) remove(gen int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.roots, gen)
+}
+
+// genOf returns the generation whose process tree holds pid.
+func (g *genRoots) genOf(pid int) (int, bool) {
+	g.mu.Lock()
+	gens := make([]int, 0, len(g.roots))
+	roots := make(map[int]int, len(g.roots))
+	for gen, root := range g.roots {
+		gens = append(gens, gen)
+		roots[gen] = root
+	}
+	g.mu.Unlock()
+	sort.Sort(sort.Reverse(sort.IntSlice(gens))) // newest first: the likelier asker
+	for _, gen := range gens {
+		if inTree(pid, roots[gen]) {
+			return gen, true
+		}
+	}
+	return 0, false
+}
+
+// errorText is err's message without the "op path:" prefix Go's net errors
+// carry, for log lines.
+func errorText(err error) string {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err.Error()
+	}
+	var pe *os.SyscallError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return strings.TrimSpace(err.Error())
+}

@@ -1,0 +1,444 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"relaunch/internal/loadtest"
+)
+
+// Real servers we did not write, under relaunch (README "Works with"): each
+// takes its listener from fd 3 its own way, drains on its own graceful
+// signal, and goes through 5 upgrades (SIGUSR2) under load. Every upgrade
+// must make the next generation ready, the old one must exit by itself with
+// status 0 (a graceful drain, not a kill), nothing of the old generations
+// (masters and workers) may be left, and the load must see no error, except
+// for uvicorn, which closes connections it accepted but had not read yet
+// when it shuts down: TestServerUvicorn asserts exactly that loss, with the
+// steered and the shared handover.
+//
+// The servers come from Debian 12 packages (.ci/run installs them): gunicorn
+// 20.1, uvicorn 0.17, haproxy 2.6, nginx 1.22, nodejs; Python is any python3.
+// The gunicorn and uvicorn scripts run Debian's /usr/bin/python3.
+//
+// Node's http module and a Python server blocking in accept() are also run
+// by TestReadyListenPythonAndNode (3 upgrades); TestServerNode reuses the
+// same testdata/apps/server.js for the 5 upgrades here.
+
+// serverUpgrades is the number of upgrades each server goes through.
+const serverUpgrades = 5
+
+// needServer returns the path of the server's executable or fails the test
+// with the Debian package to install. nginx and haproxy live in /usr/sbin,
+// which is not on every user's PATH.
+func needServer(t *testing.T, name, pkg string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
+		if p := filepath.Join(dir, name); isExecutable(p) {
+			return p
+		}
+	}
+	t.Fatalf("%s is needed for this test: apt-get install %s (.ci/run installs it)", name, pkg)
+	return ""
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// testdataPath is the absolute path of a file under testdata/.
+func testdataPath(t *testing.T, rel string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("testdata", rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// serverCase is one server under relaunch.
+type serverCase struct {
+	// args are relaunch's options after "--listen ADDR --no-watch-binary":
+	// the drain signal, the readiness mode, "--" and the command.
+	args []string
+	// answer is in every answer of the server ("version=nginx ").
+	answer string
+	// ready: every generation's "ready in" log line contains one of these.
+	ready []string
+	// gens: the answer says "gen=N" (RELAUNCH_GENERATION).
+	gens bool
+}
+
+// serverRun is what runServer measured.
+type serverRun struct {
+	p       *relaunchProc
+	res     *loadtest.Result
+	windows []upgradeWindow
+}
+
+// upgradeWindow is one upgrade, as the test saw it: from just before the
+// SIGUSR2 to just after the old generation's exit was logged. Whatever the
+// handover does to a request happens while the request overlaps it.
+type upgradeWindow struct {
+	gen      int // the new generation
+	from, to time.Time
+}
+
+// runServer starts relaunch on addr with c, puts load on it, runs
+// serverUpgrades upgrades, checks each one (ready, old generation gone with
+// status 0, nothing left behind, the last generation serves), and returns
+// the load's result, unchecked.
+func runServer(t *testing.T, addr string, c serverCase) serverRun {
+	t.Helper()
+	args := append([]string{"--listen", addr, "--no-watch-binary"}, c.args...)
+	// No __pycache__ in testdata from the Python servers.
+	p := startRelaunchOpts(t, procOpts{Env: []string{"PYTHONDONTWRITEBYTECODE=1"}}, args...)
+	waitHTTP(t, addr, c.answer, 20*time.Second)
+	checkReadyLine(t, p, 1, c.ready)
+
+	load := startLoad(t, addr)
+	waitLoadOK(t, load, 1, 10*time.Second)
+	run := serverRun{p: p}
+	var old []int // every process of the old generations
+	last := serverUpgrades + 1
+	for g := 2; g <= last; g++ {
+		prev := genPids(p)[g-1]
+		old = append(append(old, prev), procDescendants(prev)...) // its workers
+		from := time.Now()
+		upgradeTo(t, p, g)
+		checkReadyLine(t, p, g, c.ready)
+		line := p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", g-1, prev), 30*time.Second)
+		run.windows = append(run.windows, upgradeWindow{gen: g, from: from, to: time.Now()})
+		if !strings.HasSuffix(line, "exited: status 0") {
+			t.Errorf("gen %d did not drain gracefully: %q", g-1, line)
+		}
+	}
+	// The last generation serves the load before it stops.
+	ok, _ := load.Progress()
+	waitLoadOK(t, load, ok+20, 10*time.Second)
+	run.res = load.Stop()
+	t.Logf("load: %s", run.res)
+
+	cur := genPids(p)[last]
+	if c.gens && run.res.Gens[strconv.Itoa(last)] == 0 {
+		t.Errorf("gen %d answered none of the load: %v", last, run.res.Gens)
+	}
+	body := waitHTTP(t, addr, c.answer, 5*time.Second)
+	if c.gens && bodyField(body, "gen") != strconv.Itoa(last) {
+		t.Errorf("after %d upgrades the answer is %q; want gen=%d", serverUpgrades, body, last)
+	}
+	if pid, err := strconv.Atoi(bodyField(body, "pid")); err != nil {
+		t.Errorf("answer %q: no pid", body)
+	} else if pid != cur && !containsInt(procDescendants(cur), pid) {
+		t.Errorf("answer %q is from pid %d, not gen %d (pid %d) or its workers %v", body, pid, last, cur, procDescendants(cur))
+	}
+	noProcessesLeft(t, old)
+	if kids := p.Children(); len(kids) != 1 || kids[0] != cur {
+		t.Errorf("relaunch's children are %v; want only gen %d (pid %d)", kids, last, cur)
+	}
+	return run
+}
+
+func containsInt(s []int, x int) bool {
+	for _, v := range s {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+// checkReadyLine checks how relaunch took generation gen as ready.
+func checkReadyLine(t *testing.T, p *relaunchProc, gen int, want []string) {
+	t.Helper()
+	pid := waitPid(t, p, gen)
+	line := p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) ready in", gen, pid), 20*time.Second)
+	for _, w := range want {
+		if strings.Contains(line, w) {
+			return
+		}
+	}
+	t.Errorf("gen %d: ready line %q; want it ready by one of %q", gen, line, want)
+}
+
+// waitLoadOK waits until the load has n successful requests.
+func waitLoadOK(t *testing.T, load *loadtest.Runner, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, failed := load.Progress()
+		if ok >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the load has %d ok (%d failed) requests after %v; want %d", ok, failed, timeout, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// checkNoErrors fails the test on any failed request.
+func checkNoErrors(t *testing.T, run serverRun) {
+	t.Helper()
+	if res := run.res; res.Failed() > 0 || res.OK == 0 {
+		t.Errorf("load: %d of %d requests failed over %d upgrades (want 0), %d ok: %v",
+			res.Failed(), res.Total, serverUpgrades, res.OK, res.ErrorMessages)
+	}
+}
+
+// gunicorn 20.1 reads LISTEN_FDS itself (strict LISTEN_PID check) when it
+// is given no --bind: `--bind fd://3` would take fd 3 a second time and
+// fail with EBADF. Its master sends READY=1 as soon as it has the socket,
+// before any worker exists, so --ready auto would learn that early signal;
+// gthread workers poll the socket with epoll, which relaunch sees: --ready
+// listen hands over when a worker of the new generation accepts, and a
+// deploy whose workers cannot load the app is a failed upgrade (with the
+// master's READY=1 it would be taken as ready, the old generation drained,
+// and the service down). Sync workers use select(), which /proc does not
+// show: they would need READY=1 or --ready delay=D. TERM is gunicorn's
+// graceful stop.
+func TestServerGunicorn(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	gunicorn := needServer(t, "gunicorn", "gunicorn")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// The app is a copy, so that a bad deploy can replace it.
+	dir := t.TempDir()
+	src, err := os.ReadFile(testdataPath(t, "servers/app.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := filepath.Join(dir, "app.py")
+	if err := os.WriteFile(app, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := runServer(t, addr, serverCase{
+		args: []string{"--drain-signal", "TERM", "--ready", "listen", "--",
+			gunicorn, "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+			"--chdir", dir, "app:wsgi"},
+		answer: "version=gunicorn ",
+		ready:  []string{"polls fd 3 (epoll"},
+		gens:   true,
+	})
+	checkNoErrors(t, run)
+
+	// A bad deploy: the workers cannot import the app; the master exits
+	// with status 3 ("Worker failed to boot") and gen 6 keeps serving.
+	last := serverUpgrades + 1
+	if err := os.WriteFile(app, []byte("raise ImportError('a bad deploy')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run.p.Signal(syscall.SIGUSR2)
+	line := run.p.WaitLog(t, "upgrade failed", 20*time.Second)
+	if want := fmt.Sprintf("gen %d (pid %d) still serves", last, genPids(run.p)[last]); !strings.Contains(line, want) {
+		t.Errorf("the bad deploy's log line %q should say %q", line, want)
+	}
+	waitHTTP(t, addr, fmt.Sprintf("gen=%d", last), 5*time.Second)
+}
+
+// uvicorn 0.17 takes the socket with --fd 3 and drains on TERM. asyncio
+// polls it with epoll: --ready listen. On shutdown uvicorn stops accepting,
+// then closes every connection that has no request in progress, including
+// fresh ones it accepted whose request it had not read yet: those requests
+// are lost (the client sees the connection closed or reset before any
+// answer). That is uvicorn's own shutdown, not the handover. With a shared
+// socket, the old uvicorn accepts from the one queue until it shuts down, so
+// it loses a few; with the steered handover (relaunch's default for TCP) it
+// gets no new connection for the --settle time before TERM, so the requests
+// on the connections it has accepted arrive and are answered. Both modes
+// run: the test asserts that every failure is exactly that loss, at most
+// one per load client and upgrade, and logs how many there were.
+func TestServerUvicorn(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	uvicorn := needServer(t, "uvicorn", "uvicorn")
+	appDir := filepath.Dir(testdataPath(t, "servers/app.py"))
+	for _, handover := range []string{"auto", "shared"} {
+		t.Run("handover="+handover, func(t *testing.T) {
+			t.Parallel()
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			run := runServer(t, addr, serverCase{
+				args: []string{"--handover", handover, "--drain-signal", "TERM", "--ready", "listen", "--",
+					uvicorn, "--fd", "3", "--no-access-log", "--app-dir", appDir, "app:asgi"},
+				answer: "version=uvicorn ",
+				ready:  []string{"polls fd 3 (epoll"},
+				gens:   true,
+			})
+			checkUvicornLoss(t, run)
+		})
+	}
+}
+
+// loadClients is the number of clients of startLoad (upgrade_test.go).
+const loadClients = 6
+
+// checkUvicornLoss checks that every failed request is one that uvicorn's
+// shutdown closed unanswered during an upgrade, and logs the count.
+func checkUvicornLoss(t *testing.T, run serverRun) {
+	t.Helper()
+	res := run.res
+	if res.OK == 0 {
+		t.Fatalf("no request succeeded: %s", res)
+	}
+	lost := map[loadtest.Kind]int{}
+	perUpgrade := map[int]int{}
+	for _, s := range res.Samples {
+		if s.Err == "" {
+			continue
+		}
+		lost[s.Err]++
+		during := 0
+		for _, w := range run.windows {
+			if !s.Start.After(w.to) && !s.Start.Add(s.Latency).Before(w.from) {
+				during = w.gen
+			}
+		}
+		perUpgrade[during]++
+		switch {
+		case s.Err != loadtest.EOF && s.Err != loadtest.Reset:
+			t.Errorf("a request failed otherwise than closed or reset before its answer: %+v", s)
+		case !s.NewConn:
+			t.Errorf("a request failed on a reused keep-alive connection, not retried: %+v", s)
+		case during == 0:
+			t.Errorf("a request failed outside every upgrade: %+v", s)
+		}
+	}
+	// uvicorn stops accepting before it closes the idle connections, once:
+	// each client, with one request in flight at a time, can lose at most
+	// one request per upgrade.
+	for gen, n := range perUpgrade {
+		if gen != 0 && n > loadClients {
+			t.Errorf("%d requests lost in the upgrade to gen %d; more than the %d clients is not uvicorn's shutdown: %v",
+				n, gen, loadClients, res.ErrorMessages)
+		}
+	}
+	t.Logf("uvicorn lost %d of %d requests over %d upgrades (%d eof, %d reset; by upgrade %v): requests on new "+
+		"connections that the draining uvicorn had accepted but not read, closed by its shutdown; %d keep-alive requests were retried",
+		res.Failed(), res.Total, serverUpgrades, lost[loadtest.EOF], lost[loadtest.Reset], perUpgrade, res.Retried)
+}
+
+// haproxy 2.6 takes the socket with `bind fd@3` and answers by itself (no
+// backend). Run in the foreground without master-worker mode, it is the
+// process relaunch signals: USR1 is its soft stop (TERM is a hard stop, QUIT
+// only flushes pools). It polls with epoll: --ready listen.
+func TestServerHAProxy(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	haproxy := needServer(t, "haproxy", "haproxy")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	run := runServer(t, addr, serverCase{
+		args: []string{"--drain-signal", "USR1", "--ready", "listen", "--",
+			haproxy, "-db", "-f", testdataPath(t, "servers/haproxy.cfg")},
+		answer: "version=haproxy ",
+		ready:  []string{"polls fd 3 (epoll"},
+		gens:   true,
+	})
+	checkNoErrors(t, run)
+}
+
+// nginx 1.22 takes the sockets named in the NGINX environment variable
+// ("3;") for the `listen` directives with exactly their address. Its master
+// only supervises; the workers poll with epoll: --ready listen. QUIT is its
+// graceful stop. A pid file per generation: the generations overlap, and an
+// exiting master deletes the pid file (the new master's, if they share it).
+// The config has `accept_mutex on`: nginx leaves an inherited socket
+// blocking, and a worker that loses an accept race then hangs in accept4()
+// through its drain (testdata/servers/nginx.conf says more).
+func TestServerNginx(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	nginx := needServer(t, "nginx", "nginx")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := t.TempDir()
+	tmpl, err := os.ReadFile(testdataPath(t, "servers/nginx.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.ReplaceAll(string(tmpl), "@LISTEN@", addr)
+	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `NGINX="3;" exec "$1" -e stderr -p "$2" -c nginx.conf -g "pid nginx-$RELAUNCH_GENERATION.pid;"`
+	run := runServer(t, addr, serverCase{
+		args:   []string{"--ready", "listen", "--", "/bin/sh", "-c", script, "sh", nginx, dir},
+		answer: "version=nginx ",
+		ready:  []string{"polls fd 3 (epoll"},
+	})
+	checkNoErrors(t, run)
+	if n := strings.Count(run.p.Stderr(), `using inherited sockets from "3;"`); n != serverUpgrades+1 {
+		t.Errorf("%d of %d nginx generations said they use the inherited socket", n, serverUpgrades+1)
+	}
+	// Each generation had its own pid file; the last one's is still there.
+	last := serverUpgrades + 1
+	data, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("nginx-%d.pid", last)))
+	if pid := genPids(run.p)[last]; err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(pid) {
+		t.Errorf("nginx-%d.pid: %q, %v; want gen %d's pid %d", last, data, err, last, pid)
+	}
+}
+
+// node's http module: server.listen({fd: 3}) (testdata/apps/server.js, which
+// drains on TERM). libuv polls with epoll: --ready listen.
+func TestServerNode(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	node := needServer(t, "node", "nodejs")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	run := runServer(t, addr, serverCase{
+		args:   []string{"--drain-signal", "TERM", "--ready", "listen", "--", node, testdataPath(t, "apps/server.js")},
+		answer: "version=node ",
+		ready:  []string{"polls fd 3 (epoll"},
+		gens:   true,
+	})
+	checkNoErrors(t, run)
+}
+
+// Python's http.server (ThreadingHTTPServer) on fd 3, standard library only
+// (testdata/servers/http_server.py). socketserver polls with poll(2), which
+// /proc does not show, so the app says READY=1 itself: --ready notify. It
+// drains on TERM.
+func TestServerPythonHTTPServer(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	python := needServer(t, "python3", "python3")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	run := runServer(t, addr, serverCase{
+		args:   []string{"--drain-signal", "TERM", "--ready", "notify", "--", python, testdataPath(t, "servers/http_server.py")},
+		answer: "version=pyhttp ",
+		ready:  []string{"READY=1"},
+		gens:   true,
+	})
+	checkNoErrors(t, run)
+}
+
+// Go with coreos/go-systemd's activation.Listeners() (testdata/gosystemd),
+// which checks LISTEN_PID, sends READY=1 and drains on QUIT or TERM: the
+// defaults (--ready auto, --drain-signal QUIT) fit.
+func TestServerGoSystemd(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch", "gosystemd")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	run := runServer(t, addr, serverCase{
+		args:   []string{"--", gosystemdBin},
+		answer: "gosystemd pid=",
+		// auto takes the first of READY=1 and the listener in epoll, and
+		// this app shows both at once.
+		ready: []string{"READY=1", "polls fd 3 (epoll"},
+	})
+	checkNoErrors(t, run)
+}
