@@ -77,7 +77,7 @@ func newApp() *cli.App {
 EXAMPLES:
    relaunch --listen :8080 -- ./app
    relaunch -l web=:80 -l admin=unix:///run/app/admin.sock --drain-signal TERM -- ./app --config prod.toml
-   relaunch -l 127.0.0.1:8000 --drain-signal TERM -- gunicorn app:wsgi
+   relaunch -l 127.0.0.1:8000 --drain-signal TERM --ready listen -- gunicorn --worker-class gthread app:wsgi
    kill -USR2 $(cat /run/app.pid)    # upgrade; with --pidfile /run/app.pid
    relaunch upgrade --pidfile /run/app.pid   # upgrade and wait for the outcome (exit 0 or 1)
    relaunch status --pidfile /run/app.pid    # generations, pids, states; --json
@@ -99,7 +99,7 @@ func flags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: env("LISTEN"),
 			Usage: "`[NAME=]ADDR` to bind and pass, from fd 3 in order: :8080, 127.0.0.1:8080, [::1]:8080, tcp4://…, tcp6://…, unix:///abs.sock, unix://rel.sock, udp://:53"},
 		&cli.StringFlag{Name: "ready", Value: "auto", EnvVars: env("READY"),
-			Usage: "how a new generation shows it is ready: auto, notify (READY=1 via sd_notify) or delay=DURATION"},
+			Usage: "how a new generation shows it is ready: auto, notify (READY=1 via sd_notify), listen (seen accepting in /proc) or delay=DURATION"},
 		&cli.DurationFlag{Name: "ready-timeout", Value: 60 * time.Second, EnvVars: env("READY_TIMEOUT"),
 			Usage: "a new generation not ready by then has failed and is killed; the old one keeps serving"},
 		&cli.StringFlag{Name: "drain-signal", Value: "QUIT", EnvVars: env("DRAIN_SIGNAL"),
