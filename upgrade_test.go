@@ -129,8 +129,10 @@ func TestUpgradesUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fds1 != fds0 {
-		t.Errorf("relaunch has %d fds after %d upgrades, %d after the first start", fds1, n, fds0)
+	// A leak grows with the upgrades; the count can be one lower at the end
+	// (a /proc file a scan had open when the first count was taken).
+	if fds1 > fds0 {
+		t.Errorf("relaunch has %d fds after %d upgrades, %d after the first upgrade", fds1, n, fds0)
 	}
 }
 
