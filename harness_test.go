@@ -350,7 +350,9 @@ func startProc(t testing.TB, o procOpts, argv ...string) *relaunchProc {
 		}
 		env = append(env, kv)
 	}
-	env = append(env, harnessMarkerEnv+"="+marker)
+	// relaunch's runtime directory goes under TMPDIR: a short per-test one,
+	// removed after the cleanup's SIGKILL (which leaves no chance to remove it).
+	env = append(env, harnessMarkerEnv+"="+marker, "TMPDIR="+shortTempDir(t), "XDG_RUNTIME_DIR=")
 	if o.Activation {
 		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(o.ExtraFiles)))
 		if o.FdNames != nil {
