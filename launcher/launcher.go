@@ -97,12 +97,6 @@ func Run(cfg Config) (int, error) {
 		l.env = os.Environ()
 	}
 	l.env = withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), "RELAUNCH_HANDOFF") // a nested relaunch's own
-	// Resolve first: a missing or non-executable command is a start-up
-	// error, before any file or process exists (with --build, the first
-	// build makes it).
-	if _, err := resolve(cfg.Command[0]); err != nil && cfg.Build == "" {
-		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
-	}
 	if err := becomeSubreaper(); err != nil {
 		l.log.Warn("cannot become a child subreaper (orphans of the app will go to init): " + err.Error())
 	}
