@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -141,6 +142,33 @@ func steerPort(t testing.TB, addr string) int {
 
 // steerWaitQueued waits until n connections wait in the accept queues of
 // port's listening sockets.
+// stopProcess sends SIGSTOP to pid and waits until every thread of it is
+// stopped: kill returns before they are, and a thread still running could
+// accept what the test means to leave queued.
+func stopProcess(t testing.TB, pid int) {
+	t.Helper()
+	syscall.Kill(pid, syscall.SIGSTOP)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		stopped := len(tasks) > 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			// The state follows the ")" that ends the command name.
+			if i := bytes.LastIndexByte(b, ')'); err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+			}
+		}
+		if stopped {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d: not every thread stopped 10s after SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func steerWaitQueued(t testing.TB, port, n int, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -443,19 +471,10 @@ func TestSteerMaxDraining(t *testing.T) {
 	for _, mode := range []string{"steered", "shared"} {
 		t.Run("zero: queued at the switch, "+mode, func(t *testing.T) {
 			t.Parallel()
-			if true {
-				// Known bug (the shared run is its control, and flaked on
-				// a loaded CI machine: its SIGSTOP setup races the load), open: a generation that never empties its slot's
-				// queue (here stopped) is killed by --max-draining 0 after the
-				// queue wait, and what was queued on its slot is stranded. The
-				// fix is to give the slot to the next generation; see the
-				// steered-handover issue's note.
-				t.Skip("known bug: --max-draining kills a stuck generation with connections queued on its slot")
-			}
 			addr := steerAddr(t)
 			p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--max-draining", "0", "--handover", mode, "--", demoBin)
 			waitHTTP(t, addr, "gen=1", 20*time.Second)
-			syscall.Kill(waitPid(t, p, 1), syscall.SIGSTOP)
+			stopProcess(t, waitPid(t, p, 1))
 			queued := steerStartLoad(t, loadtest.Config{Addr: addr, Clients: 3, Requests: 3, Timeout: 5 * time.Second})
 			steerWaitQueued(t, steerPort(t, addr), 3, 10*time.Second)
 			upgradeTo(t, p, 2)
@@ -464,6 +483,9 @@ func TestSteerMaxDraining(t *testing.T) {
 				t.Errorf("%s: the 3 connections queued on gen 1's slot when it was killed: %s; want 3 answered by gen 2: %v", mode, res, res.ErrorMessages)
 			}
 			p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited", genPids(p)[1]), 10*time.Second)
+			if mode == "steered" {
+				p.WaitLog(t, fmt.Sprintf("3 connection(s) were left queued on tcp://%s slot 0 after its generation exited: relaunch relays them to gen 2", addr), time.Second)
+			}
 			upgradeTo(t, p, 3)
 			waitHTTP(t, addr, "gen=3", 10*time.Second)
 			if strings.Contains(p.Stderr(), "steering tcp://") {

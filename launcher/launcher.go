@@ -47,11 +47,14 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
-	probeOK       bool  // procfs can show this app's readiness
-	steerSlot     int   // the slot the pools steer to
-	frozen        []int // per listener: the slot a disturbed pool is shared on; -1 steers
-	learnedNotify bool  // --ready auto: the app has sent READY=1
-	learnedListen bool  // --ready auto: the app was seen accepting
+	probeOK       bool              // procfs can show this app's readiness
+	steerSlot     int               // the slot the pools steer to
+	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
+	idleSince     map[int]time.Time // slots no generation holds, since when (rescue_linux.go)
+	sweeping      bool              // a rescue sweep is scheduled
+	relays        int               // rescued connections being relayed
+	learnedNotify bool              // --ready auto: the app has sent READY=1
+	learnedListen bool              // --ready auto: the app was seen accepting
 	warnedBlind   bool
 	warnedDrain   bool
 
@@ -256,6 +259,7 @@ func (l *launcher) start() error {
 	l.roots.add(g.id, pid)
 	l.gens = append(l.gens, g)
 	l.next = g
+	l.updateIdle()
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s", g.id, pid, path), "generation", g.id, "pid", pid, "path", path)
 	go func() {
 		execErr := readExecError(pipe)
@@ -302,6 +306,7 @@ func (l *launcher) onReady(g *generation, how string) {
 	}
 	if l.hasPools() {
 		l.steerTo(g.slot)
+		l.updateIdle()
 	}
 	if old != nil {
 		closeFile(l.prevBin)
@@ -427,6 +432,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 			break
 		}
 	}
+	l.updateIdle()
 	how := st.String()
 	if g.failReason != "" {
 		how = g.failReason + ", " + how

@@ -63,12 +63,11 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 			return fmt.Sprintf("a socket relaunch does not hold listens on port %d too (inode %d): the app opened its own SO_REUSEPORT socket there", port, ln.ino)
 		}
 	}
-	used := map[int]bool{l.steerSlot: true}
-	for _, g := range l.gens {
-		used[g.slot] = true
-	}
+	used := l.usedSlots()
 	for s := 0; s < p.Len(); s++ {
-		if n, err := p.Queued(s); err == nil && n > 0 && !used[s] {
+		// A slot that lost its generation a moment ago may hold its
+		// leftovers: the rescue relays them.
+		if n, err := p.Queued(s); err == nil && n > 0 && !used[s] && !l.recentlyIdle(s) {
 			return fmt.Sprintf("%d connection(s) are queued on slot %d, which no generation receives on (a BPF program that is not relaunch's?)", n, s)
 		}
 	}
