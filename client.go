@@ -12,7 +12,7 @@ import (
 	"relaunch/launcher"
 )
 
-// The control socket's client: relaunch status | upgrade | rollback.
+// The control socket's client: relaunch status | upgrade | rollback | reexec.
 
 // isClientCommand says whether args name a client subcommand. The app's
 // own command never does: it comes after "--" or after the options.
@@ -21,7 +21,7 @@ func isClientCommand(args []string) bool {
 		return false
 	}
 	switch args[1] {
-	case "status", "upgrade", "rollback":
+	case "status", "upgrade", "rollback", "reexec":
 		return true
 	}
 	return false
@@ -40,7 +40,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	control := fs.String("control", os.Getenv("RELAUNCH_CONTROL"), "the control socket of the relaunch to talk to")
 	pidfile := fs.String("pidfile", os.Getenv("RELAUNCH_PIDFILE"), "or its --pidfile: the socket is next to it")
 	asJSON := fs.Bool("json", false, "status: print JSON")
-	timeout := fs.Duration("timeout", 2*time.Minute, "upgrade, rollback: how long to wait for the outcome")
+	timeout := fs.Duration("timeout", 2*time.Minute, "upgrade, rollback, reexec: how long to wait for the outcome")
 	usage := func(msg string) int {
 		fmt.Fprintf(stderr, "relaunch %s: %s\nusage: relaunch %s [--control PATH | --pidfile PATH] [--json] [--timeout D]\n", cmd, msg, cmd)
 		return 2
@@ -77,6 +77,12 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "generation %d (pid %d) ready in %d ms\n", ans.Outcome.Generation, ans.Outcome.Pid, ans.Outcome.ReadyMS)
 	case ans.Outcome != nil:
 		fmt.Fprintln(stderr, "relaunch "+cmd+" failed: "+ans.Outcome.Reason)
+		return 1
+	case ans.Reexec != nil:
+		r := ans.Reexec
+		fmt.Fprintf(stdout, "relaunch %s (pid %d, %s) took over in %d ms with %d generation(s)\n", r.Version, r.Pid, r.Binary, r.TookMS, r.Generations)
+	default:
+		fmt.Fprintln(stderr, "relaunch "+cmd+": an empty answer")
 		return 1
 	}
 	return 0

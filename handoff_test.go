@@ -557,3 +557,42 @@ func BenchmarkHandoff(b *testing.B) {
 		})
 	}
 }
+
+// relaunch reexec between upgrades of an app that hands its connections
+// over: the re-executed relaunch keeps the handoff socket and the current
+// generation's receiver, so each next upgrade still hands every connection
+// over, and none is dropped.
+func TestHandoffReexec(t *testing.T) {
+	t.Parallel()
+	const clients = 50
+	p, addr := startPingpong(t)
+	conns := dialPPs(t, addr, clients)
+	load := startPPLoad(conns, 100*time.Millisecond)
+	load.waitPongs(t, 2*clients, 10*time.Second)
+	for g := 2; g <= 4; g++ {
+		p.Signal(syscall.SIGTTIN)
+		p.WaitLogN(t, "took over in", g-1, 10*time.Second)
+		before := load.pongs.Load()
+		upgradeTo(t, p, g)
+		old := genPids(p)[g-1]
+		p.WaitLog(t, fmt.Sprintf("handoff: gen %d (pid %d) handed over %d connections", g-1, old, clients), 10*time.Second)
+		p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited: status 0", g-1, old), 10*time.Second)
+		load.waitPongs(t, before+2*clients, 10*time.Second)
+	}
+	load.halt()
+	for i, err := range load.errs {
+		t.Errorf("connection %d: %v", i, err)
+	}
+	want := fmt.Sprintf("gen 4 pid %d", genPids(p)[4])
+	for i, err := range forEach(conns, func(c *ppConn) error {
+		if who, err := c.who(); err != nil || who != want {
+			return fmt.Errorf("who: %q, %v; want %q", who, err, want)
+		}
+		return nil
+	}) {
+		t.Errorf("connection %d at the end: %v", i, err)
+	}
+	if strings.Contains(p.Stderr(), "reexec failed") {
+		t.Errorf("a reexec failed:\n%s", p.Stderr())
+	}
+}

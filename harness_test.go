@@ -40,12 +40,13 @@ import (
 
 // The binaries TestMain builds, all in e2eDir.
 var (
-	e2eDir       string // removed when the tests end
-	relaunchBin  string // relaunch, built with -race when the tests are
-	demoBin      string // testdata/demo, default version "1"
-	demoV2Bin    string // testdata/demo built with -X main.defaultVersion=2: answers version=2 without flags
-	gosystemdBin string // testdata/gosystemd (its own module)
-	buildErrs    = map[string]error{}
+	e2eDir        string // removed when the tests end
+	relaunchBin   string // relaunch, built with -race when the tests are
+	demoBin       string // testdata/demo, default version "1"
+	demoV2Bin     string // testdata/demo built with -X main.defaultVersion=2: answers version=2 without flags
+	relaunchV2Bin string // relaunch built with -X main.version=test-2: what a reexec upgrades to
+	gosystemdBin  string // testdata/gosystemd (its own module)
+	buildErrs     = map[string]error{}
 )
 
 const harnessMarkerEnv = "RELAUNCH_E2E_MARKER"
@@ -64,6 +65,7 @@ func TestMain(m *testing.M) {
 	relaunchBin = filepath.Join(dir, "relaunch")
 	demoBin = filepath.Join(dir, "demo-v1")
 	demoV2Bin = filepath.Join(dir, "demo-v2")
+	relaunchV2Bin = filepath.Join(dir, "relaunch-v2")
 	gosystemdBin = filepath.Join(dir, "gosystemd")
 
 	var relaunchFlags []string
@@ -77,6 +79,7 @@ func TestMain(m *testing.M) {
 		args      []string
 	}{
 		{"relaunch", ".", append(append([]string{"build"}, relaunchFlags...), "-o", relaunchBin, ".")},
+		{"relaunch-v2", ".", append(append([]string{"build"}, relaunchFlags...), "-ldflags", "-X main.version=test-2", "-o", relaunchV2Bin, ".")},
 		{"demo", ".", []string{"build", "-o", demoBin, "./testdata/demo"}},
 		{"demo-v2", ".", []string{"build", "-ldflags", "-X main.defaultVersion=2", "-o", demoV2Bin, "./testdata/demo"}},
 		{"gosystemd", "testdata/gosystemd", []string{"build", "-o", gosystemdBin, "."}},
@@ -1033,4 +1036,42 @@ func TestHarnessSmoke(t *testing.T) {
 		}
 		q.WaitLog(t, "no sockets passed", time.Second)
 	})
+}
+
+// waitAccepted waits until pid holds the server side of the TCP connection
+// c (found in /proc/net/tcp by its two ports): the app has accepted it.
+func waitAccepted(t testing.TB, pid int, c net.Conn, timeout time.Duration) {
+	t.Helper()
+	local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+	// The server's side: its local port is the client's remote one.
+	srvPort, cliPort := fmt.Sprintf(":%04X", remote.Port), fmt.Sprintf(":%04X", local.Port)
+	deadline := time.Now().Add(timeout)
+	for {
+		var ino string
+		if b, err := os.ReadFile("/proc/net/tcp"); err == nil {
+			for line := range strings.Lines(string(b)) {
+				f := strings.Fields(line)
+				if len(f) < 10 {
+					continue
+				}
+				// f[1] local, f[2] remote, as hex "0100007F:1F90".
+				if strings.HasSuffix(f[1], srvPort) && strings.HasSuffix(f[2], cliPort) {
+					ino = f[9]
+				}
+			}
+		}
+		if ino != "" {
+			if fds, err := fdTargets(pid); err == nil {
+				for _, target := range fds {
+					if target == "socket:["+ino+"]" {
+						return
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d did not accept the connection from port %d within %v", pid, local.Port, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -36,6 +36,9 @@ func usageError(format string, a ...any) error {
 
 func main() {
 	sdlisten.RunExecHelper() // first: a helper process must not parse flags
+	if !isClientCommand(os.Args) {
+		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal
+	}
 	os.Exit(run(os.Args, os.Stderr))
 }
 
@@ -81,7 +84,9 @@ EXAMPLES:
    kill -USR2 $(cat /run/app.pid)    # upgrade; with --pidfile /run/app.pid
    relaunch upgrade --pidfile /run/app.pid   # upgrade and wait for the outcome (exit 0 or 1)
    relaunch status --pidfile /run/app.pid    # generations, pids, states; --json
-   relaunch rollback --pidfile /run/app.pid  # run the previous generation's binary again`,
+   relaunch rollback --pidfile /run/app.pid  # run the previous generation's binary again
+   relaunch reexec --pidfile /run/app.pid    # relaunch execs its own (new) binary: same pid, sockets, generations
+   kill -TTIN $(cat /run/app.pid)            # the same, by signal`,
 		HideHelpCommand:        true,
 		UseShortOptionHandling: false,
 		Flags:                  flags(),
@@ -166,6 +171,14 @@ func action(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if os.Getenv(launcher.ReexecCheckEnv) == "1" {
+		return nil // a relaunch about to exec this binary asks whether it takes its command line
+	}
+	resume, err := launcher.Resumed()
+	if err != nil {
+		cfg.Logger.Error("reexec: " + err.Error())
+		return &exitError{1, ""}
+	}
 	// Start-up failures go through the logger, so --log-format json
 	// covers them too; usage errors (status 2) are plain.
 	fail := func(err error) error {
@@ -194,8 +207,9 @@ func action(c *cli.Context) error {
 	if cfg.MaxDraining >= 0 {
 		slots = cfg.MaxDraining + 2
 	}
-	cfg.Listeners, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger)
-	if err != nil {
+	if resume != nil {
+		cfg.Listeners, cfg.Resume = resume.Listeners, resume
+	} else if cfg.Listeners, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger); err != nil {
 		return fail(err)
 	}
 	defer launcher.CloseListeners(cfg.Listeners)
@@ -220,6 +234,7 @@ func config(c *cli.Context) (launcher.Config, error) {
 		Settle:       c.Duration("settle"),
 		PIDFile:      c.String("pidfile"),
 		Control:      c.String("control"),
+		Version:      version,
 	}
 	if cfg.Control == "" && cfg.PIDFile != "" {
 		cfg.Control = controlPath(cfg.PIDFile)

@@ -140,8 +140,6 @@ func steerPort(t testing.TB, addr string) int {
 	return port
 }
 
-// steerWaitQueued waits until n connections wait in the accept queues of
-// port's listening sockets.
 // stopProcess sends SIGSTOP to pid and waits until every thread of it is
 // stopped: kill returns before they are, and a thread still running could
 // accept what the test means to leave queued.
@@ -169,6 +167,8 @@ func stopProcess(t testing.TB, pid int) {
 	}
 }
 
+// steerWaitQueued waits until n connections wait in the accept queues of
+// port's listening sockets.
 func steerWaitQueued(t testing.TB, port, n int, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -617,7 +617,7 @@ func TestSteerSharedHandover(t *testing.T) {
 		// systemd-socket-activate passes on only a few variables: the
 		// harness's marker goes explicitly. It execs relaunch at the first
 		// connection, which waits in the outer socket's backlog meanwhile.
-		p := startProc(t, procOpts{}, sa, "-l", outer, "-E", harnessMarkerEnv,
+		p := startProc(t, procOpts{}, sa, "-l", outer, "-E", harnessMarkerEnv, "-E", "TMPDIR",
 			"--", relaunchBin, "-l", inner, "--no-watch-binary", "--", demoBin)
 		waitHTTP(t, outer, "gen=1", 20*time.Second)
 		waitHTTP(t, inner, "gen=1", 5*time.Second)

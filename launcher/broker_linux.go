@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -265,6 +266,91 @@ func (b *broker) session(c *net.UnixConn) {
 	}
 }
 
+// keptRecv is a receiver carried across relaunch's exec of itself.
+type keptRecv struct {
+	Fd  int `json:"fd"`
+	Gen int `json:"gen"`
+	Pid int `json:"pid"`
+}
+
+// keep describes the broker for relaunch reexec: its listening socket and
+// its receivers, whose fds the caller keeps open through the exec. It
+// refuses (why != "") while it holds a connection or a sender is connected:
+// what is in flight would be lost.
+func (b *broker) keep() (ln int, recvs []keptRecv, why string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.held > 0 || len(b.queue) > 0 {
+		return -1, nil, fmt.Sprintf("the handoff holds %s for the next generation", connections(max(b.held, len(b.queue))))
+	}
+	byConn := map[*net.UnixConn]*brokerRecv{}
+	for r := range b.recvs {
+		byConn[r.c] = r
+	}
+	for c := range b.conns {
+		r := byConn[c]
+		if r == nil || r.gone || r.broken {
+			return -1, nil, "a handoff is in progress"
+		}
+		recvs = append(recvs, keptRecv{Fd: rawFd(c), Gen: r.gen, Pid: r.pid})
+	}
+	return rawFd(b.ln), recvs, ""
+}
+
+// adoptBroker is newBroker for a kept broker, in the new program.
+func adoptBroker(path string, lnFd int, recvs []keptRecv, log *slog.Logger, genOf func(pid int) (int, bool)) (*broker, error) {
+	f := os.NewFile(uintptr(lnFd), path)
+	l, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("adopt the handoff socket: %w", err)
+	}
+	ln, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("adopt the handoff socket: not a unix socket")
+	}
+	ln.SetUnlinkOnClose(true)
+	b := &broker{path: path, log: log, genOf: genOf, ln: ln, maxHeld: brokerMaxHeld, window: brokerWindow, logCap: brokerLogCap,
+		recvs: map[*brokerRecv]bool{}, conns: map[*net.UnixConn]bool{}}
+	b.cond.L = &b.mu
+	for _, k := range recvs {
+		f := os.NewFile(uintptr(k.Fd), "handoff receiver")
+		c, err := net.FileConn(f)
+		f.Close()
+		uc, ok := c.(*net.UnixConn)
+		if err != nil || !ok {
+			continue // the receiver sees its connection end
+		}
+		r := &brokerRecv{gen: k.Gen, pid: k.Pid, c: uc}
+		b.recvs[r], b.conns[uc] = true, true
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			defer func() {
+				b.mu.Lock()
+				delete(b.conns, uc)
+				b.mu.Unlock()
+				uc.Close()
+			}()
+			b.serveRecv(r, fmt.Sprintf("gen %d (pid %d)", k.Gen, k.Pid),
+				make([]byte, 1+hoMaxState+1), make([]byte, unix.CmsgSpace(4*hoMaxRights)))
+		}()
+	}
+	b.wg.Add(1)
+	go b.accept()
+	return b, nil
+}
+
+// rawFd is a socket's fd, or -1.
+func rawFd(c syscall.Conn) int {
+	fd := -1
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	return fd
+}
+
 // refuse answers a hello with ERROR, logs it, and leaves the caller to close.
 func (b *broker) refuse(c *net.UnixConn, who, why string) {
 	b.log.Warn(fmt.Sprintf("handoff: refused %s: %s", who, why), "reason", why)
@@ -442,24 +528,36 @@ func (b *broker) receiver(c *net.UnixConn, gen, pid int, who string, buf, oob []
 	}
 	// OK goes out before the writer may send anything.
 	if _, err := c.Write([]byte{hoOK}); err == nil {
-		b.wg.Add(1)
-		go b.deliver(r)
-		for {
-			n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-			fds := parseRights(oob[:oobn])
-			closeFds(fds)
-			if errors.Is(err, io.EOF) && !peerGone(c) {
-				err, n = nil, 0
-			}
-			if err != nil {
-				break
-			}
-			if n == 1 && buf[0] == hoAck && len(fds) == 0 && b.ack(r) {
-				continue
-			}
-			b.log.Warn(fmt.Sprintf("handoff: %s: ignored an unexpected message from a receiver (type %d, %d bytes, %d fds)", who, buf[0], n, len(fds)),
-				"generation", gen, "pid", pid)
+		b.serveRecv(r, who, buf, oob)
+		return
+	}
+	b.mu.Lock()
+	r.gone = true
+	delete(b.recvs, r)
+	b.mu.Unlock()
+}
+
+// serveRecv runs a registered receiver: its writer, and its ACKs until its
+// connection ends; then it gives back what it had not taken.
+func (b *broker) serveRecv(r *brokerRecv, who string, buf, oob []byte) {
+	c, gen, pid := r.c, r.gen, r.pid
+	b.wg.Add(1)
+	go b.deliver(r)
+	for {
+		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		fds := parseRights(oob[:oobn])
+		closeFds(fds)
+		if errors.Is(err, io.EOF) && !peerGone(c) {
+			err, n = nil, 0
 		}
+		if err != nil {
+			break
+		}
+		if n == 1 && buf[0] == hoAck && len(fds) == 0 && b.ack(r) {
+			continue
+		}
+		b.log.Warn(fmt.Sprintf("handoff: %s: ignored an unexpected message from a receiver (type %d, %d bytes, %d fds)", who, buf[0], n, len(fds)),
+			"generation", gen, "pid", pid)
 	}
 	b.mu.Lock()
 	r.gone = true

@@ -46,6 +46,9 @@ type Config struct {
 	Control string       // the control socket's path; "" = none
 	Logger  *slog.Logger // nil discards
 	Env     []string     // the app's base environment; nil means os.Environ()
+
+	Version string  // relaunch's own, for status and reexec
+	Resume  *Resume // set when this relaunch is the re-exec of one that ran (Resumed)
 }
 
 // Listener is one address the generations get: a socket they all share,

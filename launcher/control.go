@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -15,7 +16,16 @@ import (
 
 // Request is what a client asks.
 type Request struct {
-	Cmd string `json:"cmd"` // "status", "upgrade" or "rollback"
+	Cmd string `json:"cmd"` // "status", "upgrade", "rollback" or "reexec"
+}
+
+// ReexecOutcome is what the re-executed relaunch says.
+type ReexecOutcome struct {
+	Pid         int    `json:"pid"`
+	Binary      string `json:"binary"`
+	Version     string `json:"version"`
+	TookMS      int64  `json:"took_ms"` // from the request to the new program in charge
+	Generations int    `json:"generations"`
 }
 
 // Outcome is how an upgrade or a rollback ended.
@@ -40,6 +50,7 @@ type GenStatus struct {
 // Status is what `relaunch status` shows.
 type Status struct {
 	Pid           int         `json:"pid"`
+	Version       string      `json:"version"`
 	Command       []string    `json:"command"`
 	Readiness     string      `json:"readiness"`
 	Generations   []GenStatus `json:"generations"`
@@ -49,9 +60,10 @@ type Status struct {
 
 // Answer is the control socket's one reply.
 type Answer struct {
-	Status  *Status  `json:"status,omitempty"`
-	Outcome *Outcome `json:"outcome,omitempty"`
-	Error   string   `json:"error,omitempty"`
+	Status  *Status        `json:"status,omitempty"`
+	Outcome *Outcome       `json:"outcome,omitempty"`
+	Reexec  *ReexecOutcome `json:"reexec,omitempty"`
+	Error   string         `json:"error,omitempty"`
 }
 
 // Ask sends one request to the control socket at path and returns the
@@ -74,6 +86,9 @@ func Ask(path string, req Request, timeout time.Duration) (*Answer, error) {
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			return nil, fmt.Errorf("no outcome within %s (the upgrade may still be running; see relaunch status)", timeout)
 		}
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("control socket %s: relaunch closed the connection without an answer; see its log", path)
+		}
 		return nil, fmt.Errorf("control socket %s: %v", path, err)
 	}
 	var a Answer
@@ -86,7 +101,7 @@ func Ask(path string, req Request, timeout time.Duration) (*Answer, error) {
 // Text renders a status for people.
 func (s *Status) Text() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "relaunch pid %d: %s\nreadiness: %s\n", s.Pid, strings.Join(s.Command, " "), s.Readiness)
+	fmt.Fprintf(&b, "relaunch %s pid %d: %s\nreadiness: %s\n", s.Version, s.Pid, strings.Join(s.Command, " "), s.Readiness)
 	for _, g := range s.Generations {
 		fmt.Fprintf(&b, "gen %d  pid %d  %-9s since %s (%s ago)  %s\n", g.Generation, g.Pid, g.State,
 			g.Since.Format(time.RFC3339), time.Since(g.Since).Round(time.Second), g.Path)

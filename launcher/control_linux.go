@@ -15,17 +15,31 @@ import (
 
 // serveControl listens on path (0600; a stale socket file is replaced, a
 // live one is an error) and answers each connection from the loop.
-func (l *launcher) serveControl(path string) (func(), error) {
-	if err := clearStaleSocket(path); err != nil {
-		return nil, err
-	}
-	old := syscall.Umask(0o077) // the socket is born 0600; before any child is forked
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	syscall.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("cannot create the control socket %s: %v", path, err)
+// kept >= 0 is the socket's fd, kept open by the relaunch this one re-executed.
+func (l *launcher) serveControl(path string, kept int) (func(), error) {
+	var ln *net.UnixListener
+	if kept >= 0 {
+		f := os.NewFile(uintptr(kept), path)
+		fl, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("cannot adopt the control socket %s: %v", path, err)
+		}
+		ln = fl.(*net.UnixListener)
+	} else {
+		if err := clearStaleSocket(path); err != nil {
+			return nil, err
+		}
+		old := syscall.Umask(0o077) // the socket is born 0600; before any child is forked
+		var err error
+		ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		syscall.Umask(old)
+		if err != nil {
+			return nil, fmt.Errorf("cannot create the control socket %s: %v", path, err)
+		}
 	}
 	ln.SetUnlinkOnClose(true)
+	l.control = ln
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -68,6 +82,15 @@ func (l *launcher) controlConn(c net.Conn) {
 	ans := make(chan Answer, 1)
 	if err := json.Unmarshal(line, &req); err != nil {
 		ans <- Answer{Error: "bad request: " + err.Error()}
+	} else if req.Cmd == "reexec" {
+		// The new program answers: the connection goes along.
+		f, err := c.(*net.UnixConn).File()
+		if err != nil {
+			ans <- Answer{Error: "reexec: " + err.Error()}
+		} else {
+			l.post(func() { l.onReexec(f) })
+			return
+		}
 	} else {
 		l.post(func() { l.onControl(req, ans) })
 	}
@@ -102,7 +125,7 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch rollback to the previous generation's binary (was " + l.prevBin.Name() + ")")
 	default:
-		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade or rollback", req.Cmd)}
+		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade, rollback or reexec", req.Cmd)}
 	}
 }
 
@@ -122,7 +145,7 @@ func (l *launcher) concluded(o Outcome) {
 }
 
 func (l *launcher) statusReport() *Status {
-	s := &Status{Pid: os.Getpid(), Command: l.cfg.Command, Readiness: l.waitingFor(),
+	s := &Status{Pid: os.Getpid(), Version: l.cfg.Version, Command: l.cfg.Command, Readiness: l.waitingFor(),
 		LastFailure: l.lastFailure, LastFailureAt: l.lastFailureAt}
 	for _, g := range l.gens {
 		since := g.started

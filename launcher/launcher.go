@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -60,6 +61,7 @@ type launcher struct {
 
 	backoff      time.Duration
 	restartTimer *time.Timer
+	restartAt    time.Time
 
 	outer     *outerNotify // systemd's NOTIFY_SOCKET, when relaunch has one
 	reloading bool         // the outer manager was told RELOADING=1
@@ -68,9 +70,13 @@ type launcher struct {
 	buildAgain bool          // sources changed during it
 	built      time.Duration // the last build's time, for the summary line
 
-	waiters       []chan<- Answer // clients waiting for an upgrade's outcome
-	prevBin       *os.File        // the binary of the generation that was current before this one
-	startFrom     *os.File        // a rollback: the next generation runs this file
+	control       *net.UnixListener // the control socket, nil without --control
+	reexecClients []*os.File        // `relaunch reexec` connections waiting for the outcome
+	reexecAsked   time.Time         // a reexec is under way since; zero when none
+	checkPid      int               // the new binary checking the options before a reexec
+	waiters       []chan<- Answer   // clients waiting for an upgrade's outcome
+	prevBin       *os.File          // the binary of the generation that was current before this one
+	startFrom     *os.File          // a rollback: the next generation runs this file
 	lastFailure   string
 	lastFailureAt time.Time
 
@@ -100,16 +106,22 @@ func Run(cfg Config) (int, error) {
 		l.env = os.Environ()
 	}
 	l.env = withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), "RELAUNCH_HANDOFF") // a nested relaunch's own
+	selfPath, selfPathErr = startedAs()
 	if err := becomeSubreaper(); err != nil {
 		l.log.Warn("cannot become a child subreaper (orphans of the app will go to init): " + err.Error())
 	}
-	dir, err := makeRunDir()
-	if err != nil {
-		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+	var err error
+	rs := cfg.Resume
+	if rs != nil {
+		l.runDir = rs.st.RunDir
+		l.handoff, err = adoptBroker(filepath.Join(l.runDir, "handoff.sock"), rs.st.Handoff, rs.st.Receivers, l.log, l.roots.genOf)
+	} else if l.runDir, err = makeRunDir(); err == nil {
+		l.handoff, err = newBroker(filepath.Join(l.runDir, "handoff.sock"), l.log, l.roots.genOf)
 	}
-	l.runDir = dir
-	defer os.RemoveAll(dir)
-	if l.handoff, err = newBroker(filepath.Join(dir, "handoff.sock"), l.log, l.roots.genOf); err != nil {
+	if l.runDir != "" {
+		defer os.RemoveAll(l.runDir)
+	}
+	if err != nil {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 	}
 	defer l.handoff.close()
@@ -135,7 +147,11 @@ func Run(cfg Config) (int, error) {
 
 	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
 	if cfg.Control != "" {
-		stop, err := l.serveControl(cfg.Control)
+		kept := -1
+		if rs != nil {
+			kept = rs.st.Control
+		}
+		stop, err := l.serveControl(cfg.Control, kept)
 		if err != nil {
 			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 		}
@@ -148,13 +164,11 @@ func Run(cfg Config) (int, error) {
 		watchdog = t.C
 	}
 
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
-		syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGCHLD)
+	CatchSignals()
 	defer signal.Stop(sigs)
 	defer close(l.quit)
 
-	if cfg.Build != "" {
+	if cfg.Build != "" && rs == nil {
 		if err := l.initialBuild(); err != nil {
 			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 		}
@@ -164,7 +178,12 @@ func Run(cfg Config) (int, error) {
 	for i := range l.frozen {
 		l.frozen[i] = -1
 	}
-	if err := l.start(); err != nil {
+	if rs != nil {
+		err = l.resume(rs)
+	} else {
+		err = l.start()
+	}
+	if err != nil {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 	}
 	for !l.done {
@@ -197,6 +216,17 @@ func describeChange(c watch.Change) string {
 		return fmt.Sprintf("%s and %d more changed", strings.Join(c.Files[:3], ", "), len(c.Files)-3)
 	}
 	return strings.Join(c.Files, ", ") + " changed"
+}
+
+// sigs receives every signal relaunch handles, from CatchSignals on.
+var sigs = make(chan os.Signal, 16)
+
+// CatchSignals starts taking relaunch's signals, queued until Run reads
+// them. main calls it first thing: a signal that comes while relaunch
+// starts (or re-executes itself) is then handled, not fatal.
+func CatchSignals() {
+	signal.Notify(sigs, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
+		syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGCHLD, ReexecSignal)
 }
 
 // post runs fn on the loop goroutine.
@@ -386,13 +416,18 @@ func (l *launcher) drain(g *generation) {
 	syscall.Kill(g.pid, l.cfg.DrainSignal)
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) draining: sent %s", g.id, g.pid, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
 	if l.cfg.DrainTimeout > 0 {
-		l.after(g, l.cfg.DrainTimeout, func() {
-			if !g.exited {
-				g.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", l.cfg.DrainTimeout)
-				killGroup(g.pid, syscall.SIGKILL)
-			}
-		})
+		l.drainTimer(g, l.cfg.DrainTimeout)
 	}
+}
+
+// drainTimer kills g in d unless it has exited.
+func (l *launcher) drainTimer(g *generation, d time.Duration) {
+	l.after(g, max(d, 0), func() {
+		if !g.exited {
+			g.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", l.cfg.DrainTimeout)
+			killGroup(g.pid, syscall.SIGKILL)
+		}
+	})
 }
 
 func (l *launcher) limitDraining() {
@@ -544,6 +579,12 @@ func (l *launcher) scheduleRestart() {
 	l.backoff = min(2*l.backoff, backoffMax)
 	l.log.Info(fmt.Sprintf("restarting in %s; %s", ms(d), l.stillServes()), "backoff_ms", d.Milliseconds())
 	l.outer.send("STATUS=restarting in " + ms(d))
+	l.restartIn(d)
+}
+
+// restartIn starts a generation in d, unless one starts meanwhile.
+func (l *launcher) restartIn(d time.Duration) {
+	l.restartAt = time.Now().Add(d)
 	l.restartTimer = time.AfterFunc(d, func() {
 		l.post(func() {
 			l.restartTimer = nil
@@ -571,6 +612,8 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 		reapOrphans(l.owns)
 	case syscall.SIGUSR2, syscall.SIGHUP:
 		l.upgrade(signalName(sig))
+	case ReexecSignal:
+		l.onReexec(nil)
 	case syscall.SIGUSR1:
 		if l.cur != nil {
 			syscall.Kill(l.cur.pid, sig)
@@ -588,7 +631,7 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 }
 
 func (l *launcher) owns(pid int) bool {
-	if pid == l.buildPid {
+	if pid == l.buildPid || pid == l.checkPid {
 		return true
 	}
 	for _, g := range l.gens {

@@ -9,3 +9,15 @@ import "fmt"
 func Run(cfg Config) (int, error) {
 	return 1, fmt.Errorf("%w: relaunch runs only on Linux", ErrStartup)
 }
+
+// Resume is a relaunch carried across its exec of itself: Linux only.
+type Resume struct{ Listeners []Listener }
+
+// Resumed returns nil: there is no re-exec elsewhere.
+func Resumed() (*Resume, error) { return nil, nil }
+
+// CatchSignals does nothing where Run does not run.
+func CatchSignals() {}
+
+// ReexecCheckEnv is set for the new binary's check of the options.
+const ReexecCheckEnv = "RELAUNCH_REEXEC_CHECK"
