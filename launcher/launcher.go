@@ -53,6 +53,7 @@ type launcher struct {
 	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
 	idleSince     map[int]time.Time // slots no generation holds, since when (rescue_linux.go)
 	sweeping      bool              // a rescue sweep is scheduled
+	sweepEvery    time.Duration     // the next sweep's delay
 	relays        int               // rescued connections being relayed
 	learnedNotify bool              // --ready auto: the app has sent READY=1
 	learnedListen bool              // --ready auto: the app was seen accepting

@@ -27,9 +27,13 @@ import (
 
 const (
 	rescueWindow = 3 * time.Second // covers a late handshake (the SYN-ACK is resent at 1 s)
-	rescuePoll   = 50 * time.Millisecond
-	maxRelays    = 256 // relayed connections open at once; more wait in the queue
-	relayLinger  = 30 * time.Second
+	// Sweeps come at once, then 25 ms later, doubling up to 1 s: the
+	// leftovers are there at once, late handshakes are rare, and relaunch
+	// at rest must not keep waking up (~8 sweeps per window).
+	rescuePollMin = 25 * time.Millisecond
+	rescuePollMax = time.Second
+	maxRelays     = 256 // relayed connections open at once; more wait in the queue
+	relayLinger   = 30 * time.Second
 )
 
 // usedSlots are the slots a generation holds, and the one new connections
@@ -69,8 +73,11 @@ func (l *launcher) updateIdle() {
 			fresh = true
 		}
 	}
-	if fresh && !l.sweeping {
-		l.sweep()
+	if fresh {
+		l.sweepEvery = rescuePollMin
+		if !l.sweeping {
+			l.sweep()
+		}
 	}
 }
 
@@ -80,8 +87,8 @@ func (l *launcher) recentlyIdle(slot int) bool {
 	return ok && time.Since(since) <= rescueWindow
 }
 
-// sweep rescues what queued on recently idle slots, and comes back every
-// rescuePoll while there are any.
+// sweep rescues what queued on recently idle slots, and comes back while
+// there are any.
 func (l *launcher) sweep() {
 	l.sweeping = false
 	if l.stopping {
@@ -101,7 +108,8 @@ func (l *launcher) sweep() {
 	}
 	if again {
 		l.sweeping = true
-		time.AfterFunc(rescuePoll, func() { l.post(l.sweep) })
+		time.AfterFunc(l.sweepEvery, func() { l.post(l.sweep) })
+		l.sweepEvery = min(2*l.sweepEvery, rescuePollMax)
 	}
 }
 
