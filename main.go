@@ -172,7 +172,12 @@ func action(c *cli.Context) error {
 		return err
 	}
 	if os.Getenv(launcher.ReexecCheckEnv) == "1" {
-		return nil // a relaunch about to exec this binary asks whether it takes its command line
+		// A relaunch about to exec this binary asks whether it takes its
+		// command line and its state (on stdin).
+		if err := launcher.CheckState(os.Stdin); err != nil {
+			return &exitError{1, err.Error()}
+		}
+		return nil
 	}
 	resume, err := launcher.Resumed()
 	if err != nil {

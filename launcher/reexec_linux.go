@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -74,6 +75,7 @@ func startedAs() (string, error) {
 }
 
 type reexecState struct {
+	Format        int               `json:"format"`
 	Binary        string            `json:"binary"`
 	Began         time.Time         `json:"began"`
 	RunDir        string            `json:"run_dir"`
@@ -142,7 +144,9 @@ func Resumed() (*Resume, error) {
 	f := os.NewFile(uintptr(fd), "relaunch state")
 	defer f.Close()
 	var r Resume
-	if err := json.NewDecoder(f).Decode(&r.st); err != nil {
+	d := json.NewDecoder(f)
+	d.DisallowUnknownFields()
+	if err := d.Decode(&r.st); err != nil {
 		return nil, fmt.Errorf("reading the state the previous relaunch left: %v", err)
 	}
 	for i, ks := range r.st.Listeners {
@@ -190,6 +194,9 @@ func (l *launcher) reexecCheck() {
 	cmd.Env = append(withoutEnv(os.Environ(), reexecEnv), ReexecCheckEnv+"=1")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	st, _, _ := l.describe() // its fds mean nothing to the check: only its form
+	b, _ := json.Marshal(st)
+	cmd.Stdin = bytes.NewReader(b)
 	if err := cmd.Start(); err != nil {
 		cancel()
 		l.reexecFailed(fmt.Sprintf("cannot run %s: %v", selfPath, errors.Unwrap(err)))
@@ -280,14 +287,18 @@ func answerFile(c *os.File, a Answer) {
 	c.Close()
 }
 
-// execSelf describes the state, keeps its fds open and execs. It returns
-// only if the exec failed, with everything as it was.
-func (l *launcher) execSelf() error {
-	st := reexecState{Binary: selfPath, Began: l.reexecAsked, RunDir: l.runDir, Frozen: l.frozen, SteerSlot: l.steerSlot,
+// stateFormat is the version of reexecState's JSON. A program that
+// reads another one (or meets a field it does not know) refuses the
+// re-exec at its check, while the old relaunch still runs.
+const stateFormat = 1
+
+// describe is the state to pass on, every fd it names, and what in
+// flight an exec now would lose ("" for nothing).
+func (l *launcher) describe() (st reexecState, keep []int, busy string) {
+	st = reexecState{Format: stateFormat, Binary: selfPath, Began: l.reexecAsked, RunDir: l.runDir, Frozen: l.frozen, SteerSlot: l.steerSlot,
 		LastID: l.lastID, EverUp: l.everUp, LearnedNotify: l.learnedNotify, LearnedListen: l.learnedListen,
 		WarnedBlind: l.warnedBlind, WarnedDrain: l.warnedDrain, Backoff: l.backoff, RestartIn: -1, Control: -1,
 		LastFailure: l.lastFailure, LastFailureAt: l.lastFailureAt}
-	var keep []int
 	for _, ln := range l.cfg.Listeners {
 		var ks []sdlisten.Kept
 		if ln.Pool != nil {
@@ -322,11 +333,7 @@ func (l *launcher) execSelf() error {
 		st.Gens = append(st.Gens, k)
 	}
 	st.PrevBin = keepFile(l.prevBin)
-	var why string
-	st.Handoff, st.Receivers, why = l.handoff.keep()
-	if why != "" {
-		return errors.New(why)
-	}
+	st.Handoff, st.Receivers, busy = l.handoff.keep()
 	keep = append(keep, st.Handoff)
 	for _, r := range st.Receivers {
 		keep = append(keep, r.Fd)
@@ -339,7 +346,31 @@ func (l *launcher) execSelf() error {
 		st.Clients = append(st.Clients, int(c.Fd()))
 		keep = append(keep, int(c.Fd()))
 	}
+	return st, keep, busy
+}
 
+// CheckState reads a state from r as the new program would: the check
+// before a re-exec gives it the state on stdin.
+func CheckState(r io.Reader) error {
+	var st reexecState
+	d := json.NewDecoder(r)
+	d.DisallowUnknownFields()
+	if err := d.Decode(&st); err != nil {
+		return fmt.Errorf("this build cannot read the running relaunch's state: %v", err)
+	}
+	if st.Format != stateFormat {
+		return fmt.Errorf("this build reads state format %d, the running relaunch writes %d", stateFormat, st.Format)
+	}
+	return nil
+}
+
+// execSelf keeps the state's fds open and execs. It returns only if the
+// exec failed, with everything as it was.
+func (l *launcher) execSelf() error {
+	st, keep, busy := l.describe()
+	if busy != "" {
+		return errors.New(busy)
+	}
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err

@@ -2,7 +2,10 @@
 
 package launcher
 
-import "fmt"
+import (
+	"fmt"
+	"io"
+)
 
 // Run needs Linux: the exec helper, child subreaping, SCM_CREDENTIALS and
 // procfs have no portable equivalent. Elsewhere relaunch builds, and says so.
@@ -21,3 +24,6 @@ func CatchSignals() {}
 
 // ReexecCheckEnv is set for the new binary's check of the options.
 const ReexecCheckEnv = "RELAUNCH_REEXEC_CHECK"
+
+// CheckState accepts anything: there is no re-exec elsewhere.
+func CheckState(io.Reader) error { return nil }
