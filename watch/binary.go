@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 )
@@ -17,55 +18,146 @@ type fingerprint struct {
 	size, mtime, ctime int64
 }
 
+// sameBytesStamp says whether two fingerprints of one open file show that
+// its content has not been written in between: same size and modification
+// time. The change time is left out: renaming a file over it, or removing
+// it, changes that (its link count) and not its content.
+func sameBytesStamp(a, b fingerprint) bool {
+	return a.size == b.size && a.mtime == b.mtime
+}
+
 // version is one valid version of the binary: the reference a later version
-// is compared with.
+// is compared with, by its prefix hashes.
 type version struct {
 	path string
 	fp   fingerprint
-	hash [sha256.Size]byte
+	sums *prefixHash // complete once hashed to the end (see Watcher.completeRef)
+	// Until then: the file, open, so that a rename over it or its removal
+	// does not matter (its inode stays), and whether its content changed
+	// before it could be hashed to the end, in which case it is unknown.
+	f    *os.File
+	lost bool
 }
 
-// inspected is what inspect found at a path.
+// inspected is what openBinary found at a path.
 type inspected struct {
 	fp  fingerprint
 	bad string // why it is not a whole executable; "" when it is
 }
 
-// inspect opens path and returns its fingerprint and whether it is a whole
-// executable. When hashIf returns true for the fingerprint (and the file is
-// valid), it also hashes the content, through the same descriptor, so that
-// fingerprint, validity and hash describe one inode.
-func inspect(path string, hashIf func(fingerprint) bool) (inspected, *[sha256.Size]byte, error) {
+// openBinary opens path and returns the open file, its fingerprint and
+// whether it is a whole executable, all through one descriptor, so that
+// they describe one inode. The caller closes the file.
+func openBinary(path string) (*os.File, inspected, error) {
 	var in inspected
 	f, err := os.Open(path)
 	if err != nil {
-		return in, nil, err
+		return nil, in, err
 	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return in, nil, err
+		f.Close()
+		return nil, in, err
 	}
 	in.fp = fingerprintOf(fi)
 	in.bad = validate(f, fi)
-	if in.bad != "" || hashIf == nil || !hashIf(in.fp) {
-		return in, nil, nil
-	}
-	sum, err := hashFile(f)
-	if err != nil {
-		return in, nil, err
-	}
-	return in, &sum, nil
+	return f, in, nil
 }
 
-func hashFile(f *os.File) ([sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
-		return sum, fmt.Errorf("hashing %s: %w", f.Name(), err)
+// A version's content is known by the SHA-256 of its prefixes: its first
+// 64 KiB, 128 KiB, 256 KiB and so on, doubling, and the whole of it (the
+// last one: the SHA-256 of the file). Two files of the same size have the
+// same content when their last hashes are equal; when their k-th hashes
+// differ, so do their first prefixEnd(k) bytes. Comparing a new file with
+// the reference prefix by prefix therefore stops at the first prefix that
+// differs, having read at most twice the bytes before the first difference
+// (and at least 64 KiB): two builds of a Go program differ in their build
+// ID, in the first page, so a new build is told apart after reading 64 KiB,
+// not the whole binary. Only a file with the same content is read to its
+// end.
+const (
+	firstPrefix = 64 << 10 // bytes
+	readChunk   = 32 << 10 // bytes read at a time (a small heap object)
+)
+
+// prefixEnd is where the k-th prefix of a content of size bytes ends.
+func prefixEnd(k int, size int64) int64 {
+	if k >= 40 { // past any file size
+		return size
 	}
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
+	return min(int64(firstPrefix)<<k, size)
+}
+
+// prefixHash hashes a content of a known size from its start, one prefix
+// at a time, and keeps the hash of each prefix done.
+type prefixHash struct {
+	size int64
+	off  int64     // bytes hashed so far
+	h    hash.Hash // the running hash; nil once complete
+	sums [][sha256.Size]byte
+}
+
+func newPrefixHash(size int64) *prefixHash {
+	return &prefixHash{size: size, h: sha256.New()}
+}
+
+func (p *prefixHash) complete() bool { return p.h == nil }
+
+// whole returns the SHA-256 of the whole content, once complete.
+func (p *prefixHash) whole() [sha256.Size]byte { return p.sums[len(p.sums)-1] }
+
+// errCanceled is next's error when cancel is closed.
+var errCanceled = errors.New("canceled")
+
+// next hashes the next prefix of f's content, reading f from where the
+// previous one ended, and returns the number of bytes read. A file shorter
+// than size is io.ErrUnexpectedEOF. It stops with errCanceled once cancel
+// (which may be nil) is closed.
+func (p *prefixHash) next(f io.ReaderAt, buf []byte, cancel <-chan struct{}) (int64, error) {
+	end := prefixEnd(len(p.sums), p.size)
+	var read int64
+	for p.off < end {
+		select {
+		case <-cancel:
+			return read, errCanceled
+		default:
+		}
+		n := int(min(int64(len(buf)), end-p.off))
+		m, err := f.ReadAt(buf[:n], p.off)
+		read += int64(m)
+		if m < n {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return read, err
+		}
+		p.h.Write(buf[:n])
+		p.off += int64(n)
+	}
+	var sum [sha256.Size]byte
+	p.h.Sum(sum[:0]) // appends in place: the state goes on
+	p.sums = append(p.sums, sum)
+	if end == p.size {
+		p.h = nil
+	}
+	return read, nil
+}
+
+// finish hashes f's content to its end.
+func (p *prefixHash) finish(f io.ReaderAt, cancel <-chan struct{}) (int64, error) {
+	var buf []byte
+	var read int64
+	for !p.complete() {
+		if buf == nil {
+			buf = make([]byte, readChunk)
+		}
+		n, err := p.next(f, buf, cancel)
+		read += n
+		if err != nil {
+			return read, err
+		}
+	}
+	return read, nil
 }
 
 // headerLen is how much of the file validate reads: the ELF or Mach-O header

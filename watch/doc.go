@@ -36,12 +36,26 @@
 //     file. An unchanged fingerprint is no change, without reading the file.
 //   - A changed fingerprint with a different size, or a different resolved
 //     path (a symlink swap to another release), is a change.
-//   - A changed fingerprint with the same size is settled by content: the
-//     file is hashed (SHA-256) and compared with the hash of the previous
-//     content, taken at New or at the last Change. So touch, chmod, a
-//     rebuild that produced the same bytes, or a copy of the same file
-//     renamed over it are not changes. The file is hashed only in that case
-//     (and once at New and at each Change, to have the reference).
+//   - A changed fingerprint with the same size is settled by content,
+//     compared with the previous content (taken at New or at the last
+//     Change) through SHA-256 hashes of prefixes: the first 64 KiB, 128 KiB,
+//     256 KiB, doubling, and the whole file. The new file is hashed prefix
+//     by prefix and the comparison stops at the first prefix that differs:
+//     two builds of a Go program differ in their build ID, in the first
+//     page, so a new build is told after reading 64 KiB. Only the same
+//     content is read to its end. So touch, chmod, a rebuild that produced
+//     the same bytes, or a copy of the same file renamed over it or written
+//     into it are not changes.
+//   - The previous content is known by its hashes, not by its file, which
+//     may be renamed over, removed or rewritten. The watcher hashes a new
+//     version to its end after its Change has been taken (so that the
+//     launcher is not kept waiting), through the descriptor it opened it
+//     with: the inode stays the same even if the name is renamed over in
+//     the meantime. That is the one descriptor it keeps open besides
+//     inotify's, for the milliseconds this takes, and Close closes it. Should
+//     the file be written in place (its size or modification time changed)
+//     before it was hashed to its end, the next version is a change whatever
+//     its content.
 //   - Valid means: a regular file with an execute bit whose header is whole.
 //     For ELF, the ELF header is present and both the program header table
 //     and the section header table end within the file size (a partial

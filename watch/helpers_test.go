@@ -3,6 +3,7 @@ package watch
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -186,5 +187,33 @@ func waitFileChange(t testing.TB, w *Watcher, path string) Change {
 		case <-ctx.Done():
 			t.Fatalf("no Change listing %s within %v", path, changeWait)
 		}
+	}
+}
+
+// inspect opens path and returns its fingerprint and whether it is a whole
+// executable, and, when hashIf returns true for the fingerprint (and the
+// file is valid), the SHA-256 of its content, all through one descriptor.
+func inspect(path string, hashIf func(fingerprint) bool) (inspected, *[sha256.Size]byte, error) {
+	f, in, err := openBinary(path)
+	if err != nil {
+		return in, nil, err
+	}
+	defer f.Close()
+	if in.bad != "" || hashIf == nil || !hashIf(in.fp) {
+		return in, nil, nil
+	}
+	p := newPrefixHash(in.fp.size)
+	if _, err := p.finish(f, nil); err != nil {
+		return in, nil, err
+	}
+	sum := p.whole()
+	return in, &sum, nil
+}
+
+// settleRef does what the watcher does once a Change has been taken: it
+// hashes the new reference to its end (and closes it).
+func settleRef(w *Watcher) {
+	if w.bin != nil && w.bin.ref != nil {
+		w.completeRef(w.bin.ref)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -75,6 +76,10 @@ type Watcher struct {
 	out *Change // a Change waiting for the receiver; later ones merge into it
 
 	addFailing bool // adding watches fails (logged once until it works again)
+
+	// Bytes of the binary's content read to decide whether it changed, and
+	// read to finish hashing a new reference after its Change (for tests).
+	readDeciding, readAfter atomic.Int64
 }
 
 // binWatch is the state of the command's binary.
@@ -83,7 +88,7 @@ type binWatch struct {
 	filter  map[string]map[string]bool // watched directory → names that matter
 	path    string                     // what cmd resolves to now; "" when resErr != nil
 	resErr  error
-	ref     *version // the last valid version reported, or found at New; nil when none
+	ref     *version // the last valid version reported, or found at New; nil when none (set by setRef)
 	gone    bool     // found missing (and logged) since the last valid version
 	badSeen bool     // an incomplete or invalid version was logged since the last valid one
 	dirty   bool     // an event concerned it since the last evaluation
@@ -198,9 +203,17 @@ func (w *Watcher) run() {
 		if w.timer != nil {
 			w.timer.Stop()
 		}
+		if w.bin != nil {
+			w.setRef(nil) // its file, if still open
+		}
 	}()
 	events, errs := w.fsw.Events, w.fsw.Errors
 	for {
+		if w.out == nil && w.bin != nil && w.bin.ref != nil {
+			// A new reference is hashed to its end once its Change is
+			// taken: after the launcher has it, not before.
+			w.completeRef(w.bin.ref)
+		}
 		var out chan<- Change
 		var next Change
 		if w.out != nil {
@@ -506,7 +519,19 @@ func (w *Watcher) initBinary() {
 		w.log.Warn("the command's binary was not found; waiting for it to appear", "cmd", b.cmd, "err", b.resErr)
 		return
 	}
-	in, sum, err := inspect(b.path, func(fingerprint) bool { return true })
+	// Hashed at once, unlike a later version: a rewrite right after New
+	// (a touch) must find the content known.
+	f, in, err := openBinary(b.path)
+	var sums *prefixHash
+	if err == nil {
+		defer f.Close()
+		if in.bad == "" {
+			sums = newPrefixHash(in.fp.size)
+			var n int64
+			n, err = sums.finish(f, nil)
+			w.readAfter.Add(n)
+		}
+	}
 	switch {
 	case err != nil:
 		b.gone = true
@@ -516,7 +541,7 @@ func (w *Watcher) initBinary() {
 		w.log.Info("the command's binary is not a complete executable; waiting for a valid one",
 			"cmd", b.cmd, "path", b.path, "reason", in.bad)
 	default:
-		b.ref = &version{path: b.path, fp: in.fp, hash: *sum}
+		w.setRef(&version{path: b.path, fp: in.fp, sums: sums})
 		w.log.Debug("watching the command's binary", "cmd", b.cmd, "path", b.path)
 	}
 }
@@ -536,9 +561,7 @@ func (w *Watcher) evalBinary() (string, bool) {
 		w.binaryGone(b, b.resErr)
 		return "", false
 	}
-	ref := b.ref
-	same := func(fp fingerprint) bool { return ref != nil && ref.path == b.path && ref.fp == fp }
-	in, sum, err := inspect(b.path, func(fp fingerprint) bool { return !same(fp) })
+	f, in, err := openBinary(b.path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			w.binaryGone(b, err)
@@ -547,26 +570,122 @@ func (w *Watcher) evalBinary() (string, bool) {
 		}
 		return "", false
 	}
+	kept := false
+	defer func() {
+		if !kept {
+			f.Close()
+		}
+	}()
 	if in.bad != "" {
 		w.logBad(b, in.bad)
 		return "", false
 	}
 	b.badSeen, b.gone = false, false
-	if same(in.fp) {
-		return "", false
+	ref := b.ref
+	var sums *prefixHash // the new version's, as far as the comparison went
+	if ref != nil && ref.path == b.path {
+		if ref.fp == in.fp {
+			return "", false
+		}
+		if ref.fp.size == in.fp.size {
+			same, partial, err := w.sameContent(ref, f, in.fp.size)
+			if err != nil {
+				w.log.Warn("cannot read the command's binary", "path", b.path, "err", err)
+				return "", false
+			}
+			if same {
+				ref.fp = in.fp
+				w.log.Debug("the command's binary was rewritten with the same content; not a change", "path", b.path)
+				return "", false
+			}
+			sums = partial
+		}
 	}
-	if ref != nil && ref.path == b.path && ref.fp.size == in.fp.size && ref.hash == *sum {
-		ref.fp = in.fp
-		w.log.Debug("the command's binary was rewritten with the same content; not a change", "path", b.path)
-		return "", false
+	if sums == nil {
+		sums = newPrefixHash(in.fp.size)
 	}
-	b.ref = &version{path: b.path, fp: in.fp, hash: *sum}
+	// The new reference keeps its file open until it is hashed to its end,
+	// after its Change is taken (run).
+	w.setRef(&version{path: b.path, fp: in.fp, sums: sums, f: f})
+	kept = true
 	w.log.Debug("the command's binary changed", "cmd", b.cmd, "path", b.path)
 	return b.path, true
 }
 
+// sameContent compares f, a file of size bytes (the reference's size), with
+// the reference, prefix by prefix, until a prefix differs. It returns the
+// new file's prefix hashes as far as they went when it differs; it also
+// says it differs, without reading, when the reference's content is unknown.
+func (w *Watcher) sameContent(ref *version, f *os.File, size int64) (bool, *prefixHash, error) {
+	if !w.completeRef(ref) {
+		return false, nil, nil
+	}
+	sums := newPrefixHash(size)
+	buf := make([]byte, readChunk)
+	for k, want := range ref.sums.sums {
+		n, err := sums.next(f, buf, nil)
+		w.readDeciding.Add(n)
+		if err != nil {
+			return false, nil, fmt.Errorf("reading %s: %w", f.Name(), err)
+		}
+		if sums.sums[k] != want {
+			return false, sums, nil
+		}
+	}
+	return true, nil, nil
+}
+
+// completeRef hashes the reference to its end if it is not yet, through
+// the file it keeps open, and closes that. It says whether the reference's
+// content is known. It is not when the file was written (its size or
+// modification time changed) since its version was taken: in place, by a
+// copy into it or a truncation, before its old content was hashed. A later
+// version is then a change, whatever its content; only a rewrite in place
+// within the few milliseconds after a Change risks that.
+func (w *Watcher) completeRef(ref *version) bool {
+	if ref.f == nil {
+		return !ref.lost
+	}
+	f := ref.f
+	defer func() {
+		f.Close()
+		ref.f = nil
+	}()
+	intact := func() bool {
+		fi, err := f.Stat()
+		return err == nil && sameBytesStamp(fingerprintOf(fi), ref.fp)
+	}
+	if intact() {
+		n, err := ref.sums.finish(f, w.done)
+		w.readAfter.Add(n)
+		if err == nil && intact() {
+			return true
+		}
+	}
+	ref.lost = true
+	select {
+	case <-w.done:
+	default:
+		w.log.Debug("the command's binary was written before it was hashed; its next version counts as a change",
+			"path", ref.path)
+	}
+	return false
+}
+
+// setRef makes v (nil: none) the reference, closing the previous one's file
+// if it is still open.
+func (w *Watcher) setRef(v *version) {
+	b := w.bin
+	if b.ref != nil && b.ref.f != nil {
+		b.ref.f.Close()
+		b.ref.f = nil
+	}
+	b.ref = v
+}
+
 func (w *Watcher) binaryGone(b *binWatch, err error) {
-	b.ref, b.badSeen = nil, false
+	w.setRef(nil)
+	b.badSeen = false
 	if b.gone {
 		return
 	}
