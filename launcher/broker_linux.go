@@ -406,7 +406,7 @@ func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []by
 		}
 	}
 	for {
-		n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+		n, oobn, flags, err := readPacket(c, buf, oob)
 		fds := parseRights(oob[:oobn])
 		if errors.Is(err, io.EOF) && !peerGone(c) {
 			err, n = nil, 0 // an empty packet, not the end
@@ -544,7 +544,7 @@ func (b *broker) serveRecv(r *brokerRecv, who string, buf, oob []byte) {
 	b.wg.Add(1)
 	go b.deliver(r)
 	for {
-		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		n, oobn, _, err := readPacket(c, buf, oob)
 		fds := parseRights(oob[:oobn])
 		closeFds(fds)
 		if errors.Is(err, io.EOF) && !peerGone(c) {
@@ -641,6 +641,20 @@ func (b *broker) deliver(r *brokerRecv) {
 			return
 		}
 	}
+}
+
+// readPacket reads one packet from a generation. A peer that exits with
+// packets of relaunch's still unread (a receiver killed with CONNs in its
+// queue, a sender that never read the OK) leaves ECONNRESET pending on
+// relaunch's end, and the kernel reports it before the packets the peer sent
+// before it went: the ACKs and CONNs that must still count. The error is
+// cleared once reported, so read on; the end then comes as EOF after them.
+func readPacket(c *net.UnixConn, buf, oob []byte) (n, oobn, flags int, err error) {
+	n, oobn, flags, _, err = c.ReadMsgUnix(buf, oob)
+	if errors.Is(err, syscall.ECONNRESET) {
+		n, oobn, flags, _, err = c.ReadMsgUnix(buf, oob)
+	}
+	return n, oobn, flags, err
 }
 
 // connections is "1 connection" or "N connections".

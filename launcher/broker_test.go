@@ -1044,3 +1044,37 @@ func needNofile(t testing.TB, n uint64) {
 		t.Skipf("needs RLIMIT_NOFILE >= %d; it is %d (hard %d) and cannot be raised: %v", n, rl.Cur, rl.Max, err)
 	}
 }
+
+// A receiver that acknowledges and dies at once, with connections sent to
+// it still unread: the kernel then reports ECONNRESET on relaunch's end
+// before the ACKs, which must count all the same. Repeated, as the order of
+// the ACKs read and the death is a race that the broker must win every time.
+func TestBrokerReceiverAcksThenDies(t *testing.T) {
+	for round := range 20 {
+		f := newTestBroker(t)
+		f.b.setCurrent(2)
+		ps := tcpPairs(t, 20)
+		s := f.sender(t, 1)
+		sendAll(t, s, ps, "c")
+		if err := s.Done(); err != nil {
+			t.Fatal(err)
+		}
+		raw := rawHello(t, f, 2, hoHelloRecv)
+		buf := make([]byte, 1+hoMaxState)
+		oob := make([]byte, unix.CmsgSpace(4*4))
+		for range 5 {
+			_, oobn, _, _, err := raw.ReadMsgUnix(buf, oob)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeFds(parseRights(oob[:oobn]))
+			raw.Write([]byte{hoAck})
+		}
+		raw.Close() // at once: relaunch may not have read the ACKs yet, and more CONNs wait unread
+		line := f.log.wait(t, fmt.Sprintf("handoff: gen 2 (pid %d) took", os.Getpid()))
+		if !strings.Contains(line, "took 5 connections") {
+			t.Fatalf("round %d: %s; want 5 taken", round, line)
+		}
+		f.waitHeld(t, 15) // the rest, for the next receiver
+	}
+}
