@@ -6,11 +6,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -180,38 +182,6 @@ func monoUsec(t testing.TB) int64 {
 	return ts.Nano() / 1000
 }
 
-// waitOutput waits until the output pipe of an exited process is closed:
-// then all its output is in.
-func waitOutput(t testing.TB, p *relaunchProc) {
-	t.Helper()
-	select {
-	case <-p.outEOF:
-	case <-time.After(5 * time.Second):
-		t.Errorf("the output pipe of %s is still open 5s after it exited", p.name)
-	}
-}
-
-// parseKV parses "K=V" lines (the demo's /env answer, /proc/P/environ split
-// on NUL).
-func parseKV(lines []string) map[string]string {
-	m := map[string]string{}
-	for _, l := range lines {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			m[k] = v
-		}
-	}
-	return m
-}
-
-func procEnviron(t testing.TB, pid int) map[string]string {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatalf("environ of %s: %v", describeProc(pid), err)
-	}
-	return parseKV(strings.Split(string(data), "\x00"))
-}
-
 // TestOuterNotify: relaunch started by a service manager with NOTIFY_SOCKET
 // and WATCHDOG_USEC speaks sd_notify to it as systemd's Type=notify expects
 // (SPEC §8, NOTES §7): READY=1 with a STATUS= naming gen 1 once it is
@@ -224,7 +194,7 @@ func TestOuterNotify(t *testing.T) {
 	dir := shortTempDir(t)
 	sink := newNotifySink(t, dir)
 	app, setFlags := appScript(t, dir)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path, "WATCHDOG_USEC=200000"}},
 		"--listen", addr, "--no-watch-binary", "--", app)
 
@@ -244,11 +214,7 @@ func TestOuterNotify(t *testing.T) {
 
 	// The generation has relaunch's own notify socket, not the outer one,
 	// and no WATCHDOG_*.
-	envBody, err := httpGet(addr, "/env")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := parseKV(strings.Split(envBody, "\n"))
+	_, env := demoEnv(t, addr)
 	ns := env["NOTIFY_SOCKET"]
 	if ns == "" || ns == sink.path || strings.HasPrefix(ns, dir+"/") || !strings.HasPrefix(filepath.Base(filepath.Dir(ns)), "relaunch-") {
 		t.Errorf("gen 1's NOTIFY_SOCKET=%q; want a socket in relaunch's own runtime directory (relaunch-*), not the outer %q", ns, sink.path)
@@ -337,11 +303,7 @@ func TestOuterNotify(t *testing.T) {
 		t.Errorf("state messages %q; want %q\nall: %v", got, want, sink.all)
 	}
 	t.Logf("%d datagrams, %d of them WATCHDOG=1", len(sink.all), pings)
-	var gens []int
-	for _, pid := range genPids(p) {
-		gens = append(gens, pid)
-	}
-	noProcessesLeft(t, gens)
+	noProcessesLeft(t, slices.Collect(maps.Values(genPids(p))))
 }
 
 // TestOuterNotifyStatusAfterCrash: SPEC §8 says STATUS= carries the
@@ -352,7 +314,7 @@ func TestOuterNotifyStatusAfterCrash(t *testing.T) {
 	t.Parallel()
 	dir := shortTempDir(t)
 	sink := newNotifySink(t, dir)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path}},
 		"--listen", addr, "--no-watch-binary", "--", demoBin)
 	m := sink.nextState("READY=1 for gen 1", 15*time.Second)
@@ -412,35 +374,6 @@ func outerPid(root, inner int) int {
 	return 0
 }
 
-// zombieChildren describes the children of pid that are zombies.
-func zombieChildren(pid int) []string {
-	var z []string
-	for _, k := range procChildren(pid) {
-		if processZombie(k) {
-			z = append(z, describeProc(k))
-		}
-	}
-	return z
-}
-
-// waitNoZombieChildren polls until pid has no zombie child; it fails the
-// test after timeout.
-func waitNoZombieChildren(t testing.TB, pid int, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		z := zombieChildren(pid)
-		if len(z) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("zombies under relaunch (pid %d) after %v:\n  %s", pid, timeout, strings.Join(z, "\n  "))
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestPID1: relaunch as PID 1 of a new PID namespace, as in a container
 // (SPEC §8, NOTES §6). The app leaves orphans two ways, and all of them
 // must come to relaunch and be reaped, with no zombie left:
@@ -457,10 +390,7 @@ func waitNoZombieChildren(t testing.TB, pid int, timeout time.Duration) {
 func TestPID1(t *testing.T) {
 	t.Parallel()
 	needE2E(t)
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Fatalf("unshare not found (%v): install util-linux (apt-get install util-linux)", err)
-	}
+	unshare := needCommand(t, "unshare", "util-linux")
 	dir := shortTempDir(t)
 	rec := filepath.Join(dir, "rec")
 	orphans := filepath.Join(dir, "orphans")
@@ -476,7 +406,7 @@ exec %[3]s -fork-helpers -record %[4]s "$@"
 	if err := os.WriteFile(app, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startProc(t, procOpts{}, unshare, "--pid", "--fork", "--mount-proc",
 		relaunchBin, "-l", addr, "--no-watch-binary", "--", app)
 
@@ -600,11 +530,8 @@ exec %[3]s -fork-helpers -record %[4]s "$@"
 func TestSocketActivated(t *testing.T) {
 	t.Parallel()
 	needE2E(t)
-	sa, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		t.Fatalf("systemd-socket-activate not found (%v): install it with apt-get install systemd (Debian's package)", err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	sa := needCommand(t, "systemd-socket-activate", "systemd")
+	addr := freeAddr(t)
 	// It binds addr, waits for the first connection, then execs relaunch
 	// (same pid) with LISTEN_FDS=1, LISTEN_PID and LISTEN_FDNAMES=web.
 	p := startProc(t, procOpts{}, sa, "-l", addr, "--fdname=web", "-E", harnessMarkerEnv, "-E", "TMPDIR", "--",
@@ -614,11 +541,7 @@ func TestSocketActivated(t *testing.T) {
 		t.Fatalf("pid %d runs %q; want relaunch exec'd by systemd-socket-activate", p.Pid(), exe)
 	}
 
-	envBody, err := httpGet(addr, "/env")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := parseKV(strings.Split(envBody, "\n"))
+	envBody, env := demoEnv(t, addr)
 	if env["LISTEN_FDS"] != "1" || env["LISTEN_PID"] != env["PID"] || env["LISTEN_FDNAMES"] != "web" {
 		t.Errorf("gen 1's /env:\n%s\nwant LISTEN_FDS=1, LISTEN_PID = its own PID, LISTEN_FDNAMES=web", envBody)
 	}
@@ -630,28 +553,20 @@ func TestSocketActivated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fdsBody, err := httpGet(addr, "/fds?at=start")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if in, out := socketInode(rfds[3]), socketInode(parseFdList(fdsBody)[3]); in == 0 || in != out {
-		t.Errorf("gen 1's fd 3 is %q, relaunch's fd 3 is %q; want the same inherited socket", parseFdList(fdsBody)[3], rfds[3])
+	_, fds := fdsAtStart(t, addr)
+	if in, out := socketInode(rfds[3]), socketInode(fds[3]); in == 0 || in != out {
+		t.Errorf("gen 1's fd 3 is %q, relaunch's fd 3 is %q; want the same inherited socket", fds[3], rfds[3])
 	}
 
 	load := startLoad(t, addr)
 	for g := 2; g <= 6; g++ {
-		upgradeTo(t, p, g)
-		p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", g-1, genPids(p)[g-1]), 20*time.Second)
+		upgradeAndWait(t, p, g, 20*time.Second)
 	}
 	res := stopLoad(t, load)
 	if len(res.Gens) < 2 {
 		t.Errorf("the load saw only generations %v", res.Gens)
 	}
-	envBody, err = httpGet(addr, "/env")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env = parseKV(strings.Split(envBody, "\n"))
+	envBody, env = demoEnv(t, addr)
 	if env["RELAUNCH_GENERATION"] != "6" || env["LISTEN_PID"] != env["PID"] || env["LISTEN_FDS"] != "1" {
 		t.Errorf("gen 6's /env:\n%s\nwant RELAUNCH_GENERATION=6, LISTEN_FDS=1, LISTEN_PID = its own PID", envBody)
 	}
@@ -660,11 +575,7 @@ func TestSocketActivated(t *testing.T) {
 	if code := p.MustWait(15 * time.Second); code != 0 {
 		t.Errorf("relaunch exited %d after SIGTERM; want 0", code)
 	}
-	var pids []int
-	for _, pid := range genPids(p) {
-		pids = append(pids, pid)
-	}
-	noProcessesLeft(t, pids)
+	noProcessesLeft(t, slices.Collect(maps.Values(genPids(p))))
 }
 
 var genMsgRe = regexp.MustCompile(`^(?:upgrade failed: )?gen (\d+) \(pid (\d+)\) (started|ready|draining|exited)`)
@@ -677,7 +588,7 @@ func TestJSONLog(t *testing.T) {
 	t.Parallel()
 	dir := shortTempDir(t)
 	app, setFlags := appScript(t, dir)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startRelaunch(t, "--log-format", "json", "--listen", addr, "--no-watch-binary", "--", app)
 	waitHTTP(t, addr, "gen=1", 10*time.Second)
 	p.Signal(syscall.SIGUSR2)
@@ -814,10 +725,7 @@ func TestJSONLogStartupFailure(t *testing.T) {
 func TestExampleUnits(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Fatalf("systemd-analyze not found (%v): install it with apt-get install systemd (Debian's package)", err)
-	}
+	analyze := needCommand(t, "systemd-analyze", "systemd")
 	dir := t.TempDir()
 	var units []string
 	for _, name := range []string{"relaunch.service", "relaunch.socket", "relaunch-activated.service"} {

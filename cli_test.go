@@ -9,7 +9,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -33,17 +32,6 @@ const (
 
 func cliAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
-// cliFreeUDPPort returns a udp port on 127.0.0.1 that was free a moment ago.
-func cliFreeUDPPort(t testing.TB) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
 // cliTmp returns a private, empty TMPDIR for one relaunch (where it makes
 // its runtime directory) and the environment entries that select it.
 func cliTmp(t testing.TB) (string, []string) {
@@ -53,72 +41,31 @@ func cliTmp(t testing.TB) (string, []string) {
 }
 
 // cliRun starts relaunch, waits for it to exit and for its output to end,
-// and returns it, its exit status and its output.
-func cliRun(t testing.TB, o procOpts, args ...string) (*relaunchProc, int, string) {
+// checks that its exit status is want, and returns it and its output.
+func cliRun(t testing.TB, o procOpts, want int, args ...string) (*relaunchProc, string) {
 	t.Helper()
 	p := startRelaunchOpts(t, o, args...)
 	code := p.MustWait(cliExitTimeout)
-	select {
-	case <-p.outEOF:
-	case <-time.After(5 * time.Second):
-		t.Errorf("output pipe still open 5s after relaunch exited: a process holds it")
+	waitOutput(t, p)
+	if code != want {
+		t.Errorf("exit status %d, want %d", code, want)
 	}
-	return p, code, p.Stderr()
-}
-
-// cliLines returns the non-empty lines of out.
-func cliLines(out string) []string {
-	var lines []string
-	for l := range strings.Lines(out) {
-		if l = strings.TrimRight(l, "\n"); strings.TrimSpace(l) != "" {
-			lines = append(lines, l)
-		}
-	}
-	return lines
-}
-
-const cliSeeHelp = "see 'relaunch --help'"
-
-// cliCheckOnlyMessage checks that out is exactly one "relaunch: ..." line,
-// plus at most a pointer to --help, and that this line contains every want.
-func cliCheckOnlyMessage(t testing.TB, out string, wants ...string) {
-	t.Helper()
-	lines := cliLines(out)
-	if len(lines) == 2 && lines[1] == cliSeeHelp {
-		lines = lines[:1]
-	}
-	if len(lines) != 1 {
-		t.Errorf("want one message line (plus at most %q), got %d lines:\n%s", cliSeeHelp, len(lines), out)
-		return
-	}
-	cliCheckLine(t, lines[0], wants...)
+	return p, p.Stderr()
 }
 
 // cliCheckLastMessage checks the last line of out (before an optional
 // pointer to --help): relaunch's final error, after whatever it logged.
 func cliCheckLastMessage(t testing.TB, out string, wants ...string) {
 	t.Helper()
-	lines := cliLines(out)
-	if n := len(lines); n > 0 && lines[n-1] == cliSeeHelp {
+	lines := outputLines(out)
+	if n := len(lines); n > 0 && lines[n-1] == seeHelp {
 		lines = lines[:n-1]
 	}
 	if len(lines) == 0 {
 		t.Errorf("no message at all")
 		return
 	}
-	cliCheckLine(t, lines[len(lines)-1], wants...)
-}
-
-func cliCheckLine(t testing.TB, line string, wants ...string) {
-	t.Helper()
-	if !strings.HasPrefix(line, "relaunch: ") {
-		t.Errorf("message %q does not start with \"relaunch: \"", line)
-	}
-	for _, w := range wants {
-		if !strings.Contains(line, w) {
-			t.Errorf("message %q does not contain %q", line, w)
-		}
-	}
+	checkMessageLine(t, lines[len(lines)-1], wants...)
 }
 
 // cliCheckNothingLeft checks, after relaunch p exited, that no process it
@@ -130,21 +77,9 @@ func cliCheckNothingLeft(t testing.TB, p *relaunchProc, tmp string, ports []int,
 	if !p.Exited() {
 		t.Errorf("relaunch (pid %d) is still running", p.Pid())
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		left := markedProcs(p.marker)
-		if len(left) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			var desc []string
-			for _, pid := range left {
-				desc = append(desc, describeProc(pid))
-			}
-			t.Errorf("processes left behind by relaunch:\n  %s", strings.Join(desc, "\n  "))
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	var left []int
+	if !waitUntil(5*time.Second, 10*time.Millisecond, func() bool { left = markedProcs(p.marker); return len(left) == 0 }) {
+		t.Errorf("processes left behind by relaunch:\n  %s", strings.Join(describeProcs(left), "\n  "))
 	}
 	for _, port := range ports {
 		l, err := net.Listen("tcp", cliAddr(port))
@@ -194,51 +129,18 @@ func cliWaitChild(t testing.TB, p *relaunchProc, comm string, timeout time.Durat
 	}
 }
 
-// cliEnviron is the initial environment of pid.
-func cliEnviron(t testing.TB, pid int) map[string]string {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]string{}
-	for _, kv := range bytes.Split(data, []byte{0}) {
-		if k, v, ok := strings.Cut(string(kv), "="); ok {
-			m[k] = v
-		}
-	}
-	return m
-}
-
 // cliSocketInodes returns the inodes of the sockets bound to local port
 // port in /proc/net/<table> (tcp, tcp6, udp, udp6); for tcp tables only
 // listening ones.
 func cliSocketInodes(t testing.TB, port int, tables ...string) []uint64 {
 	t.Helper()
 	var inodes []uint64
-	for _, table := range tables {
-		data, err := os.ReadFile("/proc/net/" + table)
-		if err != nil {
-			continue // no IPv6
+	for _, s := range procNetSockets(tables...) {
+		if s.localPort != port || strings.HasPrefix(s.table, "tcp") && s.state != "0A" { // TCP_LISTEN
+			continue
 		}
-		sc := bufio.NewScanner(bytes.NewReader(data))
-		sc.Scan() // header
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) < 10 {
-				continue
-			}
-			_, hexPort, _ := strings.Cut(f[1], ":")
-			p, err := strconv.ParseUint(hexPort, 16, 16)
-			if err != nil || int(p) != port {
-				continue
-			}
-			if strings.HasPrefix(table, "tcp") && f[3] != "0A" { // TCP_LISTEN
-				continue
-			}
-			if ino, err := strconv.ParseUint(f[9], 10, 64); err == nil && ino != 0 {
-				inodes = append(inodes, ino)
-			}
+		if s.inode != 0 {
+			inodes = append(inodes, s.inode)
 		}
 	}
 	return inodes
@@ -257,6 +159,29 @@ func cliFdNumbers(m map[int]string) []int {
 	return fds
 }
 
+// cliFdsAtStart checks that the demo on addr had exactly the fds want at
+// start (the Go runtime's own left out), and returns them.
+func cliFdsAtStart(t testing.TB, addr string, want ...int) map[int]string {
+	t.Helper()
+	body, m := fdsAtStart(t, addr)
+	if got := cliFdNumbers(m); !slices.Equal(got, want) {
+		t.Errorf("demo's fds at start (Go runtime's own left out) are %v, want %v; listing:\n%s", got, want, body)
+	}
+	return m
+}
+
+// cliCheckEnv checks that the environment of the demo on addr (its GET
+// /env) has every want ("K=V\n").
+func cliCheckEnv(t testing.TB, addr string, wants ...string) {
+	t.Helper()
+	body, _ := demoEnv(t, addr)
+	for _, want := range wants {
+		if !strings.Contains(body, want) {
+			t.Errorf("demo's /env lacks %q:\n%s", want, body)
+		}
+	}
+}
+
 // cliCheckSocketFd checks that target is the socket bound to port in one
 // of tables.
 func cliCheckSocketFd(t testing.TB, what, target string, port int, tables ...string) {
@@ -269,6 +194,20 @@ func cliCheckSocketFd(t testing.TB, what, target string, port int, tables ...str
 	if inodes := cliSocketInodes(t, port, tables...); !slices.Contains(inodes, ino) {
 		t.Errorf("%s is socket inode %d, not the one bound to port %d in /proc/net/%v (inodes %v)", what, ino, port, tables, inodes)
 	}
+}
+
+// cliReadyPid waits until the app answers on addr with want, and until
+// relaunch says that gen 1, which answered, is ready; it returns the pid of
+// the answer.
+func cliReadyPid(t testing.TB, p *relaunchProc, addr, want string) int {
+	t.Helper()
+	body := waitHTTP(t, addr, want, cliStartTimeout)
+	pid, err := strconv.Atoi(bodyField(body, "pid"))
+	if err != nil {
+		t.Fatalf("answer %q: no pid", body)
+	}
+	p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) ready", pid), cliStartTimeout)
+	return pid
 }
 
 // cliStop sends SIGTERM to relaunch and checks that it exits with 0.
@@ -288,15 +227,10 @@ func TestCLIGoSystemd(t *testing.T) {
 	port := freePort(t)
 	tmp, env := cliTmp(t)
 	p := startRelaunchOpts(t, procOpts{Env: env}, "-l", cliAddr(port), "--", gosystemdBin)
-	body := waitHTTP(t, cliAddr(port), "gosystemd pid=", cliStartTimeout)
-	pid, err := strconv.Atoi(bodyField(body, "pid"))
-	if err != nil {
-		t.Fatalf("answer %q: no pid", body)
-	}
+	pid := cliReadyPid(t, p, cliAddr(port), "gosystemd pid=")
 	if kids := p.Children(); !slices.Contains(kids, pid) {
 		t.Errorf("answer from pid %d, but relaunch's children are %v", pid, kids)
 	}
-	p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) ready", pid), cliStartTimeout)
 	cliStop(t, p)
 	cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
 }
@@ -351,25 +285,9 @@ func TestCLIChildFds(t *testing.T) {
 			t.Errorf("answer from pid %d, but relaunch's children are %v", pid, kids)
 		}
 
-		fdsBody, err := httpGet(addr, "/fds?at=start")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := parseFdList(fdsBody)
-		if got := cliFdNumbers(m); !slices.Equal(got, []int{0, 1, 2, 3}) {
-			t.Errorf("demo's fds at start (Go runtime's own left out) are %v, want [0 1 2 3]; listing:\n%s", got, fdsBody)
-		}
+		m := cliFdsAtStart(t, addr, 0, 1, 2, 3)
 		cliCheckSocketFd(t, "demo's fd 3", m[3], port, "tcp")
-
-		envBody, err := httpGet(addr, "/env")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, want := range []string{"LISTEN_FDS=1\n", fmt.Sprintf("LISTEN_PID=%d\n", pid), "LISTEN_FDNAMES=\n", fmt.Sprintf("PID=%d\n", pid), "RELAUNCH_GENERATION=1\n"} {
-			if !strings.Contains(envBody, want) {
-				t.Errorf("demo's /env lacks %q:\n%s", want, envBody)
-			}
-		}
+		cliCheckEnv(t, addr, "LISTEN_FDS=1\n", fmt.Sprintf("LISTEN_PID=%d\n", pid), "LISTEN_FDNAMES=\n", fmt.Sprintf("PID=%d\n", pid), "RELAUNCH_GENERATION=1\n")
 		cliStop(t, p)
 		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
 	})
@@ -408,7 +326,7 @@ func TestCLIChildFds(t *testing.T) {
 			t.Errorf("sleep's fds are %v, want [0 1 2 3]: %v", fds, m)
 		}
 		cliCheckSocketFd(t, "sleep's fd 3", m[3], port, "tcp")
-		e := cliEnviron(t, pid)
+		e := procEnviron(t, pid)
 		if e["LISTEN_FDS"] != "1" || e["LISTEN_PID"] != strconv.Itoa(pid) {
 			t.Errorf("sleep (pid %d) got LISTEN_FDS=%q LISTEN_PID=%q, want 1 and its pid", pid, e["LISTEN_FDS"], e["LISTEN_PID"])
 		}
@@ -457,11 +375,7 @@ func TestCLINamedListeners(t *testing.T) {
 		if envBody, err := httpGet(sock, "/env"); err != nil || !strings.Contains(envBody, "LISTEN_FDNAMES=web:admin\n") || !strings.Contains(envBody, "LISTEN_FDS=2\n") {
 			t.Errorf("GET /env over the unix socket = %q, %v; want LISTEN_FDS=2 and LISTEN_FDNAMES=web:admin", envBody, err)
 		}
-		fdsBody, err := httpGet(sock, "/fds?at=start")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := parseFdList(fdsBody)
+		_, m := fdsAtStart(t, sock)
 		cliCheckSocketFd(t, "fd 3 (web)", m[3], port, "tcp")
 		if socketInode(m[4]) == 0 {
 			t.Errorf("fd 4 (admin) is %q, not a socket", m[4])
@@ -493,10 +407,7 @@ func TestCLINamedListeners(t *testing.T) {
 func TestCLISocketActivated(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
-	sa, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		t.Fatalf("systemd-socket-activate is needed for this test and is not in PATH: install it (Debian: apt-get install systemd): %v", err)
-	}
+	sa := needCommand(t, "systemd-socket-activate", "systemd")
 	outer, inner := freePort(t), freePort(t)
 	tmp, _ := cliTmp(t)
 	// systemd-socket-activate passes on only TERM, PATH, USER, HOME and -E
@@ -512,28 +423,13 @@ func TestCLISocketActivated(t *testing.T) {
 	if kids := p.Children(); !slices.Contains(kids, pid) {
 		t.Errorf("answer from pid %d, but relaunch's (pid %d) children are %v", pid, p.Pid(), kids)
 	}
-	envBody, err := httpGet(cliAddr(inner), "/env")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"LISTEN_FDS=2\n", "LISTEN_FDNAMES=outer:unknown\n", fmt.Sprintf("LISTEN_PID=%d\n", pid)} {
-		if !strings.Contains(envBody, want) {
-			t.Errorf("demo's /env lacks %q:\n%s", want, envBody)
-		}
-	}
+	cliCheckEnv(t, cliAddr(inner), "LISTEN_FDS=2\n", "LISTEN_FDNAMES=outer:unknown\n", fmt.Sprintf("LISTEN_PID=%d\n", pid))
 	if names, err := httpGet(cliAddr(outer), "/names"); err != nil || names != "outer\nunknown\n" {
 		t.Errorf("GET /names = %q, %v; want outer, unknown", names, err)
 	}
-	fdsBody, err := httpGet(cliAddr(outer), "/fds?at=start")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := parseFdList(fdsBody)
+	m := cliFdsAtStart(t, cliAddr(outer), 0, 1, 2, 3, 4)
 	cliCheckSocketFd(t, "fd 3 (inherited by relaunch)", m[3], outer, "tcp")
 	cliCheckSocketFd(t, "fd 4 (relaunch's --listen)", m[4], inner, "tcp")
-	if got := cliFdNumbers(m); !slices.Equal(got, []int{0, 1, 2, 3, 4}) {
-		t.Errorf("demo's fds at start are %v, want [0 1 2 3 4]:\n%s", got, fdsBody)
-	}
 	cliStop(t, p)
 	cliCheckNothingLeft(t, p, tmp, []int{outer, inner}, nil)
 }
@@ -590,48 +486,29 @@ func TestCLIUserErrors(t *testing.T) {
 			if !c.noCmd {
 				args = append(args, "--", demoBin)
 			}
-			p, code, out := cliRun(t, procOpts{Env: env}, args...)
-			if code != 2 {
-				t.Errorf("exit status %d, want 2", code)
-			}
-			cliCheckOnlyMessage(t, out, c.wants...)
+			p, out := cliRun(t, procOpts{Env: env}, 2, args...)
+			checkOnlyMessage(t, out, c.wants...)
 			cliCheckNothingLeft(t, p, tmp, []int{port}, []string{sock})
 		})
 	}
 
 	t.Run("startup/address in use", func(t *testing.T) {
 		t.Parallel()
-		held, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer held.Close()
-		addr := held.Addr().String()
+		addr := fileAddr(t, listenFile(t, "tcp", "127.0.0.1:0")) // in use until the end of the test
 		tmp, env := cliTmp(t)
-		p, code, out := cliRun(t, procOpts{Env: env}, "-l", addr, "--", demoBin)
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-		cliCheckOnlyMessage(t, out, addr, "address already in use", "orphaned child of an earlier relaunch")
+		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", addr, "--", demoBin)
+		checkOnlyMessage(t, out, addr, "address already in use", "orphaned child of an earlier relaunch")
 		cliCheckNothingLeft(t, p, tmp, nil, nil)
 	})
 
 	t.Run("startup/second address in use", func(t *testing.T) {
 		t.Parallel()
-		held, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer held.Close()
-		busy := held.Addr().String()
+		busy := fileAddr(t, listenFile(t, "tcp", "127.0.0.1:0")) // in use until the end of the test
 		first := freePort(t)
 		tmp, env := cliTmp(t)
 		sock := filepath.Join(shortTempDir(t), "first.sock")
-		p, code, out := cliRun(t, procOpts{Env: env}, "-l", cliAddr(first), "-l", "unix://"+sock, "-l", busy, "--", demoBin)
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-		cliCheckOnlyMessage(t, out, busy, "address already in use")
+		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", cliAddr(first), "-l", "unix://"+sock, "-l", busy, "--", demoBin)
+		checkOnlyMessage(t, out, busy, "address already in use")
 		cliCheckNothingLeft(t, p, tmp, []int{first}, []string{sock})
 	})
 
@@ -641,11 +518,8 @@ func TestCLIUserErrors(t *testing.T) {
 		listenFile(t, "unix", sock) // closed at the end of the test
 		port := freePort(t)
 		tmp, env := cliTmp(t)
-		p, code, out := cliRun(t, procOpts{Env: env}, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-		cliCheckOnlyMessage(t, out, sock, "in use")
+		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
+		checkOnlyMessage(t, out, sock, "in use")
 		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
 		// The live socket's file is left alone: it still reaches its owner.
 		c, err := net.Dial("unix", sock)
@@ -663,11 +537,8 @@ func TestCLIUserErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		tmp, env := cliTmp(t)
-		p, code, out := cliRun(t, procOpts{Env: env}, "-l", "unix://"+path, "--", demoBin)
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-		cliCheckOnlyMessage(t, out, path, "not a socket")
+		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", "unix://"+path, "--", demoBin)
+		checkOnlyMessage(t, out, path, "not a socket")
 		cliCheckNothingLeft(t, p, tmp, nil, nil)
 		if data, err := os.ReadFile(path); err != nil || string(data) != "precious\n" {
 			t.Errorf("the file at the listen path is now %q, %v; relaunch must leave it alone", data, err)
@@ -679,11 +550,8 @@ func TestCLIUserErrors(t *testing.T) {
 		port := freePort(t)
 		sock := filepath.Join(shortTempDir(t), "nonexist", "s.sock")
 		tmp, env := cliTmp(t)
-		p, code, out := cliRun(t, procOpts{Env: env}, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-		cliCheckOnlyMessage(t, out, sock)
+		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
+		checkOnlyMessage(t, out, sock)
 		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
 	})
 
@@ -725,15 +593,12 @@ func TestCLIUserErrors(t *testing.T) {
 			port := freePort(t)
 			tmp, env := cliTmp(t)
 			sock := filepath.Join(shortTempDir(t), "s.sock")
-			p, code, out := cliRun(t, procOpts{Env: append(env, c.env...), Dir: cmdDir},
+			p, out := cliRun(t, procOpts{Env: append(env, c.env...), Dir: cmdDir}, 1,
 				"-l", cliAddr(port), "-l", "unix://"+sock, "--", c.cmd, "arg")
-			if code != 1 {
-				t.Errorf("exit status %d, want 1", code)
-			}
 			if c.started {
 				cliCheckLastMessage(t, out, c.wants...)
 			} else {
-				cliCheckOnlyMessage(t, out, c.wants...)
+				checkOnlyMessage(t, out, c.wants...)
 			}
 			cliCheckNothingLeft(t, p, tmp, []int{port}, []string{sock})
 		})
@@ -778,11 +643,8 @@ func cliPermissionDenied(t *testing.T) {
 	wants := []string{addr, "permission denied", strconv.Itoa(port)}
 
 	if os.Geteuid() != 0 {
-		p, code, out := cliRun(t, procOpts{Env: []string{"TMPDIR=" + tmp, "XDG_RUNTIME_DIR="}}, args...)
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-		cliCheckOnlyMessage(t, out, wants...)
+		p, out := cliRun(t, procOpts{Env: []string{"TMPDIR=" + tmp, "XDG_RUNTIME_DIR="}}, 1, args...)
+		checkOnlyMessage(t, out, wants...)
 		cliCheckNothingLeft(t, p, tmp, nil, []string{sock})
 		return
 	}
@@ -820,7 +682,7 @@ func cliPermissionDenied(t *testing.T) {
 	if code := exitStatus(cmd.ProcessState); code != 1 {
 		t.Errorf("exit status %d, want 1; output:\n%s", code, out.String())
 	}
-	cliCheckOnlyMessage(t, out.String(), wants...)
+	checkOnlyMessage(t, out.String(), wants...)
 	if left := waitProcsGone(markedProcs(marker), 5*time.Second); len(left) > 0 {
 		t.Errorf("processes left behind: %v", left)
 	}
@@ -845,9 +707,7 @@ func TestCLIExitStatus(t *testing.T) {
 		tmp, env := cliTmp(t)
 		rec := filepath.Join(shortTempDir(t), "record")
 		p := startRelaunchOpts(t, procOpts{Env: env}, "-l", cliAddr(port), "--", demoBin, "-record", rec)
-		body := waitHTTP(t, cliAddr(port), "version=1", cliStartTimeout)
-		pid, _ := strconv.Atoi(bodyField(body, "pid"))
-		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) ready", pid), cliStartTimeout)
+		pid := cliReadyPid(t, p, cliAddr(port), "version=1")
 		cliStop(t, p)
 		evs := readRecord(t, rec)
 		d, ok := findEvent(evs, "drain", "1")
@@ -917,10 +777,7 @@ func TestCLIExitStatus(t *testing.T) {
 		t.Parallel()
 		port := freePort(t)
 		tmp, env := cliTmp(t)
-		p, code, out := cliRun(t, procOpts{Env: env}, "-l", cliAddr(port), "--restart", "never", "--", demoBin, "-exit-at-start", "3")
-		if code != 3 {
-			t.Errorf("exit status %d, want 3; output:\n%s", code, out)
-		}
+		p, _ := cliRun(t, procOpts{Env: env}, 3, "-l", cliAddr(port), "--restart", "never", "--", demoBin, "-exit-at-start", "3")
 		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
 	})
 
@@ -929,9 +786,7 @@ func TestCLIExitStatus(t *testing.T) {
 		port := freePort(t)
 		tmp, env := cliTmp(t)
 		p := startRelaunchOpts(t, procOpts{Env: env}, "-l", cliAddr(port), "--restart", "never", "--", demoBin)
-		body := waitHTTP(t, cliAddr(port), "version=1", cliStartTimeout)
-		pid, _ := strconv.Atoi(bodyField(body, "pid"))
-		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) ready", pid), cliStartTimeout)
+		pid := cliReadyPid(t, p, cliAddr(port), "version=1")
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -983,10 +838,7 @@ func TestCLIPidfile(t *testing.T) {
 		tmp, env := cliTmp(t)
 		sock := filepath.Join(shortTempDir(t), "s.sock")
 		pidfile := filepath.Join(shortTempDir(t), "nonexist", "relaunch.pid")
-		p, code, out := cliRun(t, procOpts{Env: env}, "--pidfile", pidfile, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
+		p, out := cliRun(t, procOpts{Env: env}, 1, "--pidfile", pidfile, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
 		cliCheckLastMessage(t, out, pidfile)
 		if strings.Contains(out, "started") {
 			t.Errorf("a generation was started although the pidfile could not be written:\n%s", out)
@@ -1004,12 +856,9 @@ func TestCLIHelpVersion(t *testing.T) {
 	t.Run("help", func(t *testing.T) {
 		t.Parallel()
 		tmp, env := cliTmp(t)
-		p, code, out := cliRun(t, procOpts{Env: env}, "--help")
-		if code != 0 {
-			t.Errorf("exit status %d, want 0", code)
-		}
+		p, out := cliRun(t, procOpts{Env: env}, 0, "--help")
 		example := false
-		for _, l := range cliLines(out) {
+		for _, l := range outputLines(out) {
 			f := strings.Fields(l)
 			if len(f) > 0 && f[0] == "relaunch" && slices.Contains(f, "--listen") && slices.Contains(f, "--") {
 				example = true
@@ -1024,10 +873,7 @@ func TestCLIHelpVersion(t *testing.T) {
 	t.Run("version", func(t *testing.T) {
 		t.Parallel()
 		tmp, env := cliTmp(t)
-		p, code, out := cliRun(t, procOpts{Env: env}, "--version")
-		if code != 0 {
-			t.Errorf("exit status %d, want 0", code)
-		}
+		p, out := cliRun(t, procOpts{Env: env}, 0, "--version")
 		if !regexp.MustCompile(`^relaunch version \S*[0-9]\S*\n$`).MatchString(out) {
 			t.Errorf("--version printed %q, want \"relaunch version X.Y.Z\"", out)
 		}
@@ -1043,7 +889,7 @@ func TestCLIUDP(t *testing.T) {
 
 	t.Run("non-go app", func(t *testing.T) {
 		t.Parallel()
-		port := cliFreeUDPPort(t)
+		port := freeUDPPort(t)
 		tmp, env := cliTmp(t)
 		p := startRelaunchOpts(t, procOpts{Env: env}, "-l", fmt.Sprintf("udp://127.0.0.1:%d", port), "--", "/bin/sleep", "60")
 		p.WaitLog(t, fmt.Sprintf("listening on udp://127.0.0.1:%d (fd 3,", port), cliStartTimeout)
@@ -1053,7 +899,7 @@ func TestCLIUDP(t *testing.T) {
 			t.Fatal(err)
 		}
 		cliCheckSocketFd(t, "sleep's fd 3", m[3], port, "udp")
-		if e := cliEnviron(t, pid); e["LISTEN_FDS"] != "1" || e["LISTEN_PID"] != strconv.Itoa(pid) {
+		if e := procEnviron(t, pid); e["LISTEN_FDS"] != "1" || e["LISTEN_PID"] != strconv.Itoa(pid) {
 			t.Errorf("sleep got LISTEN_FDS=%q LISTEN_PID=%q, want 1 and %d", e["LISTEN_FDS"], e["LISTEN_PID"], pid)
 		}
 		p.Signal(syscall.SIGTERM)
@@ -1066,20 +912,13 @@ func TestCLIUDP(t *testing.T) {
 
 	t.Run("next to tcp", func(t *testing.T) {
 		t.Parallel()
-		tport, uport := freePort(t), cliFreeUDPPort(t)
+		tport, uport := freePort(t), freeUDPPort(t)
 		tmp, env := cliTmp(t)
 		p := startRelaunchOpts(t, procOpts{Env: env}, "-l", cliAddr(tport), "-l", fmt.Sprintf("udp://127.0.0.1:%d", uport), "--", demoBin)
 		waitHTTP(t, cliAddr(tport), "version=1", cliStartTimeout)
-		fdsBody, err := httpGet(cliAddr(tport), "/fds?at=start")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := parseFdList(fdsBody)
+		m := cliFdsAtStart(t, cliAddr(tport), 0, 1, 2, 3, 4)
 		cliCheckSocketFd(t, "demo's fd 3", m[3], tport, "tcp")
 		cliCheckSocketFd(t, "demo's fd 4", m[4], uport, "udp")
-		if got := cliFdNumbers(m); !slices.Equal(got, []int{0, 1, 2, 3, 4}) {
-			t.Errorf("demo's fds at start are %v, want [0 1 2 3 4]:\n%s", got, fdsBody)
-		}
 		cliStop(t, p)
 		cliCheckNothingLeft(t, p, tmp, []int{tport}, nil)
 	})

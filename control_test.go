@@ -38,13 +38,11 @@ func TestControlUpgrade(t *testing.T) {
 	dir := shortTempDir(t)
 	app, setFlags := appScript(t, dir)
 	sock := filepath.Join(dir, "ctl.sock")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--control", sock, "--", app)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, addr := startServing(t, "--control", sock, "--", app)
 	load := startLoad(t, addr)
 
 	code, out := client(t, sock, "upgrade")
-	if code != 0 || !strings.Contains(out, "generation 2 (pid") || !strings.Contains(out, "ready in") {
+	if code != 0 || !containsAll(out, "generation 2 (pid", "ready in") {
 		t.Fatalf("relaunch upgrade: exit %d, %q; want 0 and gen 2 ready", code, out)
 	}
 	waitHTTP(t, addr, "gen=2", time.Second) // serving when upgrade returned
@@ -82,7 +80,7 @@ func TestControlUpgrade(t *testing.T) {
 		t.Errorf("status: current %+v; want gen 2 pid %d", cur, genPids(p)[2])
 	}
 	code, out = client(t, sock, "status")
-	if code != 0 || !strings.Contains(out, "gen 2  pid") || !strings.Contains(out, "current") {
+	if code != 0 || !containsAll(out, "gen 2  pid", "current") {
 		t.Errorf("status text: %d %q", code, out)
 	}
 }
@@ -94,9 +92,7 @@ func TestControlConcurrentUpgrades(t *testing.T) {
 	app, setFlags := appScript(t, dir)
 	setFlags("-init-delay 300ms")
 	sock := filepath.Join(dir, "ctl.sock")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startRelaunch(t, "--listen", addr, "--no-watch-binary", "--control", sock, "--", app)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	startServing(t, "--control", sock, "--", app)
 	outs := make(chan string, 2)
 	for range 2 {
 		go func() {
@@ -125,7 +121,7 @@ func TestControlRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "ctl.sock")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	startRelaunchOpts(t, procOpts{Dir: dir}, "--listen", addr, "--no-watch-binary", "--control", sock, "--", "./current/app")
 	waitHTTP(t, addr, "version=1 ", 10*time.Second)
 	load := startLoad(t, addr)
@@ -177,9 +173,7 @@ func TestControlErrors(t *testing.T) {
 	stale := filepath.Join(dir, "app.sock")
 	f := listenFile(t, "unix", stale)
 	f.Close() // the file stays, nobody listens: stale
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startRelaunch(t, "--listen", addr, "--no-watch-binary", "--pidfile", pidfile, "--", demoBin)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	startServing(t, "--pidfile", pidfile, "--", demoBin)
 	c = exec.Command(relaunchBin, "status", "--pidfile", pidfile)
 	if b, err := c.CombinedOutput(); err != nil || !strings.Contains(string(b), "gen 1") {
 		t.Errorf("status --pidfile: %v %q", err, b)
@@ -218,7 +212,7 @@ func TestControlReexec(t *testing.T) {
 	release(1, relaunchBin)
 	app, _ := appScript(t, dir)
 	sock := filepath.Join(dir, "ctl.sock")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startProc(t, procOpts{}, self, "--listen", addr, "--no-watch-binary", "--control", sock,
 		"--drain-timeout", "15s", "--", app)
 	waitHTTP(t, addr, "gen=1", 10*time.Second)
@@ -236,10 +230,10 @@ func TestControlReexec(t *testing.T) {
 	upgradeTo(t, p, 2)
 	p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) draining", pid1), 5*time.Second)
 
-	port := steerPort(t, addr)
+	port := addrPort(t, addr)
 	listeners := func() map[uint64]bool {
 		m := map[uint64]bool{}
-		for _, l := range steerListeners(t, port) {
+		for _, l := range tcpListeners(port) {
 			m[l.inode] = true
 		}
 		return m

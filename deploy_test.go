@@ -14,7 +14,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -83,6 +82,16 @@ func depStart(t testing.TB, dir string, debounce time.Duration, opts []string, c
 	}
 	s.pid1 = pid
 	return s
+}
+
+// depStartApp lays out version 1 as app in a new directory dir and starts
+// relaunch there (depStart) on "./app", with depDebounce and opts.
+func depStartApp(t testing.TB, opts ...string) (s *depServer, dir, app string) {
+	t.Helper()
+	dir = t.TempDir()
+	app = filepath.Join(dir, "app")
+	copyBinary(t, demoBin, app)
+	return depStart(t, dir, depDebounce, opts, "./app"), dir, app
 }
 
 // depLines counts the lines of relaunch's output (its log and the demo's)
@@ -155,7 +164,7 @@ func (s *depServer) depExpectGen(t testing.TB, r *loadtest.Runner, prevPid, gen 
 	}
 	if r != nil {
 		ok0, _ := r.Progress()
-		depWaitOK(t, r, ok0+20)
+		waitLoadOK(t, r, ok0+20, depTimeout)
 	}
 	s.depHold()
 	if n := s.depLines("upgrade:"); n != gen-1 {
@@ -175,10 +184,16 @@ func (s *depServer) depExpectGen(t testing.TB, r *loadtest.Runner, prevPid, gen 
 			t.Errorf("%d log line(s) with %q, want %d", n, c.substr, c.want)
 		}
 	}
+	s.depOnlyChild(t, gen, pid)
+	return pid
+}
+
+// depOnlyChild checks that relaunch's only child is generation gen, pid.
+func (s *depServer) depOnlyChild(t testing.TB, gen, pid int) {
+	t.Helper()
 	if kids := s.p.Children(); !slices.Equal(kids, []int{pid}) {
 		t.Errorf("relaunch's children are %v, want only gen %d (pid %d)", kids, gen, pid)
 	}
-	return pid
 }
 
 // depGrace is how long a deploy may still succeed after a failed upgrade
@@ -248,34 +263,16 @@ func (s *depServer) depWaitAny(t testing.TB, substrs ...string) int {
 // fixed rate; it returns once requests are being answered.
 func depLoad(t testing.TB, addr string) *loadtest.Runner {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := loadtest.Start(ctx, loadtest.Config{Addr: addr, Clients: 4, KeepAliveFraction: 0.5, Rate: 200})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		r.Stop()
-		cancel()
-	})
-	depWaitOK(t, r, 20)
+	r := depLoad0(t, addr)
+	waitLoadOK(t, r, 20, depTimeout)
 	return r
 }
 
-// depWaitOK waits until the load has had n successful requests.
-func depWaitOK(t testing.TB, r *loadtest.Runner, n int) {
+// depLoad0 starts the load generator like depLoad but returns at once: the
+// server may not be serving yet.
+func depLoad0(t testing.TB, addr string) *loadtest.Runner {
 	t.Helper()
-	deadline := time.Now().Add(depTimeout)
-	for {
-		ok, failed := r.Progress()
-		if ok >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("load: %d requests ok (%d failed) within %v, want %d", ok, failed, depTimeout, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return startLoadConfig(t, loadtest.Config{Addr: addr, Clients: 4, KeepAliveFraction: 0.5, Rate: 200})
 }
 
 // depCheckLoad stops the load and checks that no request failed, that only
@@ -346,24 +343,15 @@ func depRead(t testing.TB, path string) []byte {
 	return b
 }
 
-// depDev is the device a path is on.
-func depDev(t testing.TB, path string) uint64 {
+// depStat is stat(2) of a path (following symlinks): its device (Dev) and
+// inode (Ino).
+func depStat(t testing.TB, path string) syscall.Stat_t {
 	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
 		t.Fatal(err)
 	}
-	return st.Dev
-}
-
-// depInode is the inode of a path (following symlinks).
-func depInode(t testing.TB, path string) uint64 {
-	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Ino
+	return st
 }
 
 // depOtherFS returns a new directory on another filesystem than dir
@@ -374,7 +362,7 @@ func depOtherFS(t testing.TB, dir string) string {
 	if fi, err := os.Stat("/dev/shm"); err != nil || !fi.IsDir() {
 		t.Skip("cross-filesystem deploy: no /dev/shm")
 	}
-	if depDev(t, "/dev/shm") == depDev(t, dir) {
+	if depStat(t, "/dev/shm").Dev == depStat(t, dir).Dev {
 		t.Skipf("cross-filesystem deploy: /dev/shm is on the same filesystem as %s", dir)
 	}
 	other, err := os.MkdirTemp("/dev/shm", "relaunch-deploy-")
@@ -514,12 +502,12 @@ func depStyles() []depStyle {
 				if err := os.MkdirAll(gotmp, 0o755); err != nil {
 					t.Fatal(err)
 				}
-				if depDev(t, gotmp) != depDev(t, dir) {
+				if depStat(t, gotmp).Dev != depStat(t, dir).Dev {
 					t.Fatalf("%s and %s are on different filesystems", gotmp, dir)
 				}
-				before := depInode(t, filepath.Join(dir, "app"))
+				before := depStat(t, filepath.Join(dir, "app")).Ino
 				depGoBuild(t, filepath.Join(dir, "app"), "2", gotmp, "mv")
-				if depInode(t, filepath.Join(dir, "app")) == before {
+				if depStat(t, filepath.Join(dir, "app")).Ino == before {
 					t.Fatal("go build wrote the app in place: expected a rename of a new file")
 				}
 			},
@@ -558,9 +546,7 @@ func depStyles() []depStyle {
 			name:  "rsync",
 			setup: depPlainApp(false),
 			deploy: func(t *testing.T, dir string) {
-				if _, err := exec.LookPath("rsync"); err != nil {
-					t.Fatal("rsync is not installed: this test needs it (Debian: apt-get install rsync; .ci/run installs it)")
-				}
+				needCommand(t, "rsync", "rsync")
 				// -I: copy even when size and mtime happen to match.
 				depRun(t, dir, nil, "rsync", "-a", "-I", demoV2Bin, "app")
 			},
@@ -639,9 +625,9 @@ func TestDeployNoUpgrade(t *testing.T) {
 			depRun(t, "", nil, "chmod", "+x", app)
 		}},
 		{"same bytes, new inode", func(t *testing.T, s *depServer, app string) {
-			before := depInode(t, app)
+			before := depStat(t, app).Ino
 			copyBinary(t, demoBin, app)
-			if depInode(t, app) == before {
+			if depStat(t, app).Ino == before {
 				t.Fatal("copyBinary kept the inode")
 			}
 		}},
@@ -659,10 +645,7 @@ func TestDeployNoUpgrade(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			dir := t.TempDir()
-			app := filepath.Join(dir, "app")
-			copyBinary(t, demoBin, app)
-			s := depStart(t, dir, depDebounce, nil, "./app")
+			s, _, app := depStartApp(t)
 			c.change(t, s, app)
 			s.depHold()
 			s.depNoUpgrade(t, c.name)
@@ -680,10 +663,7 @@ func TestDeployNoUpgrade(t *testing.T) {
 func TestDeployTruncatedThenGood(t *testing.T) {
 	needE2E(t, "relaunch", "demo", "demo-v2")
 	t.Parallel()
-	dir := t.TempDir()
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	s := depStart(t, dir, depDebounce, []string{"--ready-timeout", "10s"}, "./app")
+	s, dir, app := depStartApp(t, "--ready-timeout", "10s")
 	r := depLoad(t, s.addr)
 
 	v2 := depRead(t, demoV2Bin)
@@ -721,10 +701,7 @@ func TestDeployTruncatedThenGood(t *testing.T) {
 func TestDeployHeldOpenWhileWriting(t *testing.T) {
 	needE2E(t, "relaunch", "demo", "demo-v2")
 	t.Parallel()
-	dir := t.TempDir()
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	s := depStart(t, dir, depDebounce, nil, "./app")
+	s, _, app := depStartApp(t)
 	r := depLoad(t, s.addr)
 
 	if err := os.Remove(app); err != nil {
@@ -747,16 +724,12 @@ func TestDeployHeldOpenWhileWriting(t *testing.T) {
 	closed := time.Now()
 
 	var body string
-	for {
+	if !waitUntil(depGrace, 20*time.Millisecond, func() bool {
 		body, err = httpGet(s.addr, "/")
-		if err == nil && bodyField(body, "version") == "2" {
-			break
-		}
-		if time.Since(closed) > depGrace {
-			t.Fatalf("the deploy was dropped: version 2 has been whole and closed on disk for %v, but %q still answers (%v)",
-				depGrace, body, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return err == nil && bodyField(body, "version") == "2"
+	}) {
+		t.Fatalf("the deploy was dropped: version 2 has been whole and closed on disk for %v, but %q still answers (%v)",
+			depGrace, body, err)
 	}
 	t.Logf("version 2 answered %v after the close", time.Since(closed).Round(time.Millisecond))
 	gen, _ := strconv.Atoi(bodyField(body, "gen"))
@@ -765,7 +738,7 @@ func TestDeployHeldOpenWhileWriting(t *testing.T) {
 		t.Errorf("gen 1 is still there after the upgrade: %s", describeProc(s.pid1))
 	}
 	ok0, _ := r.Progress()
-	depWaitOK(t, r, ok0+20)
+	waitLoadOK(t, r, ok0+20, depTimeout)
 	s.depHold()
 	if n := s.depLines("ready in"); n != 2 {
 		t.Errorf("%d ready in lines, want 2", n)
@@ -782,9 +755,7 @@ func TestDeployHeldOpenWhileWriting(t *testing.T) {
 	if n := s.depLines(fmt.Sprintf("gen %d (pid", gen+1)); n != 0 {
 		t.Errorf("a generation %d was started after gen %d served version 2", gen+1, gen)
 	}
-	if kids := s.p.Children(); !slices.Equal(kids, []int{pid}) {
-		t.Errorf("relaunch's children are %v, want only gen %d (pid %d)", kids, gen, pid)
-	}
+	s.depOnlyChild(t, gen, pid)
 	depCheckLoad(t, r, "2", "1", strconv.Itoa(gen))
 }
 
@@ -794,10 +765,7 @@ func TestDeployHeldOpenWhileWriting(t *testing.T) {
 func TestDeployDeletedThenRestored(t *testing.T) {
 	needE2E(t, "relaunch", "demo", "demo-v2")
 	t.Parallel()
-	dir := t.TempDir()
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	s := depStart(t, dir, depDebounce, nil, "./app")
+	s, dir, app := depStartApp(t)
 	r := depLoad(t, s.addr)
 
 	depRun(t, dir, nil, "rm", "app")
@@ -868,10 +836,7 @@ func TestDeployWatchDir(t *testing.T) {
 func TestDeployDuringCrashBackoff(t *testing.T) {
 	needE2E(t, "relaunch", "demo", "demo-v2")
 	t.Parallel()
-	dir := t.TempDir()
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	s := depStart(t, dir, depDebounce, nil, "./app")
+	s, dir, app := depStartApp(t)
 
 	// A bad deploy: gen 2 fails, gen 1 keeps serving.
 	depWriteFile(t, filepath.Join(dir, "crash.tmp"), []byte("#!/bin/sh\nexit 1\n"), 0o755)
@@ -911,27 +876,8 @@ func TestDeployDuringCrashBackoff(t *testing.T) {
 		t.Errorf("%d generations started, want %d: the cancelled restart started one more", n, started+1)
 	}
 	pid, _ := strconv.Atoi(bodyField(body, "pid"))
-	if kids := s.p.Children(); !slices.Equal(kids, []int{pid}) {
-		t.Errorf("relaunch's children are %v, want only pid %d", kids, pid)
-	}
+	s.depOnlyChild(t, started+1, pid)
 	depCheckLoad(t, r, "2", strconv.Itoa(started+1))
-}
-
-// depLoad0 starts the load generator like depLoad but returns at once: the
-// server may not be serving yet.
-func depLoad0(t testing.TB, addr string) *loadtest.Runner {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := loadtest.Start(ctx, loadtest.Config{Addr: addr, Clients: 4, KeepAliveFraction: 0.5, Rate: 200})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		r.Stop()
-		cancel()
-	})
-	return r
 }
 
 // depRawGet sends "GET / HTTP/1.0" on a new connection and returns the body.

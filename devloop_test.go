@@ -44,20 +44,24 @@ chmod +x app.tmp && mv app.tmp app
 	return dir, write
 }
 
-func startDev(t *testing.T, dir, addr string) *relaunchProc {
+// startDev starts relaunch in the development loop on a new devProject, at
+// a free address, and waits until version 1 answers. write changes the
+// project's src/main.txt.
+func startDev(t *testing.T) (p *relaunchProc, addr string, write func(string)) {
 	t.Helper()
-	return startRelaunchOpts(t, procOpts{Dir: dir}, "--listen", addr, "--watch", "src", "--debounce", "50ms",
+	dir, write := devProject(t)
+	addr = freeAddr(t)
+	p = startRelaunchOpts(t, procOpts{Dir: dir}, "--listen", addr, "--watch", "src", "--debounce", "50ms",
 		"--build", "./build.sh", "--", "./app")
+	waitHTTP(t, addr, "version=1 ", 10*time.Second)
+	return p, addr, write
 }
 
 var summaryRe = regexp.MustCompile(`rebuilt in (\S+) · gen (\d+) \(pid \d+\) ready in (\S+)`)
 
 func TestDevLoopRebuildUnderLoad(t *testing.T) {
 	t.Parallel()
-	dir, write := devProject(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startDev(t, dir, addr)
-	waitHTTP(t, addr, "version=1 ", 10*time.Second)
+	p, addr, write := startDev(t)
 	load := startLoad(t, addr)
 	saved := time.Now()
 	write("2")
@@ -87,13 +91,10 @@ func TestDevLoopRebuildUnderLoad(t *testing.T) {
 
 func TestDevLoopBrokenBuildKeepsServing(t *testing.T) {
 	t.Parallel()
-	dir, write := devProject(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startDev(t, dir, addr)
-	waitHTTP(t, addr, "version=1 ", 10*time.Second)
+	p, addr, write := startDev(t)
 	write("broken")
 	line := p.WaitLog(t, "build failed", 10*time.Second)
-	if !strings.Contains(line, "gen 1") || !strings.Contains(line, "still serves") {
+	if !containsAll(line, "gen 1", "still serves") {
 		t.Errorf("the failure's line %q should say gen 1 still serves", line)
 	}
 	if !strings.Contains(p.Stderr(), "syntax error near broken") {
@@ -107,10 +108,7 @@ func TestDevLoopBrokenBuildKeepsServing(t *testing.T) {
 // Code that crashes at start waits for the next change; no restart loop.
 func TestDevLoopCrashAtStartWaits(t *testing.T) {
 	t.Parallel()
-	dir, write := devProject(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startDev(t, dir, addr)
-	waitHTTP(t, addr, "version=1 ", 10*time.Second)
+	p, addr, write := startDev(t)
 	// Make it crash once it runs: stop the current one so only the
 	// crashing build is left.
 	write("crash")

@@ -51,15 +51,15 @@ func needPingpong(t testing.TB) string {
 	return pingpong.bin
 }
 
-// startPingpong runs pingpong (with args) under relaunch and waits until
-// gen 1 is ready.
-func startPingpong(t testing.TB, args ...string) (*relaunchProc, string) {
+// startPingpong runs pingpong (with args) under relaunch, waits until gen 1
+// is ready and opens n connections to it (dialPPs).
+func startPingpong(t testing.TB, n int, args ...string) (*relaunchProc, string, []*ppConn) {
 	t.Helper()
 	bin := needPingpong(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startRelaunch(t, append([]string{"--listen", addr, "--no-watch-binary", "--ready", "notify", "--", bin}, args...)...)
 	p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) ready in", waitPid(t, p, 1)), 10*time.Second)
-	return p, addr
+	return p, addr, dialPPs(t, addr, n)
 }
 
 // ppConn is one client of pingpong: it checks that every pong continues
@@ -226,13 +226,9 @@ func (l *ppLoad) halt() {
 // waitPongs waits until the load has n pongs in all.
 func (l *ppLoad) waitPongs(t testing.TB, n int64, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for l.pongs.Load() < n {
-		if time.Now().After(deadline) {
-			l.mu.Lock()
-			t.Fatalf("%d pongs after %v, want %d; errors: %v", l.pongs.Load(), timeout, n, l.errs)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !waitUntil(timeout, 10*time.Millisecond, func() bool { return l.pongs.Load() >= n }) {
+		l.mu.Lock()
+		t.Fatalf("%d pongs after %v, want %d; errors: %v", l.pongs.Load(), timeout, n, l.errs)
 	}
 }
 
@@ -242,8 +238,7 @@ func (l *ppLoad) waitPongs(t testing.TB, n int64, timeout time.Duration) {
 func TestHandoffUpgrades(t *testing.T) {
 	t.Parallel()
 	const clients, upgrades = 200, 10
-	p, addr := startPingpong(t)
-	conns := dialPPs(t, addr, clients)
+	p, _, conns := startPingpong(t, clients)
 	load := startPPLoad(conns, 100*time.Millisecond)
 	load.waitPongs(t, 2*clients, 10*time.Second)
 	var exits []time.Duration
@@ -253,8 +248,7 @@ func TestHandoffUpgrades(t *testing.T) {
 		old := genPids(p)[g-1]
 		p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) draining", g-1, old), 10*time.Second)
 		drained := time.Now()
-		p.WaitLog(t, fmt.Sprintf("handoff: gen %d (pid %d) handed over %d connections", g-1, old, clients), 10*time.Second)
-		p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited: status 0", g-1, old), 10*time.Second)
+		waitHandover(t, p, g-1, clients)
 		exits = append(exits, time.Since(drained))
 		// Every connection pings at least twice on the new generation.
 		load.waitPongs(t, before+2*clients, 10*time.Second)
@@ -283,11 +277,7 @@ func TestHandoffUpgrades(t *testing.T) {
 	for i, err := range errs {
 		t.Errorf("connection %d at the end: %v", i, err)
 	}
-	var old []int
-	for g := 1; g <= upgrades; g++ {
-		old = append(old, pids[g])
-	}
-	noProcessesLeft(t, old)
+	noProcessesLeft(t, genPidRange(p, 1, upgrades))
 	if p.Exited() {
 		t.Fatalf("relaunch exited:\n%s", p.Stderr())
 	}
@@ -322,6 +312,39 @@ func servedBy(t testing.TB, p *relaunchProc, conns []*ppConn, idx []int, gen int
 	}
 }
 
+// waitHandover waits until generation gen has handed over n connections,
+// then until it has exited with status 0.
+func waitHandover(t testing.TB, p *relaunchProc, gen, n int) {
+	t.Helper()
+	pid := genPids(p)[gen]
+	p.WaitLog(t, fmt.Sprintf("handoff: gen %d (pid %d) handed over %d connections", gen, pid, n), 10*time.Second)
+	p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited: status 0", gen, pid), 10*time.Second)
+}
+
+// checkContinue pings every connection once and checks that alive of them
+// continue their count, served by generation gen, and that the others are
+// closed; then that a new connection is served by gen too.
+func checkContinue(t testing.TB, p *relaunchProc, addr string, conns []*ppConn, alive, gen int) {
+	t.Helper()
+	cont, closed, other := pingAll(conns)
+	if len(cont) != alive || len(closed) != len(conns)-alive || len(other) > 0 {
+		t.Fatalf("%d connections continue, %d are closed, other errors %v; want %d and %d", len(cont), len(closed), other, alive, len(conns)-alive)
+	}
+	servedBy(t, p, conns, cont, gen)
+	stillServes(t, p, addr, gen)
+}
+
+// checkClosed checks that every connection gets EOF within 5s: closed (why).
+func checkClosed(t testing.TB, conns []*ppConn, why string) {
+	t.Helper()
+	for i, c := range conns {
+		c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.r.ReadByte(); err != io.EOF {
+			t.Errorf("connection %d: %v; want EOF: %s", i, err, why)
+		}
+	}
+}
+
 // stillServes checks that relaunch is up and a new connection is served by
 // generation gen.
 func stillServes(t testing.TB, p *relaunchProc, addr string, gen int) {
@@ -347,46 +370,33 @@ func TestHandoffFailures(t *testing.T) {
 	// the 40 continue on the new one, the 60 die with it.
 	t.Run("sender dies half-way", func(t *testing.T) {
 		t.Parallel()
-		p, addr := startPingpong(t, "-gen", "1", "-handoff-die-after", "40")
-		conns := dialPPs(t, addr, 100)
+		p, addr, conns := startPingpong(t, 100, "-gen", "1", "-handoff-die-after", "40")
 		upgradeTo(t, p, 2)
 		pid1 := genPids(p)[1]
 		p.WaitLog(t, fmt.Sprintf("handoff: gen 1 (pid %d) went away without END after handing over 40 connections; relaunch keeps what it sent", pid1), 10*time.Second)
 		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited: killed by SIGKILL", pid1), 10*time.Second)
-		alive, closed, other := pingAll(conns)
-		if len(alive) != 40 || len(closed) != 60 || len(other) > 0 {
-			t.Fatalf("%d connections continue, %d are closed, other errors %v; want 40 and 60", len(alive), len(closed), other)
-		}
-		servedBy(t, p, conns, alive, 2)
-		stillServes(t, p, addr, 2)
+		checkContinue(t, p, addr, conns, 40, 2)
 	})
 
 	// The new generation takes 30 of 100 connections and dies: relaunch
 	// restarts it, and the next generation gets the other 70.
 	t.Run("receiver dies", func(t *testing.T) {
 		t.Parallel()
-		p, addr := startPingpong(t, "-gen", "2", "-receive-die-after", "30")
-		conns := dialPPs(t, addr, 100)
+		p, addr, conns := startPingpong(t, 100, "-gen", "2", "-receive-die-after", "30")
 		upgradeTo(t, p, 2)
 		pid2 := genPids(p)[2]
 		p.WaitLog(t, fmt.Sprintf("gen 2 (pid %d) exited by itself: killed by SIGKILL", pid2), 10*time.Second)
 		p.WaitLog(t, fmt.Sprintf("handoff: gen 2 (pid %d) took 30 connections", pid2), 10*time.Second)
 		p.WaitLog(t, fmt.Sprintf("gen 3 (pid %d) ready in", waitPid(t, p, 3)), 10*time.Second)
 		p.WaitLog(t, fmt.Sprintf("handoff: gen 1 (pid %d) handed over 100 connections", genPids(p)[1]), 10*time.Second)
-		alive, closed, other := pingAll(conns)
-		if len(alive) != 70 || len(closed) != 30 || len(other) > 0 {
-			t.Fatalf("%d connections continue, %d are closed, other errors %v; want 70 and 30", len(alive), len(closed), other)
-		}
-		servedBy(t, p, conns, alive, 3)
-		stillServes(t, p, addr, 3)
+		checkContinue(t, p, addr, conns, 70, 3)
 	})
 
 	// Malformed messages and fds that are not connections: each rejected
 	// and closed, with a log line; the real handoff beside them is whole.
 	t.Run("malformed messages", func(t *testing.T) {
 		t.Parallel()
-		p, addr := startPingpong(t, "-gen", "1", "-send-garbage")
-		conns := dialPPs(t, addr, 50)
+		p, addr, conns := startPingpong(t, 50, "-gen", "1", "-send-garbage")
 		upgradeTo(t, p, 2)
 		pid1 := genPids(p)[1]
 		for i, why := range []string{
@@ -399,18 +409,12 @@ func TestHandoffFailures(t *testing.T) {
 			p.WaitLog(t, fmt.Sprintf("handoff: gen 1 (pid %d): rejected message %d: %s", pid1, i+1, why), 10*time.Second)
 		}
 		reply := p.WaitLog(t, "garbage: relaunch replied", 10*time.Second)
-		if !strings.Contains(reply, "type 6") || !strings.Contains(reply, "5 of 5 messages rejected") {
+		if !containsAll(reply, "type 6", "5 of 5 messages rejected") {
 			t.Errorf("relaunch's reply to END: %q; want an ERROR (type 6) saying 5 of 5 rejected", reply)
 		}
 		p.WaitLog(t, "garbage: relaunch closed 4 of the 4 fds it was sent", 10*time.Second)
-		p.WaitLog(t, fmt.Sprintf("handoff: gen 1 (pid %d) handed over 50 connections", pid1), 10*time.Second)
-		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited: status 0", pid1), 10*time.Second)
-		alive, closed, other := pingAll(conns)
-		if len(alive) != 50 {
-			t.Fatalf("%d connections continue, %d closed, %v; want all 50", len(alive), len(closed), other)
-		}
-		servedBy(t, p, conns, alive, 2)
-		stillServes(t, p, addr, 2)
+		waitHandover(t, p, 1, 50)
+		checkContinue(t, p, addr, conns, 50, 2)
 	})
 
 	// A generation that does not opt in drains as before: it closes its
@@ -418,10 +422,9 @@ func TestHandoffFailures(t *testing.T) {
 	// And a process outside the generations is refused.
 	t.Run("no opt-in", func(t *testing.T) {
 		t.Parallel()
-		p, addr := startPingpong(t, "-gen", "1", "-no-handoff")
-		conns := dialPPs(t, addr, 20)
+		p, addr, conns := startPingpong(t, 20, "-gen", "1", "-no-handoff")
 		pid1 := genPids(p)[1]
-		env := procEnv(t, pid1)
+		env := procEnviron(t, pid1)
 		if !strings.HasPrefix(env[handoff.Env], "/") {
 			t.Fatalf("gen 1 has %s=%q", handoff.Env, env[handoff.Env])
 		}
@@ -430,12 +433,7 @@ func TestHandoffFailures(t *testing.T) {
 		}
 		upgradeTo(t, p, 2)
 		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited: status 0", pid1), 10*time.Second)
-		for i, c := range conns {
-			c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.r.ReadByte(); err != io.EOF {
-				t.Errorf("connection %d: %v; want EOF: closed by gen 1's usual drain", i, err)
-			}
-		}
+		checkClosed(t, conns, "closed by gen 1's usual drain")
 		if strings.Contains(p.Stderr(), "handed over") {
 			t.Errorf("relaunch logged a handoff for a generation that did not opt in")
 		}
@@ -446,11 +444,9 @@ func TestHandoffFailures(t *testing.T) {
 	// connections (their pings wait) and gives them to the next one.
 	t.Run("held for the next generation", func(t *testing.T) {
 		t.Parallel()
-		p, addr := startPingpong(t, "-gen", "2", "-no-receive")
-		conns := dialPPs(t, addr, 20)
+		p, addr, conns := startPingpong(t, 20, "-gen", "2", "-no-receive")
 		upgradeTo(t, p, 2)
-		p.WaitLog(t, fmt.Sprintf("handoff: gen 1 (pid %d) handed over 20 connections", genPids(p)[1]), 10*time.Second)
-		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited: status 0", genPids(p)[1]), 10*time.Second)
+		waitHandover(t, p, 1, 20)
 		for _, c := range conns {
 			if err := c.sendPing(); err != nil {
 				t.Fatal(err)
@@ -473,42 +469,18 @@ func TestHandoffFailures(t *testing.T) {
 	// them and says how many.
 	t.Run("closed when relaunch stops", func(t *testing.T) {
 		t.Parallel()
-		p, addr := startPingpong(t, "-gen", "2", "-no-receive")
-		conns := dialPPs(t, addr, 15)
+		p, _, conns := startPingpong(t, 15, "-gen", "2", "-no-receive")
 		upgradeTo(t, p, 2)
 		pid2 := genPids(p)[2]
-		p.WaitLog(t, fmt.Sprintf("handoff: gen 1 (pid %d) handed over 15 connections", genPids(p)[1]), 10*time.Second)
-		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited: status 0", genPids(p)[1]), 10*time.Second)
+		waitHandover(t, p, 1, 15)
 		p.Signal(syscall.SIGTERM)
 		if code := p.MustWait(10 * time.Second); code != 0 {
 			t.Errorf("relaunch exited with %d, want 0", code)
 		}
 		p.WaitLog(t, fmt.Sprintf("pingpong: gen 2 pid %d: no handoff, draining the usual way: handoff: hello: refused by relaunch: gen 2 is the current generation", pid2), time.Second)
 		p.WaitLog(t, "handoff: relaunch stops holding 15 connections that no generation took: closed", time.Second)
-		for i, c := range conns {
-			c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.r.ReadByte(); err != io.EOF {
-				t.Errorf("connection %d: %v; want EOF (relaunch closed it)", i, err)
-			}
-		}
-		_ = addr
+		checkClosed(t, conns, "relaunch closed it")
 	})
-}
-
-// procEnv reads a process's environment.
-func procEnv(t testing.TB, pid int) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{}
-	for _, kv := range strings.Split(string(b), "\x00") {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
 }
 
 // BenchmarkHandoff: one op is an upgrade of pingpong holding N idle
@@ -527,8 +499,7 @@ func BenchmarkHandoff(b *testing.B) {
 					b.Skipf("needs RLIMIT_NOFILE >= %d: %v", n+1000, err)
 				}
 			}
-			p, addr := startPingpong(b, "-report", strconv.Itoa(n))
-			conns := dialPPs(b, addr, n)
+			p, _, conns := startPingpong(b, n, "-report", strconv.Itoa(n))
 			g := 1
 			var handover, send time.Duration
 			for b.Loop() {
@@ -565,8 +536,7 @@ func BenchmarkHandoff(b *testing.B) {
 func TestHandoffReexec(t *testing.T) {
 	t.Parallel()
 	const clients = 50
-	p, addr := startPingpong(t)
-	conns := dialPPs(t, addr, clients)
+	p, _, conns := startPingpong(t, clients)
 	load := startPPLoad(conns, 100*time.Millisecond)
 	load.waitPongs(t, 2*clients, 10*time.Second)
 	for g := 2; g <= 4; g++ {
@@ -574,9 +544,7 @@ func TestHandoffReexec(t *testing.T) {
 		p.WaitLogN(t, "took over in", g-1, 10*time.Second)
 		before := load.pongs.Load()
 		upgradeTo(t, p, g)
-		old := genPids(p)[g-1]
-		p.WaitLog(t, fmt.Sprintf("handoff: gen %d (pid %d) handed over %d connections", g-1, old, clients), 10*time.Second)
-		p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited: status 0", g-1, old), 10*time.Second)
+		waitHandover(t, p, g-1, clients)
 		load.waitPongs(t, before+2*clients, 10*time.Second)
 	}
 	load.halt()

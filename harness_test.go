@@ -4,8 +4,9 @@
 // gosystemd app once into a temporary directory; the helpers below start
 // them, wait for conditions with deadlines, and leave no process behind.
 //
-// Every helper that waits takes a timeout and fails the test when it passes;
-// none sleeps as a means of synchronisation. Processes started here run in
+// Every helper that waits takes a timeout and fails the test when it passes
+// (waitUntil, the polling loop of most, leaves that to its caller); none
+// sleeps as a means of synchronisation. Processes started here run in
 // their own process group and carry a marker variable (harnessMarkerEnv) in
 // their environment, inherited by every generation, so that the cleanup can
 // find and SIGKILL all of them by pid even after relaunch itself is gone.
@@ -27,6 +28,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -36,6 +38,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"relaunch/internal/loadtest"
 )
 
 // The binaries TestMain builds, all in e2eDir.
@@ -198,6 +202,48 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// freeAddr returns a tcp address "127.0.0.1:PORT" that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
+}
+
+// freeUDPPort returns a udp port on 127.0.0.1 that was free a moment ago.
+func freeUDPPort(t testing.TB) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// addrPort is the port of a "host:port" address.
+func addrPort(t testing.TB, addr string) int {
+	t.Helper()
+	_, ps, _ := net.SplitHostPort(addr)
+	port, err := strconv.Atoi(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// waitUntil calls cond every `every` until it returns true, and reports
+// whether it did before timeout passed; the caller fails the test (or not)
+// with what cond saw last.
+func waitUntil(timeout, every time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(every)
+	}
+	return true
 }
 
 // listenFile returns a new listening socket as a blocking, close-on-exec
@@ -469,6 +515,27 @@ func (p *relaunchProc) Stderr() string {
 	return s
 }
 
+// outputDone waits up to timeout until the output pipe is closed (every
+// holder gone: once the process has exited, all its output is in) and
+// reports whether it is.
+func (p *relaunchProc) outputDone(timeout time.Duration) bool {
+	select {
+	case <-p.outEOF:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// waitOutput waits until the output pipe of an exited process is closed:
+// then all its output is in.
+func waitOutput(t testing.TB, p *relaunchProc) {
+	t.Helper()
+	if !p.outputDone(5 * time.Second) {
+		t.Errorf("the output pipe of %s is still open 5s after it exited", p.name)
+	}
+}
+
 // WaitLog waits until the output contains substr and returns the first line
 // that contains it; it fails the test after timeout, or when the process
 // exits without writing it.
@@ -614,16 +681,21 @@ func describeProc(pid int) string {
 		strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), st.State, st.PPid, st.PGid)
 }
 
+// describeProcs is describeProc of each pid.
+func describeProcs(pids []int) []string {
+	var desc []string
+	for _, pid := range pids {
+		desc = append(desc, describeProc(pid))
+	}
+	return desc
+}
+
 // noProcessesLeft fails the test unless every pid has exited and been reaped
 // (no zombie either) within a short grace period for the kernel to finish.
 func noProcessesLeft(t testing.TB, pids []int) {
 	t.Helper()
 	if left := waitProcsGone(pids, 5*time.Second); len(left) > 0 {
-		var desc []string
-		for _, pid := range left {
-			desc = append(desc, describeProc(pid))
-		}
-		t.Errorf("processes left behind (alive or zombie):\n  %s", strings.Join(desc, "\n  "))
+		t.Errorf("processes left behind (alive or zombie):\n  %s", strings.Join(describeProcs(left), "\n  "))
 	}
 }
 
@@ -632,18 +704,37 @@ func noProcessesLeft(t testing.TB, pids []int) {
 // every 10ms: these are not our children, so there is nothing to wait on,
 // and a zombie stays until someone else reaps it.
 func waitProcsGone(pids []int, timeout time.Duration) []int {
-	deadline := time.Now().Add(timeout)
-	for {
-		var left []int
+	var left []int
+	waitUntil(timeout, 10*time.Millisecond, func() bool {
+		left = nil
 		for _, pid := range pids {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 				left = append(left, pid)
 			}
 		}
-		if len(left) == 0 || time.Now().After(deadline) {
-			return left
+		return len(left) == 0
+	})
+	return left
+}
+
+// zombieChildren describes the children of pid that are zombies.
+func zombieChildren(pid int) []string {
+	var z []string
+	for _, k := range procChildren(pid) {
+		if processZombie(k) {
+			z = append(z, describeProc(k))
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	return z
+}
+
+// waitNoZombieChildren polls until pid has no zombie child; it fails the
+// test after timeout.
+func waitNoZombieChildren(t testing.TB, pid int, timeout time.Duration) {
+	t.Helper()
+	var z []string
+	if !waitUntil(timeout, 10*time.Millisecond, func() bool { z = zombieChildren(pid); return len(z) == 0 }) {
+		t.Errorf("zombies under relaunch (pid %d) after %v:\n  %s", pid, timeout, strings.Join(z, "\n  "))
 	}
 }
 
@@ -674,6 +765,87 @@ func fdTargets(pid int) (map[int]string, error) {
 	return m, nil
 }
 
+// parseKV parses "K=V" lines (the demo's /env answer, /proc/P/environ split
+// on NUL).
+func parseKV(lines []string) map[string]string {
+	m := map[string]string{}
+	for _, l := range lines {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// procEnviron is the initial environment of pid.
+func procEnviron(t testing.TB, pid int) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("environ of %s: %v", describeProc(pid), err)
+	}
+	return parseKV(strings.Split(string(data), "\x00"))
+}
+
+// netSock is a socket of a /proc/net table (tcp, tcp6, udp, udp6).
+type netSock struct {
+	table                 string // "tcp", ...
+	localPort, remotePort int
+	state                 string // for tcp, "0A" is TCP_LISTEN
+	queued                int    // rx_queue: for a listening socket, its accept queue
+	inode                 uint64
+}
+
+// procNetSockets lists the sockets of the /proc/net tables; a table that
+// does not exist (no IPv6) has none.
+func procNetSockets(tables ...string) []netSock {
+	var socks []netSock
+	for _, table := range tables {
+		data, err := os.ReadFile("/proc/net/" + table)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(string(data), "\n")
+		for _, line := range lines[1:] { // after the header
+			// Addresses are hex "0100007F:1F90"; the queues "tx:rx".
+			f := strings.Fields(line)
+			if len(f) < 10 {
+				continue
+			}
+			s := netSock{table: table, state: f[3]}
+			s.localPort = hexPort(f[1])
+			s.remotePort = hexPort(f[2])
+			_, rxq, _ := strings.Cut(f[4], ":")
+			q, _ := strconv.ParseInt(rxq, 16, 64)
+			s.queued = int(q)
+			s.inode, _ = strconv.ParseUint(f[9], 10, 64)
+			socks = append(socks, s)
+		}
+	}
+	return socks
+}
+
+// hexPort is the port of a /proc/net address ("0100007F:1F90"), -1 if none.
+func hexPort(addr string) int {
+	_, h, _ := strings.Cut(addr, ":")
+	port, err := strconv.ParseUint(h, 16, 16)
+	if err != nil {
+		return -1
+	}
+	return int(port)
+}
+
+// tcpListeners lists the listening TCP sockets on port (IPv4 and IPv6).
+func tcpListeners(port int) []netSock {
+	var out []netSock
+	for _, s := range procNetSockets("tcp", "tcp6") {
+		if s.state == "0A" && s.localPort == port {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // parseFdList parses the demo app's /fds answer ("N -> target" lines).
 // Note that a Go 1.25+ program (the demo included) keeps
 // /sys/fs/cgroup/.../cpu.max (or cpu.cfs_quota_us and cpu.cfs_period_us)
@@ -688,6 +860,28 @@ func parseFdList(body string) map[int]string {
 		}
 	}
 	return m
+}
+
+// fdsAtStart is the demo's GET /fds?at=start answer on addr (its open fds
+// as at the top of its main) and its parse.
+func fdsAtStart(t testing.TB, addr string) (string, map[int]string) {
+	t.Helper()
+	body, err := httpGet(addr, "/fds?at=start")
+	if err != nil {
+		t.Fatalf("GET /fds?at=start: %v", err)
+	}
+	return body, parseFdList(body)
+}
+
+// demoEnv is the demo's GET /env answer on addr (its environment, "K=V"
+// lines) and its parse.
+func demoEnv(t testing.TB, addr string) (string, map[string]string) {
+	t.Helper()
+	body, err := httpGet(addr, "/env")
+	if err != nil {
+		t.Fatalf("GET /env: %v", err)
+	}
+	return body, parseKV(strings.Split(body, "\n"))
 }
 
 // isGoRuntimeFd reports whether an fd target is one the Go runtime opens by
@@ -772,17 +966,15 @@ func httpGet(addr, path string) (string, error) {
 func waitHTTP(t testing.TB, target, want string, timeout time.Duration) string {
 	t.Helper()
 	addr, path := splitTarget(target)
-	deadline := time.Now().Add(timeout)
-	for {
-		body, err := httpGet(addr, path)
-		if err == nil && strings.Contains(body, want) {
-			return body
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: no answer containing %q within %v; last: %q, %v", target, want, timeout, body, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var body string
+	var err error
+	if !waitUntil(timeout, 20*time.Millisecond, func() bool {
+		body, err = httpGet(addr, path)
+		return err == nil && strings.Contains(body, want)
+	}) {
+		t.Fatalf("GET %s: no answer containing %q within %v; last: %q, %v", target, want, timeout, body, err)
 	}
+	return body
 }
 
 // recordEvent is one line of the demo app's -record file:
@@ -906,15 +1098,9 @@ func (p *relaunchProc) cleanup() {
 	left := markedProcs(p.marker)
 	killTree(left)
 	if left = waitProcsGone(left, 5*time.Second); len(left) > 0 {
-		var desc []string
-		for _, pid := range left {
-			desc = append(desc, describeProc(pid))
-		}
-		t.Errorf("cleanup: could not kill: %s", strings.Join(desc, "; "))
+		t.Errorf("cleanup: could not kill: %s", strings.Join(describeProcs(left), "; "))
 	}
-	select {
-	case <-p.outEOF:
-	case <-time.After(5 * time.Second):
+	if !p.outputDone(5 * time.Second) {
 		t.Errorf("cleanup: output pipe of %s still open (a process outside the tree holds it)", p.name)
 	}
 	p.outR.Close()
@@ -935,7 +1121,7 @@ func TestHarnessSmoke(t *testing.T) {
 	needE2E(t, "demo", "demo-v2", "gosystemd")
 
 	t.Run("listen", func(t *testing.T) {
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		addr := freeAddr(t)
 		rec := filepath.Join(t.TempDir(), "record")
 		p := startProc(t, procOpts{Env: []string{"RELAUNCH_GENERATION=7"}}, demoBin, "-listen", addr, "-record", rec, "-version", "3")
 		body := waitHTTP(t, addr, "version=3", 10*time.Second)
@@ -995,11 +1181,7 @@ func TestHarnessSmoke(t *testing.T) {
 		if names, err := httpGet(addr, "/names"); err != nil || names != "web\nadmin\n" {
 			t.Errorf("GET /names = %q, %v", names, err)
 		}
-		fds, err := httpGet(addr, "/fds?at=start")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := parseFdList(fds)
+		fds, m := fdsAtStart(t, addr)
 		if socketInode(m[3]) == 0 || socketInode(m[4]) == 0 {
 			t.Errorf("fds 3 and 4 at start are not sockets: %q", fds)
 		}
@@ -1043,35 +1225,308 @@ func TestHarnessSmoke(t *testing.T) {
 func waitAccepted(t testing.TB, pid int, c net.Conn, timeout time.Duration) {
 	t.Helper()
 	local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
-	// The server's side: its local port is the client's remote one.
-	srvPort, cliPort := fmt.Sprintf(":%04X", remote.Port), fmt.Sprintf(":%04X", local.Port)
-	deadline := time.Now().Add(timeout)
-	for {
-		var ino string
-		if b, err := os.ReadFile("/proc/net/tcp"); err == nil {
-			for line := range strings.Lines(string(b)) {
-				f := strings.Fields(line)
-				if len(f) < 10 {
-					continue
-				}
-				// f[1] local, f[2] remote, as hex "0100007F:1F90".
-				if strings.HasSuffix(f[1], srvPort) && strings.HasSuffix(f[2], cliPort) {
-					ino = f[9]
-				}
+	if !waitUntil(timeout, 5*time.Millisecond, func() bool {
+		var ino uint64
+		for _, s := range procNetSockets("tcp") {
+			// The server's side: its local port is the client's remote one.
+			if s.localPort == remote.Port && s.remotePort == local.Port {
+				ino = s.inode
 			}
 		}
-		if ino != "" {
-			if fds, err := fdTargets(pid); err == nil {
-				for _, target := range fds {
-					if target == "socket:["+ino+"]" {
-						return
-					}
-				}
+		if ino == 0 {
+			return false
+		}
+		fds, err := fdTargets(pid)
+		if err != nil {
+			return false
+		}
+		for _, target := range fds {
+			if socketInode(target) == ino {
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d did not accept the connection from port %d within %v", pid, local.Port, timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("pid %d did not accept the connection from port %d within %v", pid, local.Port, timeout)
 	}
+}
+
+// needCommand returns the path of the command name or fails the test with
+// the Debian package to install. nginx and haproxy live in /usr/sbin, which
+// is not on every user's PATH.
+func needCommand(t testing.TB, name, pkg string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
+		if p := filepath.Join(dir, name); isExecutable(p) {
+			return p
+		}
+	}
+	t.Fatalf("%s is needed for this test: apt-get install %s (.ci/run installs it)", name, pkg)
+	return ""
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// Generations, as relaunch's log tells them.
+
+var startedRe = regexp.MustCompile(`gen (\d+) \(pid (\d+)\) started`)
+
+// genPids maps each generation relaunch started to its pid, from its log.
+func genPids(p *relaunchProc) map[int]int {
+	m := map[int]int{}
+	for _, sm := range startedRe.FindAllStringSubmatch(p.Stderr(), -1) {
+		g, _ := strconv.Atoi(sm[1])
+		pid, _ := strconv.Atoi(sm[2])
+		m[g] = pid
+	}
+	return m
+}
+
+// genPidRange lists the pids of generations from..to (both included), from
+// relaunch's log.
+func genPidRange(p *relaunchProc, from, to int) []int {
+	pids := genPids(p)
+	var r []int
+	for g := from; g <= to; g++ {
+		r = append(r, pids[g])
+	}
+	return r
+}
+
+// upgradeTo sends SIGUSR2 and waits until generation gen is ready.
+func upgradeTo(t testing.TB, p *relaunchProc, gen int) {
+	t.Helper()
+	p.Signal(syscall.SIGUSR2)
+	p.WaitLog(t, fmt.Sprintf("gen %d (pid", gen), 10*time.Second)
+	p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) ready in", gen, waitPid(t, p, gen)), 10*time.Second)
+}
+
+// waitPid waits until relaunch logs generation gen and returns its pid.
+func waitPid(t testing.TB, p *relaunchProc, gen int) int {
+	t.Helper()
+	p.WaitLog(t, fmt.Sprintf("gen %d (pid", gen), 10*time.Second)
+	return genPids(p)[gen]
+}
+
+// upgradeAndWait upgrades to generation gen and waits up to timeout until
+// the previous one has exited.
+func upgradeAndWait(t testing.TB, p *relaunchProc, gen int, timeout time.Duration) {
+	t.Helper()
+	upgradeTo(t, p, gen)
+	p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", gen-1, genPids(p)[gen-1]), timeout)
+}
+
+var readyRe = regexp.MustCompile(`gen (\d+) \(pid \d+\) ready in`)
+
+// lastReady is the newest generation relaunch has said is ready.
+func lastReady(p *relaunchProc) int {
+	last := 0
+	for _, m := range readyRe.FindAllStringSubmatch(p.Stderr(), -1) {
+		last, _ = strconv.Atoi(m[1])
+	}
+	return last
+}
+
+// settled: the newest started generation is the newest ready one.
+func settled(p *relaunchProc) bool {
+	pids := genPids(p)
+	return lastReady(p) == len(pids)
+}
+
+// signalStorm sends relaunch (serving addr) 30 SIGUSR2 in one second and
+// waits until they have settled: one child left, and it is the last
+// generation that got ready, which answers. It returns that generation.
+func signalStorm(t testing.TB, p *relaunchProc, addr string) int {
+	t.Helper()
+	for range 30 {
+		p.Signal(syscall.SIGUSR2)
+		time.Sleep(33 * time.Millisecond) // the storm's pace, not synchronisation
+	}
+	if !waitUntil(30*time.Second, 20*time.Millisecond, func() bool { return len(p.Children()) == 1 && settled(p) }) {
+		t.Fatalf("not settled on one generation: children %v\n%s", p.Children(), p.Stderr())
+	}
+	last := lastReady(p)
+	if last < 2 {
+		t.Fatalf("no upgrade happened:\n%s", p.Stderr())
+	}
+	waitHTTP(t, addr, fmt.Sprintf("gen=%d", last), 5*time.Second)
+	return last
+}
+
+// checkOnlyGen checks that relaunch's only child is generation gen.
+func checkOnlyGen(t testing.TB, p *relaunchProc, gen int) {
+	t.Helper()
+	if kids := p.Children(); len(kids) != 1 || kids[0] != genPids(p)[gen] {
+		t.Errorf("relaunch's children are %v; want only gen %d (pid %d)", kids, gen, genPids(p)[gen])
+	}
+}
+
+// checkNoZombies checks that no descendant of relaunch is a zombie.
+func checkNoZombies(t testing.TB, p *relaunchProc) {
+	t.Helper()
+	for _, pid := range p.Descendants() {
+		if processZombie(pid) {
+			t.Errorf("zombie left: %s", describeProc(pid))
+		}
+	}
+}
+
+// startServing starts relaunch with "--listen ADDR --no-watch-binary" on a
+// free 127.0.0.1 address, then args (more options, "--" and the command),
+// and waits until gen 1 answers. It returns relaunch and ADDR.
+func startServing(t testing.TB, args ...string) (*relaunchProc, string) {
+	t.Helper()
+	addr := freeAddr(t)
+	p := startRelaunch(t, append([]string{"--listen", addr, "--no-watch-binary"}, args...)...)
+	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	return p, addr
+}
+
+// Load and requests.
+
+// loadClients is the number of clients of startLoad.
+const loadClients = 6
+
+// startLoadConfig starts cfg's load, stopped at the end of the test if the
+// test does not stop it.
+func startLoadConfig(t testing.TB, cfg loadtest.Config) *loadtest.Runner {
+	t.Helper()
+	r, err := loadtest.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop() })
+	return r
+}
+
+// startLoad puts a mixed load (new and keep-alive connections) on addr.
+func startLoad(t testing.TB, addr string) *loadtest.Runner {
+	t.Helper()
+	return startLoadConfig(t, loadtest.Config{
+		Addr: addr, Clients: loadClients, KeepAliveFraction: 0.5, Timeout: 20 * time.Second,
+	})
+}
+
+// stopLoad ends the load and fails the test on any error.
+func stopLoad(t testing.TB, r *loadtest.Runner) *loadtest.Result {
+	t.Helper()
+	res := r.Stop()
+	t.Logf("load: %s", res)
+	if res.Failed() > 0 || res.OK == 0 {
+		t.Errorf("load: %d of %d requests failed (want 0), %d ok: %v", res.Failed(), res.Total, res.OK, res.ErrorMessages)
+	}
+	return res
+}
+
+// waitLoadOK waits until the load has had n successful requests.
+func waitLoadOK(t testing.TB, r *loadtest.Runner, n int, timeout time.Duration) {
+	t.Helper()
+	var ok, failed int
+	if !waitUntil(timeout, 5*time.Millisecond, func() bool { ok, failed = r.Progress(); return ok >= n }) {
+		t.Fatalf("load: %d requests ok (%d failed) within %v, want %d", ok, failed, timeout, n)
+	}
+}
+
+// checkBacklogWhileDown kills gen 1 of relaunch p (serving addr, running an
+// appScript app) with a slow restart, then checks that 20 clients that
+// connect while nothing runs wait in the backlog and are all served by the
+// restarted generation.
+func checkBacklogWhileDown(t testing.TB, p *relaunchProc, addr string, setFlags func(string)) {
+	t.Helper()
+	setFlags("-init-delay 1s") // the restart takes 100ms back-off + 1s
+	syscall.Kill(waitPid(t, p, 1), syscall.SIGKILL)
+	p.WaitLog(t, "restarting in", 5*time.Second)
+	res, err := loadtest.Run(context.Background(), loadtest.Config{Addr: addr, Clients: 20, Requests: 20, Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failed() > 0 || res.OK != 20 || res.Gens["2"] != 20 {
+		t.Errorf("while down: %s; want 20 ok, all from gen 2: %v", res, res.ErrorMessages)
+	}
+}
+
+// httpAnswer is what httpGet returned.
+type httpAnswer struct {
+	body string
+	err  error
+}
+
+// getAccepted sends GET path to addr in the background and returns the
+// answer's channel once the generation pid has accepted the connection.
+// The request is in its hands once it is being served; the demo has no
+// hook for that, so this waits until the connection is accepted: pid then
+// holds one more socket fd (for 5s at most, without failing).
+func getAccepted(addr, path string, pid int) <-chan httpAnswer {
+	done := make(chan httpAnswer, 1)
+	go func() {
+		b, err := httpGet(addr, path)
+		done <- httpAnswer{b, err}
+	}()
+	n0, _ := fdCount(pid)
+	waitUntil(5*time.Second, 5*time.Millisecond, func() bool {
+		n, _ := fdCount(pid)
+		return n > n0
+	})
+	return done
+}
+
+// relaunch's own messages.
+
+// seeHelp is the pointer to --help that may follow a usage error.
+const seeHelp = "see 'relaunch --help'"
+
+// outputLines returns the non-empty lines of out.
+func outputLines(out string) []string {
+	var lines []string
+	for l := range strings.Lines(out) {
+		if l = strings.TrimRight(l, "\n"); strings.TrimSpace(l) != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// checkOnlyMessage checks that out is exactly one "relaunch: ..." line,
+// plus at most a pointer to --help, and that this line contains every want.
+func checkOnlyMessage(t testing.TB, out string, wants ...string) {
+	t.Helper()
+	lines := outputLines(out)
+	if len(lines) == 2 && lines[1] == seeHelp {
+		lines = lines[:1]
+	}
+	if len(lines) != 1 {
+		t.Errorf("want one message line (plus at most %q), got %d lines:\n%s", seeHelp, len(lines), out)
+		return
+	}
+	checkMessageLine(t, lines[0], wants...)
+}
+
+// checkMessageLine checks that line is one of relaunch's messages
+// ("relaunch: ...") and contains every want.
+func checkMessageLine(t testing.TB, line string, wants ...string) {
+	t.Helper()
+	if !strings.HasPrefix(line, "relaunch: ") {
+		t.Errorf("message %q does not start with \"relaunch: \"", line)
+	}
+	for _, w := range wants {
+		if !strings.Contains(line, w) {
+			t.Errorf("message %q does not contain %q", line, w)
+		}
+	}
+}
+
+// containsAll reports whether s contains every one of subs.
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }

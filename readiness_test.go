@@ -4,7 +4,6 @@ package main
 
 import (
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,30 +15,17 @@ import (
 // relaunch sees them accept in /proc, and the old generation is drained only
 // once the new one accepts.
 
-func need(t *testing.T, cmd string) string {
-	t.Helper()
-	p, err := exec.LookPath(cmd)
-	if err != nil {
-		t.Fatalf("%s is needed for this test: install it (.ci/run does)", cmd)
-	}
-	return p
-}
-
 // A Go app with a 2s start before it takes its listener, no sd_notify,
 // default --ready: the old generation's drain signal comes only after the
 // new one's listener exists, and the load sees no error.
 func TestReadyListenGoSlowStart(t *testing.T) {
 	t.Parallel()
-	dir := shortTempDir(t)
-	rec := filepath.Join(dir, "rec")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-no-notify", "-init-delay", "2s", "-record", rec)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	rec := filepath.Join(shortTempDir(t), "rec")
+	p, addr := startServing(t, "--", demoBin, "-no-notify", "-init-delay", "2s", "-record", rec)
 	p.WaitLog(t, "readiness: the app is seen accepting on its socket", 5*time.Second)
 	load := startLoad(t, addr)
 	for g := 2; g <= 3; g++ {
-		upgradeTo(t, p, g)
-		p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", g-1, genPids(p)[g-1]), 10*time.Second)
+		upgradeAndWait(t, p, g, 10*time.Second)
 	}
 	stopLoad(t, load)
 	evs := readRecord(t, rec)
@@ -68,16 +54,16 @@ func TestReadyListenGoSlowStart(t *testing.T) {
 // Python blocking in accept() and node's epoll: detected, and upgrades lose
 // nothing.
 func TestReadyListenPythonAndNode(t *testing.T) {
-	apps := []struct{ name, interp, script, version string }{
-		{"python accept", "python3", "testdata/apps/accept_server.py", "version=py"},
-		{"node", "node", "testdata/apps/server.js", "version=node"},
+	apps := []struct{ name, interp, pkg, script, version string }{
+		{"python accept", "python3", "python3", "testdata/apps/accept_server.py", "version=py"},
+		{"node", "node", "nodejs", "testdata/apps/server.js", "version=node"},
 	}
 	for _, a := range apps {
 		t.Run(a.name, func(t *testing.T) {
 			t.Parallel()
-			interp := need(t, a.interp)
+			interp := needCommand(t, a.interp, a.pkg)
 			script, _ := filepath.Abs(a.script)
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			addr := freeAddr(t)
 			p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--drain-signal", "TERM", "--", interp, script)
 			waitHTTP(t, addr, a.version+" ", 10*time.Second)
 			line := p.WaitLog(t, "gen 1 (pid", 5*time.Second)
@@ -87,8 +73,7 @@ func TestReadyListenPythonAndNode(t *testing.T) {
 			}
 			load := startLoad(t, addr)
 			for g := 2; g <= 4; g++ {
-				upgradeTo(t, p, g)
-				p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", g-1, genPids(p)[g-1]), 10*time.Second)
+				upgradeAndWait(t, p, g, 10*time.Second)
 			}
 			stopLoad(t, load)
 			waitHTTP(t, addr, "gen=4", 5*time.Second)
@@ -100,9 +85,9 @@ func TestReadyListenPythonAndNode(t *testing.T) {
 // says so once.
 func TestReadyFallbackForSelectServer(t *testing.T) {
 	t.Parallel()
-	py := need(t, "python3")
+	py := needCommand(t, "python3", "python3")
 	script, _ := filepath.Abs("testdata/apps/select_server.py")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--drain-signal", "TERM", "--", py, script)
 	waitHTTP(t, addr, "version=select", 10*time.Second)
 	line := p.WaitLog(t, "gen 1 (pid", 5*time.Second)
@@ -125,11 +110,8 @@ func TestReadyFallbackForSelectServer(t *testing.T) {
 // READY=1 and waits for it from the next generation on.
 func TestReadyAutoPrefersNotify(t *testing.T) {
 	t.Parallel()
-	dir := shortTempDir(t)
-	rec := filepath.Join(dir, "rec")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-notify-delay", "500ms", "-record", rec)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	rec := filepath.Join(shortTempDir(t), "rec")
+	p, _ := startServing(t, "--", demoBin, "-notify-delay", "500ms", "-record", rec)
 	p.WaitLog(t, "the app sends READY=1", 5*time.Second)
 	upgradeTo(t, p, 2)
 	line := p.WaitLog(t, fmt.Sprintf("gen 2 (pid %d) ready in", genPids(p)[2]), 5*time.Second)
@@ -148,9 +130,7 @@ func TestReadyAutoPrefersNotify(t *testing.T) {
 // --ready listen is only the procfs signal: a READY=1 is not enough.
 func TestReadyListenMode(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--ready", "listen", "--", demoBin)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, _ := startServing(t, "--ready", "listen", "--", demoBin)
 	if line := p.WaitLog(t, "ready in", 5*time.Second); !strings.Contains(line, "polls fd 3 (epoll") {
 		t.Errorf("--ready listen: %q", line)
 	}

@@ -5,8 +5,8 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,28 +36,6 @@ import (
 
 // serverUpgrades is the number of upgrades each server goes through.
 const serverUpgrades = 5
-
-// needServer returns the path of the server's executable or fails the test
-// with the Debian package to install. nginx and haproxy live in /usr/sbin,
-// which is not on every user's PATH.
-func needServer(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
-		if p := filepath.Join(dir, name); isExecutable(p) {
-			return p
-		}
-	}
-	t.Fatalf("%s is needed for this test: apt-get install %s (.ci/run installs it)", name, pkg)
-	return ""
-}
-
-func isExecutable(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
-}
 
 // testdataPath is the absolute path of a file under testdata/.
 func testdataPath(t *testing.T, rel string) string {
@@ -145,23 +123,12 @@ func runServer(t *testing.T, addr string, c serverCase) serverRun {
 	}
 	if pid, err := strconv.Atoi(bodyField(body, "pid")); err != nil {
 		t.Errorf("answer %q: no pid", body)
-	} else if pid != cur && !containsInt(procDescendants(cur), pid) {
+	} else if pid != cur && !slices.Contains(procDescendants(cur), pid) {
 		t.Errorf("answer %q is from pid %d, not gen %d (pid %d) or its workers %v", body, pid, last, cur, procDescendants(cur))
 	}
 	noProcessesLeft(t, old)
-	if kids := p.Children(); len(kids) != 1 || kids[0] != cur {
-		t.Errorf("relaunch's children are %v; want only gen %d (pid %d)", kids, last, cur)
-	}
+	checkOnlyGen(t, p, last)
 	return run
-}
-
-func containsInt(s []int, x int) bool {
-	for _, v := range s {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 // checkReadyLine checks how relaunch took generation gen as ready.
@@ -175,22 +142,6 @@ func checkReadyLine(t *testing.T, p *relaunchProc, gen int, want []string) {
 		}
 	}
 	t.Errorf("gen %d: ready line %q; want it ready by one of %q", gen, line, want)
-}
-
-// waitLoadOK waits until the load has n successful requests.
-func waitLoadOK(t *testing.T, load *loadtest.Runner, n int, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, failed := load.Progress()
-		if ok >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the load has %d ok (%d failed) requests after %v; want %d", ok, failed, timeout, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // checkNoErrors fails the test on any failed request.
@@ -216,8 +167,8 @@ func checkNoErrors(t *testing.T, run serverRun) {
 func TestServerGunicorn(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
-	gunicorn := needServer(t, "gunicorn", "gunicorn")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	gunicorn := needCommand(t, "gunicorn", "gunicorn")
+	addr := freeAddr(t)
 	// The app is a copy, so that a bad deploy can replace it.
 	dir := t.TempDir()
 	src, err := os.ReadFile(testdataPath(t, "servers/app.py"))
@@ -267,12 +218,12 @@ func TestServerGunicorn(t *testing.T) {
 func TestServerUvicorn(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
-	uvicorn := needServer(t, "uvicorn", "uvicorn")
+	uvicorn := needCommand(t, "uvicorn", "uvicorn")
 	appDir := filepath.Dir(testdataPath(t, "servers/app.py"))
 	for _, handover := range []string{"auto", "shared"} {
 		t.Run("handover="+handover, func(t *testing.T) {
 			t.Parallel()
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			addr := freeAddr(t)
 			run := runServer(t, addr, serverCase{
 				args: []string{"--handover", handover, "--drain-signal", "TERM", "--ready", "listen", "--",
 					uvicorn, "--fd", "3", "--no-access-log", "--app-dir", appDir, "app:asgi"},
@@ -284,9 +235,6 @@ func TestServerUvicorn(t *testing.T) {
 		})
 	}
 }
-
-// loadClients is the number of clients of startLoad (upgrade_test.go).
-const loadClients = 6
 
 // checkUvicornLoss checks that every failed request is one that uvicorn's
 // shutdown closed unanswered during an upgrade, and logs the count.
@@ -340,16 +288,14 @@ func checkUvicornLoss(t *testing.T, run serverRun) {
 func TestServerHAProxy(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
-	haproxy := needServer(t, "haproxy", "haproxy")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	run := runServer(t, addr, serverCase{
+	haproxy := needCommand(t, "haproxy", "haproxy")
+	checkNoErrors(t, runServer(t, freeAddr(t), serverCase{
 		args: []string{"--drain-signal", "USR1", "--ready", "listen", "--",
 			haproxy, "-db", "-f", testdataPath(t, "servers/haproxy.cfg")},
 		answer: "version=haproxy ",
 		ready:  []string{"polls fd 3 (epoll"},
 		gens:   true,
-	})
-	checkNoErrors(t, run)
+	}))
 }
 
 // nginx 1.22 takes the sockets named in the NGINX environment variable
@@ -363,8 +309,8 @@ func TestServerHAProxy(t *testing.T) {
 func TestServerNginx(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
-	nginx := needServer(t, "nginx", "nginx")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	nginx := needCommand(t, "nginx", "nginx")
+	addr := freeAddr(t)
 	dir := t.TempDir()
 	tmpl, err := os.ReadFile(testdataPath(t, "servers/nginx.conf"))
 	if err != nil {
@@ -397,15 +343,13 @@ func TestServerNginx(t *testing.T) {
 func TestServerNode(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
-	node := needServer(t, "node", "nodejs")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	run := runServer(t, addr, serverCase{
+	node := needCommand(t, "node", "nodejs")
+	checkNoErrors(t, runServer(t, freeAddr(t), serverCase{
 		args:   []string{"--drain-signal", "TERM", "--ready", "listen", "--", node, testdataPath(t, "apps/server.js")},
 		answer: "version=node ",
 		ready:  []string{"polls fd 3 (epoll"},
 		gens:   true,
-	})
-	checkNoErrors(t, run)
+	}))
 }
 
 // Python's http.server (ThreadingHTTPServer) on fd 3, standard library only
@@ -415,15 +359,13 @@ func TestServerNode(t *testing.T) {
 func TestServerPythonHTTPServer(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
-	python := needServer(t, "python3", "python3")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	run := runServer(t, addr, serverCase{
+	python := needCommand(t, "python3", "python3")
+	checkNoErrors(t, runServer(t, freeAddr(t), serverCase{
 		args:   []string{"--drain-signal", "TERM", "--ready", "notify", "--", python, testdataPath(t, "servers/http_server.py")},
 		answer: "version=pyhttp ",
 		ready:  []string{"READY=1"},
 		gens:   true,
-	})
-	checkNoErrors(t, run)
+	}))
 }
 
 // Go with coreos/go-systemd's activation.Listeners() (testdata/gosystemd),
@@ -432,13 +374,11 @@ func TestServerPythonHTTPServer(t *testing.T) {
 func TestServerGoSystemd(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch", "gosystemd")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	run := runServer(t, addr, serverCase{
+	checkNoErrors(t, runServer(t, freeAddr(t), serverCase{
 		args:   []string{"--", gosystemdBin},
 		answer: "gosystemd pid=",
 		// auto takes the first of READY=1 and the listener in epoll, and
 		// this app shows both at once.
 		ready: []string{"READY=1", "polls fd 3 (epoll"},
-	})
-	checkNoErrors(t, run)
+	}))
 }

@@ -3,14 +3,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -29,64 +27,59 @@ import (
 // and once its slot's queue is empty; the shared handover where steering
 // cannot apply; and the tripwire that stops steering a disturbed address.
 
-// steerAddr is a free 127.0.0.1 address.
-func steerAddr(t testing.TB) string {
-	t.Helper()
-	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
-}
-
-// steerRelaunch starts relaunch and waits until it has bound every
+// steerStart starts relaunch with "--listen ADDR --no-watch-binary" on a
+// free 127.0.0.1 address and args, and waits until it has bound every
 // --listen address (its "listening on" lines come once all are bound and
-// steered) before anything connects to them. A connection made while a
-// pool is being bound can be stranded on a slot no generation receives on:
-// that is TestSteerStartupWindow's business, and must not make the tests
-// of everything else flaky.
-func steerRelaunch(t testing.TB, args ...string) *relaunchProc {
+// steered) before anything connects to them, then until gen 1 answers. A
+// connection made while a pool is being bound can be stranded on a slot no
+// generation receives on: that is TestSteerStartupWindow's business, and
+// must not make the tests of everything else flaky.
+func steerStart(t testing.TB, args ...string) (*relaunchProc, string) {
 	t.Helper()
-	p := startRelaunch(t, args...)
+	addr := freeAddr(t)
+	p := startRelaunch(t, append([]string{"--listen", addr, "--no-watch-binary"}, args...)...)
 	p.WaitLog(t, "listening on ", 20*time.Second)
-	return p
-}
-
-// steerStartLoad starts cfg's load on cfg.Addr, stopped at the end of the
-// test if the test does not stop it.
-func steerStartLoad(t testing.TB, cfg loadtest.Config) *loadtest.Runner {
-	t.Helper()
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 20 * time.Second
-	}
-	r, err := loadtest.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Stop() })
-	return r
+	waitHTTP(t, addr, "gen=1", 20*time.Second)
+	return p, addr
 }
 
 // steerSlowClients is the load that loses requests with a shared socket
 // and an app that drains naively (NOTES §8): every request on a new
 // connection, sent 3ms after the connection is made.
 func steerSlowClients(addr string) loadtest.Config {
-	return loadtest.Config{Addr: addr, Clients: 8, KeepAliveFraction: 0, ConnectToRequestDelay: 3 * time.Millisecond}
+	return loadtest.Config{Addr: addr, Clients: 8, KeepAliveFraction: 0, ConnectToRequestDelay: 3 * time.Millisecond, Timeout: 20 * time.Second}
 }
 
-// steerUpgradeAndWait upgrades to generation gen and waits until the
-// previous one has exited.
-func steerUpgradeAndWait(t testing.TB, p *relaunchProc, gen int) {
-	t.Helper()
-	upgradeTo(t, p, gen)
-	p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", gen-1, genPids(p)[gen-1]), 20*time.Second)
+// steerMixedClients is a load of half keep-alive connections, half a new
+// connection a request sent 3ms after the connection is made.
+func steerMixedClients(addr string) loadtest.Config {
+	return loadtest.Config{Addr: addr, Clients: 6, KeepAliveFraction: 0.5, ConnectToRequestDelay: 3 * time.Millisecond, Timeout: 20 * time.Second}
+}
+
+// steerFigures returns a function with which the "steered" and "shared"
+// subtests of t record their figure; once they are all over, t logs format
+// with the two figures, in that order.
+func steerFigures(t *testing.T, format string) (record func(mode, figure string)) {
+	var mu sync.Mutex
+	figures := map[string]string{}
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf(format, figures["steered"], figures["shared"])
+	})
+	return func(mode, figure string) {
+		mu.Lock()
+		figures[mode] = figure
+		mu.Unlock()
+	}
 }
 
 // steerFd3Inode is the inode of the socket the generation answering on
 // addr got as fd 3 (the demo's /fds?at=start): its slot.
 func steerFd3Inode(t testing.TB, addr string) (inode uint64, gen string) {
 	t.Helper()
-	body, err := httpGet(addr, "/fds?at=start")
-	if err != nil {
-		t.Fatalf("GET /fds?at=start: %v", err)
-	}
-	ino := socketInode(parseFdList(body)[3])
+	body, fds := fdsAtStart(t, addr)
+	ino := socketInode(fds[3])
 	if ino == 0 {
 		t.Fatalf("fd 3 of the demo at start is not a socket:\n%s", body)
 	}
@@ -97,57 +90,13 @@ func steerFd3Inode(t testing.TB, addr string) (inode uint64, gen string) {
 	return ino, bodyField(who, "gen")
 }
 
-// steerListenSock is a listening TCP socket from /proc/net/tcp.
-type steerListenSock struct {
-	inode  uint64
-	queued int // the accept queue (rx_queue of a listening socket)
-}
-
-// steerListeners lists the listening TCP sockets on port (IPv4 and IPv6).
-func steerListeners(t testing.TB, port int) []steerListenSock {
-	t.Helper()
-	suffix := fmt.Sprintf(":%04X", port)
-	var out []steerListenSock
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		f, err := os.Open(table)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		sc.Scan() // the header
-		for sc.Scan() {
-			fl := strings.Fields(sc.Text())
-			if len(fl) < 10 || fl[3] != "0A" || !strings.HasSuffix(fl[1], suffix) {
-				continue
-			}
-			_, rxq, _ := strings.Cut(fl[4], ":")
-			q, _ := strconv.ParseInt(rxq, 16, 64)
-			ino, _ := strconv.ParseUint(fl[9], 10, 64)
-			out = append(out, steerListenSock{inode: ino, queued: int(q)})
-		}
-		f.Close()
-	}
-	return out
-}
-
-func steerPort(t testing.TB, addr string) int {
-	t.Helper()
-	_, ps, _ := net.SplitHostPort(addr)
-	port, err := strconv.Atoi(ps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
 // stopProcess sends SIGSTOP to pid and waits until every thread of it is
 // stopped: kill returns before they are, and a thread still running could
 // accept what the test means to leave queued.
 func stopProcess(t testing.TB, pid int) {
 	t.Helper()
 	syscall.Kill(pid, syscall.SIGSTOP)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	if !waitUntil(10*time.Second, time.Millisecond, func() bool {
 		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
 		stopped := len(tasks) > 0
 		for _, f := range tasks {
@@ -157,13 +106,9 @@ func stopProcess(t testing.TB, pid int) {
 				stopped = false
 			}
 		}
-		if stopped {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d: not every thread stopped 10s after SIGSTOP", pid)
-		}
-		time.Sleep(time.Millisecond)
+		return stopped
+	}) {
+		t.Fatalf("pid %d: not every thread stopped 10s after SIGSTOP", pid)
 	}
 }
 
@@ -171,19 +116,15 @@ func stopProcess(t testing.TB, pid int) {
 // port's listening sockets.
 func steerWaitQueued(t testing.TB, port, n int, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		q := 0
-		for _, s := range steerListeners(t, port) {
+	var q int
+	if !waitUntil(timeout, 5*time.Millisecond, func() bool {
+		q = 0
+		for _, s := range tcpListeners(port) {
 			q += s.queued
 		}
-		if q >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connection(s) queued on port %d after %v, want %d: %+v", q, port, timeout, n, steerListeners(t, port))
-		}
-		time.Sleep(5 * time.Millisecond)
+		return q >= n
+	}) {
+		t.Fatalf("%d connection(s) queued on port %d after %v, want %d: %+v", q, port, timeout, n, tcpListeners(port))
 	}
 }
 
@@ -193,37 +134,26 @@ func steerWaitQueued(t testing.TB, port, n int, timeout time.Duration) {
 // a measurement of what steering prevents, reported, not asserted.
 func TestSteerNaiveDrain(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	figures := map[string]string{}
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		t.Logf("20 upgrades, demo -drain naive -init-delay 300ms, 8 clients, every request on a new connection sent 3ms after connect:\n  steered (default): %s\n  shared (--handover shared): %s",
-			figures["steered"], figures["shared"])
-	})
+	figure := steerFigures(t, "20 upgrades, demo -drain naive -init-delay 300ms, 8 clients, every request on a new connection sent 3ms after connect:\n  steered (default): %s\n  shared (--handover shared): %s")
 	for _, mode := range []string{"steered", "shared"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			addr := steerAddr(t)
-			args := []string{"--listen", addr, "--no-watch-binary"}
+			var args []string
 			how := "steered handover: 8 slots"
 			if mode == "shared" {
 				args = append(args, "--handover", "shared")
 				how = "shared handover"
 			}
-			p := steerRelaunch(t, append(args, "--", demoBin, "-drain", "naive", "-init-delay", "300ms")...)
-			waitHTTP(t, addr, "gen=1", 20*time.Second)
+			p, addr := steerStart(t, append(args, "--", demoBin, "-drain", "naive", "-init-delay", "300ms")...)
 			p.WaitLog(t, fmt.Sprintf("listening on tcp://%s (fd 3, %s)", addr, how), time.Second)
-			load := steerStartLoad(t, steerSlowClients(addr))
+			load := startLoadConfig(t, steerSlowClients(addr))
 			const n = 20
 			for g := 2; g <= n+1; g++ {
-				steerUpgradeAndWait(t, p, g)
+				upgradeAndWait(t, p, g, 20*time.Second)
 			}
 			res := load.Stop()
 			t.Logf("%s: %s; errors %v; first: %v", mode, res, res.Errors, res.ErrorMessages)
-			mu.Lock()
-			figures[mode] = fmt.Sprintf("%d failed of %d (%v)", res.Failed(), res.Total, res.Errors)
-			mu.Unlock()
+			figure(mode, fmt.Sprintf("%d failed of %d (%v)", res.Failed(), res.Total, res.Errors))
 			if res.OK == 0 || len(res.Gens) < n/2 {
 				t.Errorf("the load saw %d answers from generations %v; want answers from most of 1..%d", res.OK, res.Gens, n+1)
 			}
@@ -249,21 +179,10 @@ func TestSteerCrashAndBadDeploy(t *testing.T) {
 		t.Parallel()
 		dir := shortTempDir(t)
 		app, setFlags := appScript(t, dir)
-		addr := steerAddr(t)
-		p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--", app)
-		waitHTTP(t, addr, "gen=1", 20*time.Second)
+		p, addr := steerStart(t, "--", app)
 		p.WaitLog(t, "steered handover", time.Second)
 		slot1, _ := steerFd3Inode(t, addr)
-		setFlags("-init-delay 1s") // the restart takes 100ms back-off + 1s
-		syscall.Kill(waitPid(t, p, 1), syscall.SIGKILL)
-		p.WaitLog(t, "restarting in", 5*time.Second)
-		res, err := loadtest.Run(context.Background(), loadtest.Config{Addr: addr, Clients: 20, Requests: 20, Timeout: 20 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if res.Failed() > 0 || res.OK != 20 || res.Gens["2"] != 20 {
-			t.Errorf("while down: %s; want 20 ok, all from gen 2: %v", res, res.ErrorMessages)
-		}
+		checkBacklogWhileDown(t, p, addr, setFlags)
 		p.WaitLog(t, fmt.Sprintf("gen 2 (pid %d) ready", genPids(p)[2]), 10*time.Second)
 		slot2, gen := steerFd3Inode(t, addr)
 		if gen != "2" || slot2 != slot1 {
@@ -278,19 +197,17 @@ func TestSteerCrashAndBadDeploy(t *testing.T) {
 		t.Parallel()
 		dir := shortTempDir(t)
 		app, setFlags := appScript(t, dir)
-		addr := steerAddr(t)
-		p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--", app)
-		waitHTTP(t, addr, "gen=1", 20*time.Second)
+		p, addr := steerStart(t, "--", app)
 		p.WaitLog(t, "steered handover: 8 slots", time.Second)
 		cfg := steerSlowClients(addr)
 		cfg.KeepAliveFraction = 0.5
-		load := steerStartLoad(t, cfg)
+		load := startLoadConfig(t, cfg)
 		setFlags("-exit-at-start 1")
 		const bad = 8
 		for i := 1; i <= bad; i++ {
 			p.Signal(syscall.SIGUSR2)
 			line := p.WaitLogN(t, "upgrade failed", i, 15*time.Second)
-			if !strings.Contains(line, fmt.Sprintf("gen %d", i+1)) || !strings.Contains(line, "gen 1") || !strings.Contains(line, "still serves") {
+			if !containsAll(line, fmt.Sprintf("gen %d", i+1), "gen 1", "still serves") {
 				t.Errorf("bad deploy %d: the failure's log line %q should name gen %d and say that gen 1 still serves", i, line, i+1)
 			}
 		}
@@ -303,11 +220,7 @@ func TestSteerCrashAndBadDeploy(t *testing.T) {
 		if res.Gens["1"] == 0 || res.Gens[strconv.Itoa(bad+2)] == 0 {
 			t.Errorf("want answers from gen 1 and gen %d: %v", bad+2, res.Gens)
 		}
-		var failed []int
-		for g := 2; g <= bad+1; g++ {
-			failed = append(failed, genPids(p)[g])
-		}
-		noProcessesLeft(t, failed)
+		noProcessesLeft(t, genPidRange(p, 2, bad+1)) // the failed ones
 		if out := p.Stderr(); strings.Contains(out, "no free slot") || strings.Contains(out, "killed early") {
 			t.Errorf("a slot leaked: relaunch ran out of slots after %d failed starts:\n%s", bad, out)
 		}
@@ -319,44 +232,19 @@ func TestSteerCrashAndBadDeploy(t *testing.T) {
 // without relaunch ever running out of slots.
 func TestSteerSignalStorm(t *testing.T) {
 	t.Parallel()
-	addr := steerAddr(t)
-	p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-init-delay", "50ms")
-	waitHTTP(t, addr, "gen=1", 20*time.Second)
+	p, addr := steerStart(t, "--", demoBin, "-init-delay", "50ms")
 	p.WaitLog(t, "steered handover: 8 slots", time.Second)
-	load := steerStartLoad(t, loadtest.Config{Addr: addr, Clients: 6, KeepAliveFraction: 0.5, ConnectToRequestDelay: 3 * time.Millisecond})
-	for range 30 {
-		p.Signal(syscall.SIGUSR2)
-		time.Sleep(33 * time.Millisecond) // the storm's pace, not synchronisation
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for len(p.Children()) != 1 || !settled(p) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not settled on one generation: children %v\n%s", p.Children(), p.Stderr())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	stormed := lastReady(p)
-	if stormed < 2 {
-		t.Fatalf("no upgrade happened:\n%s", p.Stderr())
-	}
-	waitHTTP(t, addr, fmt.Sprintf("gen=%d", stormed), 5*time.Second)
-	if kids := p.Children(); len(kids) != 1 || kids[0] != genPids(p)[stormed] {
-		t.Errorf("after the storm: children %v; want only gen %d (pid %d)", kids, stormed, genPids(p)[stormed])
-	}
+	load := startLoadConfig(t, steerMixedClients(addr))
+	stormed := signalStorm(t, p, addr)
+	checkOnlyGen(t, p, stormed)
 	for g := stormed + 1; g <= stormed+10; g++ {
-		steerUpgradeAndWait(t, p, g)
+		upgradeAndWait(t, p, g, 20*time.Second)
 	}
 	res := stopLoad(t, load)
 	last := stormed + 10
 	waitHTTP(t, addr, fmt.Sprintf("gen=%d", last), 5*time.Second)
-	if kids := p.Children(); len(kids) != 1 || kids[0] != genPids(p)[last] {
-		t.Errorf("children %v; want only gen %d (pid %d)", kids, last, genPids(p)[last])
-	}
-	for _, pid := range p.Descendants() {
-		if processZombie(pid) {
-			t.Errorf("zombie left: %s", describeProc(pid))
-		}
-	}
+	checkOnlyGen(t, p, last)
+	checkNoZombies(t, p)
 	out := p.Stderr()
 	for _, bad := range []string{"no free slot", "killed early", "upgrade failed", "steering tcp://"} {
 		if strings.Contains(out, bad) {
@@ -364,7 +252,7 @@ func TestSteerSignalStorm(t *testing.T) {
 		}
 	}
 	// The pool is whole: its 8 slots, and nothing else, listen on the port.
-	if ls := steerListeners(t, steerPort(t, addr)); len(ls) != 8 {
+	if ls := tcpListeners(addrPort(t, addr)); len(ls) != 8 {
 		t.Errorf("%d sockets listen on %s; want the pool's 8: %+v", len(ls), addr, ls)
 	}
 	t.Logf("30 signals → %d generations, then 10 upgrades; load %s", stormed, res)
@@ -379,26 +267,9 @@ func TestSteerMaxDraining(t *testing.T) {
 	// quick upgrades: a generation is killed early and gen 3 serves.
 	t.Run("zero: two slots", func(t *testing.T) {
 		t.Parallel()
-		addr := steerAddr(t)
-		p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--max-draining", "0", "--", demoBin)
-		waitHTTP(t, addr, "gen=1", 20*time.Second)
+		p, addr := steerStart(t, "--max-draining", "0", "--", demoBin)
 		p.WaitLog(t, fmt.Sprintf("listening on tcp://%s (fd 3, steered handover: 2 slots)", addr), time.Second)
-		type answer struct {
-			body string
-			err  error
-		}
-		long := make(chan answer, 1)
-		go func() {
-			b, err := httpGet(addr, "/sleep?d=3s")
-			long <- answer{b, err}
-		}()
-		// Wait until gen 1 has accepted it: one more socket fd.
-		pid1 := waitPid(t, p, 1)
-		n0, _ := fdCount(pid1)
-		deadline := time.Now().Add(5 * time.Second)
-		for n, _ := fdCount(pid1); n <= n0 && time.Now().Before(deadline); n, _ = fdCount(pid1) {
-			time.Sleep(5 * time.Millisecond)
-		}
+		long := getAccepted(addr, "/sleep?d=3s", waitPid(t, p, 1))
 		p.Signal(syscall.SIGUSR2)
 		p.WaitLog(t, "gen 2 (pid", 10*time.Second)
 		p.Signal(syscall.SIGUSR2)
@@ -432,9 +303,7 @@ func TestSteerMaxDraining(t *testing.T) {
 	// gen 9 kills the oldest draining one for lack of a slot and follows.
 	t.Run("eight slots full", func(t *testing.T) {
 		t.Parallel()
-		addr := steerAddr(t)
-		p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin)
-		waitHTTP(t, addr, "gen=1", 20*time.Second)
+		p, addr := steerStart(t, "--", demoBin)
 		for g := 1; g <= 8; g++ {
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
@@ -471,12 +340,10 @@ func TestSteerMaxDraining(t *testing.T) {
 	for _, mode := range []string{"steered", "shared"} {
 		t.Run("zero: queued at the switch, "+mode, func(t *testing.T) {
 			t.Parallel()
-			addr := steerAddr(t)
-			p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--max-draining", "0", "--handover", mode, "--", demoBin)
-			waitHTTP(t, addr, "gen=1", 20*time.Second)
+			p, addr := steerStart(t, "--max-draining", "0", "--handover", mode, "--", demoBin)
 			stopProcess(t, waitPid(t, p, 1))
-			queued := steerStartLoad(t, loadtest.Config{Addr: addr, Clients: 3, Requests: 3, Timeout: 5 * time.Second})
-			steerWaitQueued(t, steerPort(t, addr), 3, 10*time.Second)
+			queued := startLoadConfig(t, loadtest.Config{Addr: addr, Clients: 3, Requests: 3, Timeout: 5 * time.Second})
+			steerWaitQueued(t, addrPort(t, addr), 3, 10*time.Second)
 			upgradeTo(t, p, 2)
 			res := queued.Wait()
 			if res.OK != 3 || res.Gens["2"] != 3 {
@@ -507,7 +374,7 @@ func TestSteerSharedHandover(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		port := steerFreeUDPPort(t)
+		port := freeUDPPort(t)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		p := startRelaunchOpts(t, procOpts{Env: []string{steerHelperEnv + "=udp-echo"}},
 			"--listen", "udp://"+addr, "--no-watch-binary", "--",
@@ -565,17 +432,12 @@ func TestSteerSharedHandover(t *testing.T) {
 		}()
 		upgradeTo(t, p, 2)
 		p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited: status 0", genPids(p)[1]), 10*time.Second)
-		// Gen 1 is gone: a few answers from gen 2, then stop.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		// Gen 1 is gone: a few answers from gen 2 (10s at most), then stop.
+		waitUntil(10*time.Second, 10*time.Millisecond, func() bool {
 			mu.Lock()
-			n := gens["2"]
-			mu.Unlock()
-			if n >= 20 || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			defer mu.Unlock()
+			return gens["2"] >= 20
+		})
 		close(stop)
 		<-done
 		t.Logf("udp: %d datagrams one after another across the upgrade, answers by generation %v, %d lost", seq-1, gens, len(lost))
@@ -597,23 +459,14 @@ func TestSteerSharedHandover(t *testing.T) {
 		target := "unix:" + sock
 		waitHTTP(t, target, "gen=1", 20*time.Second)
 		p.WaitLog(t, fmt.Sprintf("listening on unix://%s (fd 3, shared handover", sock), time.Second)
-		load := steerStartLoad(t, loadtest.Config{Addr: target, Clients: 6, KeepAliveFraction: 0.5, ConnectToRequestDelay: 3 * time.Millisecond})
-		steerUpgradeAndWait(t, p, 2)
-		waitHTTP(t, target, "gen=2", 5*time.Second)
-		res := stopLoad(t, load)
-		if res.Gens["2"] == 0 {
-			t.Errorf("gen 2 answered nothing under load: %v", res.Gens)
-		}
+		steerUpgradeUnderLoad(t, p, target)
 	})
 
 	t.Run("systemd", func(t *testing.T) {
 		t.Parallel()
 		needE2E(t)
-		sa, err := exec.LookPath("systemd-socket-activate")
-		if err != nil {
-			t.Fatalf("systemd-socket-activate is needed for this test and is not in PATH: %v", err)
-		}
-		outer, inner := steerAddr(t), steerAddr(t)
+		sa := needCommand(t, "systemd-socket-activate", "systemd")
+		outer, inner := freeAddr(t), freeAddr(t)
 		// systemd-socket-activate passes on only a few variables: the
 		// harness's marker goes explicitly. It execs relaunch at the first
 		// connection, which waits in the outer socket's backlog meanwhile.
@@ -623,50 +476,38 @@ func TestSteerSharedHandover(t *testing.T) {
 		waitHTTP(t, inner, "gen=1", 5*time.Second)
 		p.WaitLog(t, fmt.Sprintf("listening on tcp://%s (fd 3, passed on from systemd; shared handover)", outer), time.Second)
 		p.WaitLog(t, fmt.Sprintf("listening on tcp://%s (fd 4, steered handover", inner), time.Second)
-		load := steerStartLoad(t, loadtest.Config{Addr: outer, Clients: 6, KeepAliveFraction: 0.5, ConnectToRequestDelay: 3 * time.Millisecond})
-		steerUpgradeAndWait(t, p, 2)
-		waitHTTP(t, outer, "gen=2", 5*time.Second)
-		waitHTTP(t, inner, "gen=2", 5*time.Second)
-		res := stopLoad(t, load)
-		if res.Gens["2"] == 0 {
-			t.Errorf("gen 2 answered nothing on the systemd socket under load: %v", res.Gens)
-		}
+		steerUpgradeUnderLoad(t, p, outer, inner)
 	})
 
 	t.Run("steered udp is a usage error", func(t *testing.T) {
 		t.Parallel()
-		addr := fmt.Sprintf("udp://127.0.0.1:%d", steerFreeUDPPort(t))
+		addr := fmt.Sprintf("udp://127.0.0.1:%d", freeUDPPort(t))
 		p := startRelaunch(t, "--handover", "steered", "--listen", addr, "--", demoBin)
 		if code := p.MustWait(20 * time.Second); code != 2 {
 			t.Errorf("exit status %d, want 2 (usage)", code)
 		}
-		select {
-		case <-p.outEOF:
-		case <-time.After(5 * time.Second):
-		}
-		var lines []string
-		for l := range strings.Lines(p.Stderr()) {
-			if l = strings.TrimSpace(l); l != "" && l != "see 'relaunch --help'" {
-				lines = append(lines, l)
-			}
-		}
-		if len(lines) != 1 || !strings.HasPrefix(lines[0], "relaunch: ") || !strings.Contains(lines[0], addr) || !strings.Contains(lines[0], "steered") {
-			t.Errorf("want one line \"relaunch: ...\" naming %s and --handover steered (plus at most a pointer to --help), got:\n%s", addr, p.Stderr())
-		}
+		p.outputDone(5 * time.Second)
+		// One line naming the address and --handover steered.
+		checkOnlyMessage(t, p.Stderr(), addr, "steered")
 		if _, ok := genPids(p)[1]; ok {
 			t.Errorf("a generation was started:\n%s", p.Stderr())
 		}
 	})
 }
 
-func steerFreeUDPPort(t testing.TB) int {
+// steerUpgradeUnderLoad upgrades relaunch p to gen 2 under a mixed load on
+// target, then checks that gen 2 answers on target and on also, and that it
+// answered some of the load.
+func steerUpgradeUnderLoad(t *testing.T, p *relaunchProc, target string, also ...string) {
 	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	load := startLoadConfig(t, steerMixedClients(target))
+	upgradeAndWait(t, p, 2, 20*time.Second)
+	for _, a := range append([]string{target}, also...) {
+		waitHTTP(t, a, "gen=2", 5*time.Second)
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	if res := stopLoad(t, load); res.Gens["2"] == 0 {
+		t.Errorf("gen 2 answered nothing on %s under load: %v", target, res.Gens)
+	}
 }
 
 // steerHelperEnv makes this test binary the UDP app of
@@ -731,28 +572,26 @@ func TestSteerTripwire(t *testing.T) {
 	t.Parallel()
 	dir := shortTempDir(t)
 	app, setFlags := appScript(t, dir)
-	addr := steerAddr(t)
-	p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--", app)
-	waitHTTP(t, addr, "gen=1", 20*time.Second)
+	p, addr := steerStart(t, "--", app)
 	setFlags("-join-reuseport")
-	steerUpgradeAndWait(t, p, 2)
+	upgradeAndWait(t, p, 2, 20*time.Second)
 	setFlags("")
 	p.WaitLog(t, fmt.Sprintf("demo: gen 2 pid %d joined the SO_REUSEPORT group", genPids(p)[2]), 5*time.Second)
 	slot2, gen := steerFd3Inode(t, addr)
 	if gen != "2" {
 		t.Fatalf("gen %s answers, want 2", gen)
 	}
-	if ls := steerListeners(t, steerPort(t, addr)); len(ls) != 9 {
+	if ls := tcpListeners(addrPort(t, addr)); len(ls) != 9 {
 		t.Errorf("%d sockets listen on %s; want the 8 slots and gen 2's own: %+v", len(ls), addr, ls)
 	}
-	load := steerStartLoad(t, loadtest.Config{Addr: addr, Clients: 6, KeepAliveFraction: 0.5, ConnectToRequestDelay: 3 * time.Millisecond})
-	steerUpgradeAndWait(t, p, 3)
+	load := startLoadConfig(t, steerMixedClients(addr))
+	upgradeAndWait(t, p, 3, 20*time.Second)
 	line := p.WaitLog(t, "steering tcp://"+addr+" stopped", 5*time.Second)
 	if !strings.Contains(line, "a socket relaunch does not hold listens on port") {
 		t.Errorf("the warning %q should name the foreign socket", line)
 	}
 	for g := 4; g <= 6; g++ {
-		steerUpgradeAndWait(t, p, g)
+		upgradeAndWait(t, p, g, 20*time.Second)
 	}
 	res := stopLoad(t, load)
 	if res.Gens["6"] == 0 {
@@ -773,20 +612,11 @@ func TestSteerTripwire(t *testing.T) {
 // shared gen 1 still gets some: reported, not asserted.
 func TestSteerSteers(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	figures := map[string]string{}
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		t.Logf("50 new connections after the upgrade to gen 2, gen 1 still accepting (--drain-signal USR1): steered %s; shared %s",
-			figures["steered"], figures["shared"])
-	})
+	figure := steerFigures(t, "50 new connections after the upgrade to gen 2, gen 1 still accepting (--drain-signal USR1): steered %s; shared %s")
 	for _, mode := range []string{"steered", "shared"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			addr := steerAddr(t)
-			p := steerRelaunch(t, "--listen", addr, "--no-watch-binary", "--handover", mode, "--drain-signal", "USR1", "--", demoBin)
-			waitHTTP(t, addr, "gen=1", 20*time.Second)
+			p, addr := steerStart(t, "--handover", mode, "--drain-signal", "USR1", "--", demoBin)
 			slot1, _ := steerFd3Inode(t, addr)
 			upgradeTo(t, p, 2)
 			pid1 := genPids(p)[1]
@@ -795,9 +625,7 @@ func TestSteerSteers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			mu.Lock()
-			figures[mode] = fmt.Sprintf("gen 1 answered %d, gen 2 %d, %d failed", res.Gens["1"], res.Gens["2"], res.Failed())
-			mu.Unlock()
+			figure(mode, fmt.Sprintf("gen 1 answered %d, gen 2 %d, %d failed", res.Gens["1"], res.Gens["2"], res.Failed()))
 			t.Logf("%s: %s", mode, res)
 			if res.OK != 50 {
 				t.Errorf("%s: %s; want 50 ok: %v", mode, res, res.ErrorMessages)
@@ -842,8 +670,8 @@ func TestSteerStartupWindow(t *testing.T) {
 // before it binds; it reports whether it found connections stranded.
 func steerHammeredStart(t *testing.T, start int) (failed bool) {
 	t.Helper()
-	addr := steerAddr(t)
-	port := steerPort(t, addr)
+	addr := freeAddr(t)
+	port := addrPort(t, addr)
 	var mu sync.Mutex
 	var conns []net.Conn
 	var first time.Time
@@ -916,7 +744,7 @@ func steerHammeredStart(t *testing.T, start int) (failed bool) {
 	}
 	rw.Wait()
 	var elsewhere []string
-	for _, s := range steerListeners(t, port) {
+	for _, s := range tcpListeners(port) {
 		if s.inode != slot1 && s.queued > 0 {
 			elsewhere = append(elsewhere, fmt.Sprintf("%d on socket %d", s.queued, s.inode))
 		}

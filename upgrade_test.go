@@ -3,12 +3,12 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,43 +20,6 @@ import (
 
 // End-to-end tests of upgrades, readiness, draining and crash restarts
 // (SPEC §1, §4, §5, §7), each under real load.
-
-// startLoad puts a mixed load (new and keep-alive connections) on addr.
-func startLoad(t testing.TB, addr string) *loadtest.Runner {
-	t.Helper()
-	r, err := loadtest.Start(context.Background(), loadtest.Config{
-		Addr: addr, Clients: 6, KeepAliveFraction: 0.5, Timeout: 20 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Stop() })
-	return r
-}
-
-// stopLoad ends the load and fails the test on any error.
-func stopLoad(t testing.TB, r *loadtest.Runner) *loadtest.Result {
-	t.Helper()
-	res := r.Stop()
-	t.Logf("load: %s", res)
-	if res.Failed() > 0 || res.OK == 0 {
-		t.Errorf("load: %d of %d requests failed (want 0), %d ok: %v", res.Failed(), res.Total, res.OK, res.ErrorMessages)
-	}
-	return res
-}
-
-var startedRe = regexp.MustCompile(`gen (\d+) \(pid (\d+)\) started`)
-
-// genPids maps each generation relaunch started to its pid, from its log.
-func genPids(p *relaunchProc) map[int]int {
-	m := map[int]int{}
-	for _, sm := range startedRe.FindAllStringSubmatch(p.Stderr(), -1) {
-		g, _ := strconv.Atoi(sm[1])
-		pid, _ := strconv.Atoi(sm[2])
-		m[g] = pid
-	}
-	return m
-}
 
 // appScript writes an executable script at dir/app that runs the demo with
 // the flags in dir/flags, so a test changes what the next generation does
@@ -78,25 +41,9 @@ func appScript(t testing.TB, dir string) (app string, setFlags func(string)) {
 	return app, setFlags
 }
 
-// upgradeTo sends SIGUSR2 and waits until generation gen is ready.
-func upgradeTo(t testing.TB, p *relaunchProc, gen int) {
-	t.Helper()
-	p.Signal(syscall.SIGUSR2)
-	p.WaitLog(t, fmt.Sprintf("gen %d (pid", gen), 10*time.Second)
-	p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) ready in", gen, waitPid(t, p, gen)), 10*time.Second)
-}
-
-func waitPid(t testing.TB, p *relaunchProc, gen int) int {
-	t.Helper()
-	p.WaitLog(t, fmt.Sprintf("gen %d (pid", gen), 10*time.Second)
-	return genPids(p)[gen]
-}
-
 func TestUpgradesUnderLoad(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-init-delay", "50ms")
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, addr := startServing(t, "--", demoBin, "-init-delay", "50ms")
 	load := startLoad(t, addr)
 	const n = 20
 	var fds0 int
@@ -107,23 +54,15 @@ func TestUpgradesUnderLoad(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		upgradeTo(t, p, g)
-		p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", g-1, genPids(p)[g-1]), 20*time.Second)
+		upgradeAndWait(t, p, g, 20*time.Second)
 	}
 	res := stopLoad(t, load)
 	waitHTTP(t, addr, fmt.Sprintf("gen=%d", n+1), 5*time.Second)
 	if len(res.Gens) < n/2 {
 		t.Errorf("the load saw only generations %v; want most of 1..%d", res.Gens, n+1)
 	}
-	pids := genPids(p)
-	var old []int
-	for g := 1; g <= n; g++ {
-		old = append(old, pids[g])
-	}
-	noProcessesLeft(t, old)
-	if got := p.Children(); len(got) != 1 || got[0] != pids[n+1] {
-		t.Errorf("relaunch's children are %v; want only gen %d's pid %d", got, n+1, pids[n+1])
-	}
+	noProcessesLeft(t, genPidRange(p, 1, n))
+	checkOnlyGen(t, p, n+1)
 	// No fd is left behind by 20 generations: notify sockets, exec pipes.
 	fds1, err := fdCount(p.Pid())
 	if err != nil {
@@ -155,10 +94,7 @@ func TestBadDeployKeepsServing(t *testing.T) {
 			t.Parallel()
 			dir := shortTempDir(t)
 			app, setFlags := appScript(t, dir)
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-			args := append([]string{"--listen", addr, "--no-watch-binary"}, c.args...)
-			p := startRelaunch(t, append(args, "--", app)...)
-			waitHTTP(t, addr, "gen=1", 10*time.Second)
+			p, addr := startServing(t, slices.Concat(c.args, []string{"--", app})...)
 			load := startLoad(t, addr)
 
 			setFlags(c.flags)
@@ -167,7 +103,7 @@ func TestBadDeployKeepsServing(t *testing.T) {
 			}
 			p.Signal(syscall.SIGUSR2)
 			line := p.WaitLog(t, "upgrade failed", 15*time.Second)
-			if !strings.Contains(line, c.why) || !strings.Contains(line, "gen 1") || !strings.Contains(line, "still serves") {
+			if !containsAll(line, c.why, "gen 1", "still serves") {
 				t.Errorf("the failure's log line %q should say %q and that gen 1 still serves", line, c.why)
 			}
 			if !c.chmod {
@@ -203,9 +139,7 @@ func TestBadDeployKeepsServing(t *testing.T) {
 // refused, nothing times out.
 func TestCrashRestartUnderLoad(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-init-delay", "50ms")
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, addr := startServing(t, "--", demoBin, "-init-delay", "50ms")
 	load := startLoad(t, addr)
 	var kills []time.Time
 	for g := 1; g <= 3; g++ {
@@ -232,7 +166,7 @@ func TestCrashRestartUnderLoad(t *testing.T) {
 		}
 		inFlight++
 	}
-	if max := 6 * len(kills); inFlight > max {
+	if max := loadClients * len(kills); inFlight > max {
 		t.Errorf("%d requests died with the killed generations; at most %d (one per client per kill) can be in flight", inFlight, max)
 	}
 	if res.OK == 0 || res.Gens["4"] == 0 {
@@ -250,44 +184,15 @@ func TestBacklogWhileDown(t *testing.T) {
 	t.Parallel()
 	dir := shortTempDir(t)
 	app, setFlags := appScript(t, dir)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", app)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
-	setFlags("-init-delay 1s") // the restart takes 100ms back-off + 1s
-	syscall.Kill(waitPid(t, p, 1), syscall.SIGKILL)
-	p.WaitLog(t, "restarting in", 5*time.Second)
-	res, err := loadtest.Run(context.Background(), loadtest.Config{Addr: addr, Clients: 20, Requests: 20, Timeout: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Failed() > 0 || res.OK != 20 || res.Gens["2"] != 20 {
-		t.Errorf("while down: %s; want 20 ok, all from gen 2: %v", res, res.ErrorMessages)
-	}
+	p, addr := startServing(t, "--", app)
+	checkBacklogWhileDown(t, p, addr, setFlags)
 }
 
 func TestLongRequestSurvivesUpgrade(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
-	type answer struct {
-		body string
-		err  error
-	}
-	done := make(chan answer, 1)
-	go func() {
-		b, err := httpGet(addr, "/sleep?d=3s")
-		done <- answer{b, err}
-	}()
-	// The request is in gen 1's hands once /sleep is being served; the
-	// demo has no hook for that, so wait until the connection is accepted:
-	// gen 1 then holds one more socket fd.
+	p, addr := startServing(t, "--", demoBin)
 	pid := waitPid(t, p, 1)
-	n0, _ := fdCount(pid)
-	deadline := time.Now().Add(5 * time.Second)
-	for n, _ := fdCount(pid); n <= n0 && time.Now().Before(deadline); n, _ = fdCount(pid) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	done := getAccepted(addr, "/sleep?d=3s", pid)
 	upgradeTo(t, p, 2)
 	p.WaitLog(t, "gen 1 (pid", 5*time.Second)
 	a := <-done
@@ -301,53 +206,13 @@ func TestLongRequestSurvivesUpgrade(t *testing.T) {
 // and no error.
 func TestSignalStorm(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-init-delay", "50ms")
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, addr := startServing(t, "--", demoBin, "-init-delay", "50ms")
 	load := startLoad(t, addr)
-	for range 30 {
-		p.Signal(syscall.SIGUSR2)
-		time.Sleep(33 * time.Millisecond) // the storm's pace, not synchronisation
-	}
-	// Settled: one child left, and it is the last generation that got ready.
-	deadline := time.Now().Add(30 * time.Second)
-	for len(p.Children()) != 1 || !settled(p) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not settled on one generation: children %v\n%s", p.Children(), p.Stderr())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	last := signalStorm(t, p, addr)
 	res := stopLoad(t, load)
-	last := lastReady(p)
-	if last < 2 {
-		t.Fatalf("no upgrade happened:\n%s", p.Stderr())
-	}
-	waitHTTP(t, addr, fmt.Sprintf("gen=%d", last), 5*time.Second)
-	if kids := p.Children(); len(kids) != 1 || kids[0] != genPids(p)[last] {
-		t.Errorf("children %v; want only gen %d (pid %d)", kids, last, genPids(p)[last])
-	}
-	for _, pid := range p.Descendants() {
-		if processZombie(pid) {
-			t.Errorf("zombie left: %s", describeProc(pid))
-		}
-	}
+	checkOnlyGen(t, p, last)
+	checkNoZombies(t, p)
 	t.Logf("30 signals → %d generations, load %s", last, res)
-}
-
-var readyRe = regexp.MustCompile(`gen (\d+) \(pid \d+\) ready in`)
-
-func lastReady(p *relaunchProc) int {
-	last := 0
-	for _, m := range readyRe.FindAllStringSubmatch(p.Stderr(), -1) {
-		last, _ = strconv.Atoi(m[1])
-	}
-	return last
-}
-
-// settled: the newest started generation is the newest ready one.
-func settled(p *relaunchProc) bool {
-	pids := genPids(p)
-	return lastReady(p) == len(pids)
 }
 
 // READY=1 from a process outside the generation does not count.
@@ -355,28 +220,19 @@ func TestNotifyFromOutsideIgnored(t *testing.T) {
 	t.Parallel()
 	dir := shortTempDir(t)
 	app, setFlags := appScript(t, dir)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--ready", "notify", "--ready-timeout", "3s", "--", app)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, addr := startServing(t, "--ready", "notify", "--ready-timeout", "3s", "--", app)
 	setFlags("-no-notify")
 	p.Signal(syscall.SIGUSR2)
 	pid := waitPid(t, p, 2)
 	// Gen 2 serves on the shared socket (so the listener exists) but never
 	// notifies; the test sends READY=1 to gen 2's own NOTIFY_SOCKET.
 	var sock string
-	deadline := time.Now().Add(5 * time.Second)
-	for sock == "" && time.Now().Before(deadline) {
+	if !waitUntil(5*time.Second, 5*time.Millisecond, func() bool {
+		// None while the exec helper has not exec'd yet.
 		env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		for _, kv := range strings.Split(string(env), "\x00") {
-			if v, ok := strings.CutPrefix(kv, "NOTIFY_SOCKET="); ok {
-				sock = v
-			}
-		}
-		if sock == "" {
-			time.Sleep(5 * time.Millisecond) // the exec helper has not exec'd yet
-		}
-	}
-	if sock == "" {
+		sock = parseKV(strings.Split(string(env), "\x00"))["NOTIFY_SOCKET"]
+		return sock != ""
+	}) {
 		t.Fatalf("gen 2 (pid %d) has no NOTIFY_SOCKET", pid)
 	}
 	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -399,9 +255,7 @@ func TestNotifyFromOutsideIgnored(t *testing.T) {
 // the fix.
 func TestDrainSignalWarning(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-ignore-quit")
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, _ := startServing(t, "--", demoBin, "-ignore-quit")
 	upgradeTo(t, p, 2)
 	line := p.WaitLog(t, "does not drain on SIGQUIT", 10*time.Second)
 	if !strings.Contains(line, "--drain-signal TERM") {
@@ -418,13 +272,10 @@ func TestDrainSignalWarning(t *testing.T) {
 // --drain-signal, --drain-timeout and --max-draining.
 func TestDrainTimeoutAndMaxDraining(t *testing.T) {
 	t.Parallel()
-	dir := shortTempDir(t)
-	rec := filepath.Join(dir, "rec")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	rec := filepath.Join(shortTempDir(t), "rec")
 	// USR1 is not a drain for the demo: generations stay until killed.
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--drain-signal", "USR1",
-		"--drain-timeout", "1s", "--max-draining", "1", "--", demoBin, "-record", rec)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	p, _ := startServing(t, "--drain-signal", "USR1", "--drain-timeout", "1s", "--max-draining", "1",
+		"--", demoBin, "-record", rec)
 	upgradeTo(t, p, 2)
 	upgradeTo(t, p, 3) // two would drain: gen 1 is killed at once
 	p.WaitLog(t, "gen 1 (pid", 5*time.Second)
@@ -445,21 +296,14 @@ func TestDrainTimeoutAndMaxDraining(t *testing.T) {
 // current one only.
 func TestQuitAndUSR1(t *testing.T) {
 	t.Parallel()
-	dir := shortTempDir(t)
-	rec := filepath.Join(dir, "rec")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-record", rec)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	rec := filepath.Join(shortTempDir(t), "rec")
+	p, _ := startServing(t, "--", demoBin, "-record", rec)
 	p.Signal(syscall.SIGUSR1)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, ok := findEvent(readRecord(t, rec), "usr1", "1"); ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("USR1 was not passed to the current generation")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !waitUntil(5*time.Second, 10*time.Millisecond, func() bool {
+		_, ok := findEvent(readRecord(t, rec), "usr1", "1")
+		return ok
+	}) {
+		t.Fatal("USR1 was not passed to the current generation")
 	}
 	p.Signal(syscall.SIGQUIT)
 	if st := p.MustWait(10 * time.Second); st != 0 {
@@ -471,11 +315,56 @@ func TestQuitAndUSR1(t *testing.T) {
 	}
 }
 
+// USR1 while a generation starts: the current one gets it at once, the
+// starting one once it is ready (before, it may not handle USR1 yet), and
+// the first generation, starting with none current, gets it too.
+func TestUSR1WhileStarting(t *testing.T) {
+	t.Parallel()
+	rec := filepath.Join(shortTempDir(t), "rec")
+	const delay = time.Second
+	p := startRelaunch(t, "--listen", freeAddr(t), "--no-watch-binary", "--ready", "delay="+delay.String(),
+		"--", demoBin, "-record", rec)
+	waitEvent := func(event, gen string, n int) recordEvent {
+		t.Helper()
+		var got []recordEvent
+		if !waitUntil(10*time.Second, 5*time.Millisecond, func() bool {
+			got = got[:0]
+			for _, e := range readRecord(t, rec) {
+				if e.Event == event && e.Gen == gen {
+					got = append(got, e)
+				}
+			}
+			return len(got) >= n
+		}) {
+			t.Fatalf("gen %s: %d %q event(s) within 10s, want %d", gen, len(got), event, n)
+		}
+		return got[n-1]
+	}
+	// Each generation listens at once and is ready only after delay.
+	checkAfterReady := func(gen string) {
+		t.Helper()
+		listening, usr1 := waitEvent("listening", gen, 1), waitEvent("usr1", gen, 1)
+		if d := usr1.Time().Sub(listening.Time()); d < delay*9/10 {
+			t.Errorf("gen %s got USR1 %v after it listened, before it was ready (after %v)", gen, d, delay)
+		}
+	}
+
+	waitEvent("listening", "1", 1)
+	p.Signal(syscall.SIGUSR1) // no generation current yet
+	checkAfterReady("1")
+
+	p.Signal(syscall.SIGUSR2)
+	waitEvent("listening", "2", 1)
+	p.Signal(syscall.SIGUSR1) // gen 1 current, gen 2 starting
+	waitEvent("usr1", "1", 2)
+	checkAfterReady("2")
+}
+
 // Orphans of the app are reaped: the demo forks helpers it never waits for;
 // when its generation exits they come to relaunch, which reaps them.
 func TestNoZombies(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--", demoBin, "-fork-helpers")
 	for g := 1; g <= 20; g++ {
 		waitHTTP(t, addr, fmt.Sprintf("gen=%d", g), 10*time.Second)
@@ -486,34 +375,14 @@ func TestNoZombies(t *testing.T) {
 			upgradeTo(t, p, g+1)
 		}
 	}
-	pids := genPids(p)
-	var old []int
-	for g := 1; g < 20; g++ {
-		old = append(old, pids[g])
-	}
-	noProcessesLeft(t, old)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var zombies []string
-		for _, pid := range p.Children() {
-			if processZombie(pid) {
-				zombies = append(zombies, describeProc(pid))
-			}
-		}
-		if len(zombies) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("zombies under relaunch: %v", zombies)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	noProcessesLeft(t, genPidRange(p, 1, 19))
+	waitNoZombieChildren(t, p.Pid(), 5*time.Second)
 }
 
 // Idle means idle: no polling loops or tickers in relaunch.
 func TestIdleUsesNoCPU(t *testing.T) {
 	t.Parallel()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := freeAddr(t)
 	p := startRelaunch(t, "--listen", addr, "--", demoBin)
 	waitHTTP(t, addr, "gen=1", 10*time.Second)
 	upgradeTo(t, p, 2)
@@ -544,9 +413,7 @@ func cpuTicks(t testing.TB, pid int) int {
 // relaunch's "ready in" log): the time relaunch itself adds.
 func BenchmarkUpgradeLatency(b *testing.B) {
 	needE2E(b)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
-	p := startRelaunch(b, "--listen", addr, "--no-watch-binary", "--", demoBin)
-	waitHTTP(b, addr, "gen=1", 10*time.Second)
+	p, addr := startServing(b, "--", demoBin)
 	readyIn := regexp.MustCompile(`ready in (\d+)ms`)
 	var total, app time.Duration
 	b.ResetTimer()

@@ -51,6 +51,7 @@ type generation struct {
 	execErr    error         // the helper could not exec the command
 	exited     bool
 	warnedOwn  bool // said that it listens on a socket of its own
+	usr1       bool // a USR1 came while it was starting: passed on once it is ready
 }
 
 // exitStatus is a wait status as a shell reports it: the code, or 128+signal.

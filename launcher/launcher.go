@@ -329,6 +329,9 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.outer.ready(fmt.Sprintf("gen %d (pid %d) serving", g.id, g.pid))
 	l.cur, l.next, l.everUp = g, nil, true
 	l.handoff.setCurrent(g.id)
+	if g.usr1 {
+		syscall.Kill(g.pid, syscall.SIGUSR1)
+	}
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
 	if l.cfg.Build != "" { // the development loop's one line per restart
@@ -618,6 +621,12 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 	case syscall.SIGUSR1:
 		if l.cur != nil {
 			syscall.Kill(l.cur.pid, sig)
+		}
+		// A starting generation gets it once ready: it may not handle USR1
+		// yet (the default action kills), and it must not miss a log
+		// reopen that came after it opened its logs.
+		if l.next != nil {
+			l.next.usr1 = true
 		}
 	case syscall.SIGTERM, syscall.SIGINT:
 		if l.stopping && (l.stopSig == syscall.SIGTERM || l.stopSig == syscall.SIGINT) {
