@@ -3,8 +3,9 @@ GO ?= go
 
 .PHONY: test demo build lint fuzz
 
+# relaunch static (see the README's Install); the demo as any app is built.
 build:
-	$(GO) build -o bin/relaunch .
+	CGO_ENABLED=0 $(GO) build -o bin/relaunch .
 	$(GO) build -o bin/demo ./testdata/demo
 
 # Everything CI runs: formatting, vet, the darwin build, the whole suite with

@@ -36,6 +36,7 @@ func usageError(format string, a ...any) error {
 
 func main() {
 	sdlisten.RunExecHelper() // first: a helper process must not parse flags
+	tuneMemory()
 	if !isClientCommand(os.Args) {
 		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal
 	}

@@ -2,12 +2,11 @@ package watch
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
+	"hash/maphash"
 	"io"
 	"os"
 )
@@ -64,9 +63,14 @@ func openBinary(path string) (*os.File, inspected, error) {
 	return f, in, nil
 }
 
-// A version's content is known by the SHA-256 of its prefixes: its first
-// 64 KiB, 128 KiB, 256 KiB and so on, doubling, and the whole of it (the
-// last one: the SHA-256 of the file). Two files of the same size have the
+// A version's content is known by the 64-bit hashes (hash/maphash) of its
+// prefixes: its first 64 KiB, 128 KiB, 256 KiB and so on, doubling, and the
+// whole of it (the last one: the hash of the file). maphash, not SHA-256:
+// it hashes an 8 MiB binary in 0.7 ms instead of 4.9 ms (on the benchmark's
+// machine, with SHA instructions), CPU that an upgrade competes for with the
+// app, and collisions need no defence here: who can write the binary
+// decides what runs anyway. One seed per process: the hashes are only ever
+// compared within it. Two files of the same size have the
 // same content when their last hashes are equal; when their k-th hashes
 // differ, so do their first prefixEnd(k) bytes. Comparing a new file with
 // the reference prefix by prefix therefore stops at the first prefix that
@@ -92,19 +96,23 @@ func prefixEnd(k int, size int64) int64 {
 // at a time, and keeps the hash of each prefix done.
 type prefixHash struct {
 	size int64
-	off  int64     // bytes hashed so far
-	h    hash.Hash // the running hash; nil once complete
-	sums [][sha256.Size]byte
+	off  int64         // bytes hashed so far
+	h    *maphash.Hash // the running hash; nil once complete
+	sums []uint64
 }
 
+var hashSeed = maphash.MakeSeed()
+
 func newPrefixHash(size int64) *prefixHash {
-	return &prefixHash{size: size, h: sha256.New()}
+	h := new(maphash.Hash)
+	h.SetSeed(hashSeed)
+	return &prefixHash{size: size, h: h}
 }
 
 func (p *prefixHash) complete() bool { return p.h == nil }
 
-// whole returns the SHA-256 of the whole content, once complete.
-func (p *prefixHash) whole() [sha256.Size]byte { return p.sums[len(p.sums)-1] }
+// whole returns the hash of the whole content, once complete.
+func (p *prefixHash) whole() uint64 { return p.sums[len(p.sums)-1] }
 
 // errCanceled is next's error when cancel is closed.
 var errCanceled = errors.New("canceled")
@@ -134,9 +142,7 @@ func (p *prefixHash) next(f io.ReaderAt, buf []byte, cancel <-chan struct{}) (in
 		p.h.Write(buf[:n])
 		p.off += int64(n)
 	}
-	var sum [sha256.Size]byte
-	p.h.Sum(sum[:0]) // appends in place: the state goes on
-	p.sums = append(p.sums, sum)
+	p.sums = append(p.sums, p.h.Sum64()) // the state goes on
 	if end == p.size {
 		p.h = nil
 	}

@@ -218,7 +218,7 @@ func TestCompleteRef(t *testing.T) {
 		}
 		return v
 	}
-	whole := func(data []byte) [32]byte {
+	whole := func(data []byte) uint64 {
 		p := newPrefixHash(int64(len(data)))
 		if _, err := p.finish(bytes.NewReader(data), nil); err != nil {
 			t.Fatal(err)

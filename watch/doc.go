@@ -38,7 +38,7 @@
 //     path (a symlink swap to another release), is a change.
 //   - A changed fingerprint with the same size is settled by content,
 //     compared with the previous content (taken at New or at the last
-//     Change) through SHA-256 hashes of prefixes: the first 64 KiB, 128 KiB,
+//     Change) through 64-bit hashes (hash/maphash) of prefixes: the first 64 KiB, 128 KiB,
 //     256 KiB, doubling, and the whole file. The new file is hashed prefix
 //     by prefix and the comparison stops at the first prefix that differs:
 //     two builds of a Go program differ in their build ID, in the first

@@ -3,7 +3,6 @@ package watch
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -192,8 +191,8 @@ func waitFileChange(t testing.TB, w *Watcher, path string) Change {
 
 // inspect opens path and returns its fingerprint and whether it is a whole
 // executable, and, when hashIf returns true for the fingerprint (and the
-// file is valid), the SHA-256 of its content, all through one descriptor.
-func inspect(path string, hashIf func(fingerprint) bool) (inspected, *[sha256.Size]byte, error) {
+// file is valid), the hash of its content, all through one descriptor.
+func inspect(path string, hashIf func(fingerprint) bool) (inspected, *uint64, error) {
 	f, in, err := openBinary(path)
 	if err != nil {
 		return in, nil, err

@@ -78,7 +78,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.debounce, "debounce", 250*time.Millisecond, "relaunch's --debounce")
 	fs.DurationVar(&c.warmup, "warmup", 2*time.Second, "steady load before the first trigger, and after the last window")
 	fs.DurationVar(&c.idle, "idle", 60*time.Second, "idle period over which relaunch's CPU time is read")
-	fs.DurationVar(&c.tput, "throughput", 5*time.Second, "closed-loop throughput run, per side (behind relaunch, direct)")
+	fs.DurationVar(&c.tput, "throughput", 6*time.Second, "closed-loop throughput run, per side (behind relaunch, direct), in 6 alternating rounds")
 	fs.IntVar(&c.tputClients, "throughput-clients", 8, "concurrent clients of the closed-loop throughput runs")
 	fs.BoolVar(&c.quick, "quick", false, "smoke test: -idle 5s -signal 5 -rename 5 -naive 5 -throughput 2s (flags given explicitly win)")
 	if err := fs.Parse(args); err != nil {

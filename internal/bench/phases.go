@@ -56,6 +56,9 @@ type phase struct {
 	tcp6TW   int            // with that many TIME_WAIT sockets
 	appSize  int64          // bytes of the app's binary (the watcher hashes it)
 	controls [][2]time.Time // windows where the poller ran without an upgrade
+	// relaunch's own CPU (its threads' run time) from the first trigger
+	// to the last upgrade's first answer
+	upgradeCPU time.Duration
 }
 
 // windows returns each upgrade's window: from the trigger to window after
@@ -66,6 +69,34 @@ func (p *phase) windows(window time.Duration) [][2]time.Time {
 		w[i] = [2]time.Time{u.trigger, u.first.Add(window)}
 	}
 	return w
+}
+
+// upgradeParts is the requests during upgrades, divided two ways: by the
+// part of the window (while the new app starts, from the trigger to its
+// first answer; while the old one drains, the window after that) and by
+// the kind of trigger. It tells where a higher latency during upgrades
+// comes from.
+type upgradeParts struct {
+	starting, after part
+	byKind          map[string]part
+}
+
+func (p *phase) breakdown(window time.Duration) upgradeParts {
+	var starting, after [][2]time.Time
+	kinds := map[string][][2]time.Time{}
+	for _, u := range p.upgrades {
+		starting = append(starting, [2]time.Time{u.trigger, u.first})
+		after = append(after, [2]time.Time{u.first, u.first.Add(window)})
+		kinds[u.kind] = append(kinds[u.kind], [2]time.Time{u.trigger, u.first.Add(window)})
+	}
+	// A request that spans both parts counts in the first, as split does.
+	_, in := classify(p.res.Samples, starting, after)
+	b := upgradeParts{starting: in[0], after: in[1], byKind: map[string]part{}}
+	for k, wins := range kinds {
+		_, in := classify(p.res.Samples, wins)
+		b.byKind[k] = in[0]
+	}
+	return b
 }
 
 // schedule alternates SIGUSR2 and rename triggers, then finishes with
@@ -139,6 +170,10 @@ func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 			return nil, err
 		}
 	}
+	cpu0, err := readCPU(r.pid())
+	if err != nil {
+		return nil, err
+	}
 	next := time.Now()
 	src := 1 // the next rename installs demo[src]
 	for i, kind := range kinds {
@@ -175,6 +210,11 @@ func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 		}
 		next = later(u.trigger.Add(b.cfg.interval), u.first.Add(b.cfg.window+steadyGap))
 	}
+	cpu1, err := readCPU(r.pid())
+	if err != nil {
+		return nil, err
+	}
+	p.upgradeCPU = cpu1.run - cpu0.run
 	if err := sleepUntil(ctx, cur.recv.Add(b.cfg.window+b.cfg.warmup)); err != nil {
 		return nil, err
 	}
@@ -278,7 +318,9 @@ func (b *bench) throughputPhase(ctx context.Context) (*tputResult, error) {
 			return nil, err
 		}
 	}
-	const rounds = 2
+	// Short rounds, alternating sides: the machine's drift (another
+	// process, frequency, the TIME_WAIT table) hits both sides alike.
+	const rounds = 6
 	r := &tputResult{}
 	var ok [2]int
 	var elapsed [2]time.Duration

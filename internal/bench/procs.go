@@ -77,6 +77,10 @@ func (b *bench) setup(ctx context.Context) error {
 			defer wg.Done()
 			cmd := exec.CommandContext(ctx, "go", args...)
 			cmd.Dir = b.root
+			// Static, as the README builds relaunch: no libc or dynamic
+			// loader mapped in relaunch, nor run at each start of its exec
+			// helper.
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				errs[i] = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 			}
