@@ -491,17 +491,25 @@ func rawSend(t testing.TB, c *net.UnixConn, msg []byte, fds ...int) {
 	}
 }
 
-// A receiver that goes away (dies, closes) loses only what it acknowledged:
-// the rest goes to the next receiver, in order, and none twice.
-func TestBrokerReceiverGoesAway(t *testing.T) {
+// heldFromGen1 makes a broker with gen 2 current that holds n connections
+// handed over by gen 1 (states "c0"…), for a receiver to come.
+func heldFromGen1(t testing.TB, n int) (*brokerFixture, []*tcpPair) {
+	t.Helper()
 	f := newTestBroker(t)
 	f.b.setCurrent(2)
-	ps := tcpPairs(t, 20)
+	ps := tcpPairs(t, n)
 	s := f.sender(t, 1)
 	sendAll(t, s, ps, "c")
 	if err := s.Done(); err != nil {
 		t.Fatal(err)
 	}
+	return f, ps
+}
+
+// A receiver that goes away (dies, closes) loses only what it acknowledged:
+// the rest goes to the next receiver, in order, and none twice.
+func TestBrokerReceiverGoesAway(t *testing.T) {
+	f, ps := heldFromGen1(t, 20)
 
 	// A raw receiver takes 5 (ACKs them), reads 2 more without an ACK,
 	// then disconnects as a process that dies does.
@@ -1051,14 +1059,7 @@ func needNofile(t testing.TB, n uint64) {
 // the ACKs read and the death is a race that the broker must win every time.
 func TestBrokerReceiverAcksThenDies(t *testing.T) {
 	for round := range 20 {
-		f := newTestBroker(t)
-		f.b.setCurrent(2)
-		ps := tcpPairs(t, 20)
-		s := f.sender(t, 1)
-		sendAll(t, s, ps, "c")
-		if err := s.Done(); err != nil {
-			t.Fatal(err)
-		}
+		f, _ := heldFromGen1(t, 20)
 		raw := rawHello(t, f, 2, hoHelloRecv)
 		buf := make([]byte, 1+hoMaxState)
 		oob := make([]byte, unix.CmsgSpace(4*4))
