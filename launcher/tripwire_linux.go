@@ -79,24 +79,34 @@ type tcpListener struct {
 	ino   uint64
 }
 
-// tcpListeners lists the listening TCP sockets on fd's port, from
-// /proc/net/tcp and tcp6 (relaunch's network namespace).
+// tcpListeners lists the listening TCP sockets on fd's port, of fd's
+// family, in relaunch's network namespace: from sock_diag, or, where that
+// is missing (no tcp_diag module), from /proc/net/tcp or tcp6.
 func tcpListeners(fd int) ([]tcpListener, int) {
 	// Only the table of the socket's own family: reading one with no
 	// listener makes the kernel walk its whole connection table.
-	port, table := 0, "/proc/net/tcp"
+	port, table, family := 0, "/proc/net/tcp", unix.AF_INET
 	switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
 	case *unix.SockaddrInet4:
 		port = sa.Port
 	case *unix.SockaddrInet6:
-		port, table = sa.Port, "/proc/net/tcp6"
+		port, table, family = sa.Port, "/proc/net/tcp6", unix.AF_INET6
 	}
+	if out, err := diagListeners(family, port); err == nil {
+		return out, port
+	}
+	return procListeners(table, port), port
+}
+
+// procListeners reads the listening sockets on port from table, a
+// /proc/net/tcp file.
+func procListeners(table string, port int) []tcpListener {
 	suffix := fmt.Sprintf(":%04X", port)
 	var out []tcpListener
 	{
 		f, err := os.Open(table)
 		if err != nil {
-			return nil, port
+			return nil
 		}
 		sc := bufio.NewScanner(f)
 		sc.Scan() // the header
@@ -117,5 +127,5 @@ func tcpListeners(fd int) ([]tcpListener, int) {
 		}
 		f.Close()
 	}
-	return out, port
+	return out
 }
