@@ -27,8 +27,9 @@ const gcPercent = 25
 // tuneMemory applies gcPercent to relaunch's own process, unless the user
 // set GOGC, or GOMEMLIMIT (who sets a memory limit chooses the trade-off).
 // The app is not affected: this is a runtime call, not an environment
-// variable, and the environment passed to the app is unchanged. Call it
-// first thing in main.
+// variable, and the environment passed to the app is unchanged. main calls
+// it once the exec helper is out of the way (the helper execs the app at
+// once and allocates nothing to speak of).
 func tuneMemory() {
 	_, gogc := os.LookupEnv("GOGC")
 	_, limit := os.LookupEnv("GOMEMLIMIT")

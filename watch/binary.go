@@ -65,20 +65,21 @@ func openBinary(path string) (*os.File, inspected, error) {
 
 // A version's content is known by the 64-bit hashes (hash/maphash) of its
 // prefixes: its first 64 KiB, 128 KiB, 256 KiB and so on, doubling, and the
-// whole of it (the last one: the hash of the file). maphash, not SHA-256:
-// it hashes an 8 MiB binary in 0.7 ms instead of 4.9 ms (on the benchmark's
-// machine, with SHA instructions), CPU that an upgrade competes for with the
-// app, and collisions need no defence here: who can write the binary
-// decides what runs anyway. One seed per process: the hashes are only ever
-// compared within it. Two files of the same size have the
-// same content when their last hashes are equal; when their k-th hashes
-// differ, so do their first prefixEnd(k) bytes. Comparing a new file with
-// the reference prefix by prefix therefore stops at the first prefix that
-// differs, having read at most twice the bytes before the first difference
-// (and at least 64 KiB): two builds of a Go program differ in their build
-// ID, in the first page, so a new build is told apart after reading 64 KiB,
-// not the whole binary. Only a file with the same content is read to its
-// end.
+// whole of it (the last one: the hash of the file). Two files of the same
+// size have the same content when their last hashes are equal; when their
+// k-th hashes differ, so do their first prefixEnd(k) bytes. Comparing a new
+// file with the reference prefix by prefix therefore stops at the first
+// prefix that differs, having read at most twice the bytes before the first
+// difference (and at least 64 KiB): two builds of a Go program differ in
+// their build ID, in the first page, so a new build is told apart after
+// reading 64 KiB, not the whole binary. Only a file with the same content is
+// read to its end.
+//
+// maphash, not SHA-256: it hashes an 8 MiB binary in 0.7 ms instead of
+// 4.9 ms (on the benchmark's machine, with SHA instructions), CPU that an
+// upgrade competes for with the app; collisions need no defence here, as
+// who can write the binary decides what runs anyway. One seed per process:
+// the hashes are only ever compared within it.
 const (
 	firstPrefix = 64 << 10 // bytes
 	readChunk   = 32 << 10 // bytes read at a time (a small heap object)
@@ -151,12 +152,12 @@ func (p *prefixHash) next(f io.ReaderAt, buf []byte, cancel <-chan struct{}) (in
 
 // finish hashes f's content to its end.
 func (p *prefixHash) finish(f io.ReaderAt, cancel <-chan struct{}) (int64, error) {
-	var buf []byte
+	if p.complete() {
+		return 0, nil
+	}
+	buf := make([]byte, readChunk)
 	var read int64
 	for !p.complete() {
-		if buf == nil {
-			buf = make([]byte, readChunk)
-		}
 		n, err := p.next(f, buf, cancel)
 		read += n
 		if err != nil {

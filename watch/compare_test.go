@@ -80,10 +80,7 @@ func TestCompareReadsLittle(t *testing.T) {
 	t.Parallel()
 	const size = 1 << 20
 	base, early, late := bigBinaries(t, size)
-	dir := tempDir(t)
-	app := filepath.Join(dir, "app")
-	writeFile(t, app, base, 0o755)
-	w := startWatcher(t, Options{Binary: app})
+	w, app := watchApp(t, base)
 
 	longer := append(bytes.Clone(base), 0)
 	if n := deployed(t, w, app, longer, true); n != 0 {
@@ -116,11 +113,8 @@ func TestCompareReadsLittle(t *testing.T) {
 func TestCompareWithPreviousGone(t *testing.T) {
 	t.Parallel()
 	base, early, _ := bigBinaries(t, 256<<10)
-	dir := tempDir(t)
-	app := filepath.Join(dir, "app")
-	old := filepath.Join(dir, "app.old")
-	writeFile(t, app, base, 0o755)
-	w := startWatcher(t, Options{Binary: app})
+	w, app := watchApp(t, base)
+	old := filepath.Join(filepath.Dir(app), "app.old")
 
 	if err := os.Link(app, old); err != nil {
 		t.Fatal(err)
@@ -143,10 +137,7 @@ func TestCompareWithPreviousGone(t *testing.T) {
 func TestRewriteInPlace(t *testing.T) {
 	t.Parallel()
 	base, early, _ := bigBinaries(t, 256<<10)
-	dir := tempDir(t)
-	app := filepath.Join(dir, "app")
-	writeFile(t, app, base, 0o755)
-	w := startWatcher(t, Options{Binary: app})
+	w, app := watchApp(t, base)
 
 	rewrite := func(data []byte) {
 		t.Helper()
@@ -179,16 +170,13 @@ func TestRewriteInPlace(t *testing.T) {
 func TestReferenceRenamedOverBeforeHashed(t *testing.T) {
 	t.Parallel()
 	base, early, _ := bigBinaries(t, 256<<10)
-	dir := tempDir(t)
-	app := filepath.Join(dir, "app")
-	writeFile(t, app, base, 0o755)
-	w := startWatcher(t, Options{Binary: app})
+	w, app := watchApp(t, base)
 
 	before := w.readDeciding.Load()
 	deploy(t, app, early)
-	time.Sleep(quietWait) // its debounce ends; its Change is not taken
-	deploy(t, app, early) // the same bytes renamed over it: its inode is unlinked
-	time.Sleep(quietWait)
+	waitDeciding(t, w, before+firstPrefix) // compared: a change; its Change is not taken
+	deploy(t, app, early)                  // the same bytes renamed over it: its inode is unlinked
+	waitDeciding(t, w, before+firstPrefix+int64(len(early)))
 	expectBinaryChange(t, w, app) // one Change: the second deploy was none
 	// Read to decide: the first prefix of the first deploy, all of the second.
 	if n, want := w.readDeciding.Load()-before, int64(firstPrefix+len(early)); n != want {
@@ -344,8 +332,9 @@ func TestBinaryFdReleased(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
+	before := w.readDeciding.Load()
 	deploy(t, app, base)
-	time.Sleep(quietWait) // its Change is pending, and its file open
+	waitDeciding(t, w, before+firstPrefix) // compared: its Change is pending, and its file open
 	if n := fdCount(t); n > n1+1 {
 		t.Errorf("%d descriptors open with a Change pending, %d after New", n, n1)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -214,5 +215,35 @@ func inspect(path string, hashIf func(fingerprint) bool) (inspected, *uint64, er
 func settleRef(w *Watcher) {
 	if w.bin != nil && w.bin.ref != nil {
 		w.completeRef(w.bin.ref)
+	}
+}
+
+// watchApp writes data as the executable "app" in a new directory and
+// watches it as the binary.
+func watchApp(t testing.TB, data []byte) (*Watcher, string) {
+	t.Helper()
+	app := filepath.Join(tempDir(t), "app")
+	writeFile(t, app, data, 0o755)
+	return startWatcher(t, Options{Binary: app}), app
+}
+
+// waitDeciding waits until the watcher has read n bytes in all to decide
+// whether the binary changed: an evaluation it was expected to make is
+// done.
+func waitDeciding(t testing.TB, w *Watcher, n int64) {
+	t.Helper()
+	waitRead(t, &w.readDeciding, n, "to decide")
+}
+
+// waitRead waits until counter, one of the watcher's counts of bytes read,
+// reaches n.
+func waitRead(t testing.TB, counter *atomic.Int64, n int64, what string) {
+	t.Helper()
+	deadline := time.Now().Add(changeWait)
+	for counter.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the watcher read %d bytes %s within %v, want %d", counter.Load(), what, changeWait, n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

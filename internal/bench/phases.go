@@ -93,8 +93,7 @@ func (p *phase) breakdown(window time.Duration) upgradeParts {
 	_, in := classify(p.res.Samples, starting, after)
 	b := upgradeParts{starting: in[0], after: in[1], byKind: map[string]part{}}
 	for k, wins := range kinds {
-		_, in := classify(p.res.Samples, wins)
-		b.byKind[k] = in[0]
+		_, b.byKind[k] = split(p.res.Samples, wins)
 	}
 	return b
 }
