@@ -534,8 +534,8 @@ func depStyles() []depStyle {
 				depSlowCopy(t, built, filepath.Join(dir, "app"), 20, 150*time.Millisecond)
 			},
 			after: func(t *testing.T, s *depServer) {
-				if s.depLines("not a complete executable") == 0 {
-					t.Error("relaunch never reported the partial binary as incomplete, though the copy outlasted the debounce's cap (10 x 250ms)")
+				if s.depLines("waiting for its deploy to finish") == 0 {
+					t.Error("relaunch never reported the partial binary as being written, though the copy outlasted the debounce's cap (10 x 250ms)")
 				}
 				if n := s.depLines("text file busy"); n > 0 {
 					t.Errorf("relaunch tried to run the binary while it was still being written (%d x text file busy)", n)
@@ -621,7 +621,7 @@ func TestDeployNoUpgrade(t *testing.T) {
 		}},
 		{"chmod -x then +x", func(t *testing.T, s *depServer, app string) {
 			depRun(t, "", nil, "chmod", "-x", app)
-			s.p.WaitLog(t, "not a complete executable", depTimeout)
+			s.p.WaitLog(t, ": not executable (mode 0644); the running generation keeps serving", depTimeout)
 			depRun(t, "", nil, "chmod", "+x", app)
 		}},
 		{"same bytes, new inode", func(t *testing.T, s *depServer, app string) {
@@ -672,7 +672,7 @@ func TestDeployTruncatedThenGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	failed := 0
-	switch s.depWaitAny(t, "not a complete executable", "gen 2 (pid") {
+	switch s.depWaitAny(t, "app: truncated: segment", "gen 2 (pid") { // rejected the new binary .../app: ...
 	case 0:
 		s.depHold()
 		s.depNoUpgrade(t, "half a binary")

@@ -38,6 +38,40 @@ type version struct {
 	lost bool
 }
 
+// badVersion is a version of the binary that was rejected (and said so):
+// the same file found again (a touch, an identical copy renamed over it) is
+// the same deploy, not a new one to log.
+type badVersion struct {
+	path, reason string
+	fp           fingerprint
+	sum          uint64 // the hash of its first badHashLimit bytes, when hashed
+	hashed       bool
+}
+
+// badHashLimit bounds how much of a rejected file is hashed to recognise it.
+const badHashLimit = 256 << 20
+
+// hash hashes v's content through f, its file open (nil when it could not
+// be opened: it is then known by its fingerprint alone).
+func (v *badVersion) hash(f *os.File, cancel <-chan struct{}) {
+	if f == nil || v.hashed {
+		return
+	}
+	h := newPrefixHash(min(v.fp.size, badHashLimit))
+	if _, err := h.finish(f, cancel); err == nil {
+		v.sum, v.hashed = h.whole(), true
+	}
+}
+
+// same says whether v is the same bad version as r: the same path, reason
+// and fingerprint, or the same size and content.
+func (r *badVersion) same(v *badVersion) bool {
+	if r.path != v.path || r.reason != v.reason {
+		return false
+	}
+	return r.fp == v.fp || r.fp.size == v.fp.size && r.hashed && v.hashed && r.sum == v.sum
+}
+
 // inspected is what openBinary found at a path.
 type inspected struct {
 	fp  fingerprint
@@ -178,7 +212,7 @@ func validate(f io.ReaderAt, fi os.FileInfo) string {
 		return "not a regular file"
 	}
 	if fi.Mode().Perm()&0o111 == 0 {
-		return "not executable (no x permission bit)"
+		return fmt.Sprintf("not executable (mode %04o)", fi.Mode().Perm())
 	}
 	size := fi.Size()
 	if size == 0 {
@@ -195,15 +229,15 @@ func validate(f io.ReaderAt, fi os.FileInfo) string {
 		return elfWhole(f, size, buf)
 	case bytes.HasPrefix(buf, []byte("#!")):
 		if bytes.IndexByte(buf, '\n') < 0 {
-			return "incomplete script: the #! line has no newline yet"
+			return "truncated: the #! line has no newline"
 		}
 		return ""
 	case isMachO(buf):
 		return machOWhole(size, buf)
 	case len(buf) < 4 && (bytes.HasPrefix([]byte("\x7fELF"), buf) || bytes.HasPrefix([]byte("#!"), buf)):
-		return "incomplete header"
+		return fmt.Sprintf("truncated: %d bytes, not a whole ELF or #! header", len(buf))
 	}
-	return "unknown executable format (not an ELF binary or a #! script)"
+	return "no ELF or #! header"
 }
 
 // tableEnd returns off+entsize*num, or false if that overflows.
@@ -215,11 +249,22 @@ func tableEnd(off, entsize, num uint64) (uint64, bool) {
 	return off + n, true
 }
 
-// elfWhole checks that the ELF header is complete and that the program header
-// table and the section header table both end within size.
+// pastEnd says that what (a table, a segment, a section) ends at end, past
+// the end of a file of size bytes (ok false: end overflowed).
+func pastEnd(what string, end uint64, ok bool, size uint64) string {
+	if !ok {
+		return fmt.Sprintf("truncated: %s ends past the end of the file (%d bytes)", what, size)
+	}
+	return fmt.Sprintf("truncated: %s ends at %d, past the end of the file (%d bytes)", what, end, size)
+}
+
+// elfWhole checks that the ELF header is complete, that the program header
+// table and every loadable segment end within size, and then the section
+// header table and the sections. Segments come first: they are what exec
+// loads, so they name what is missing best.
 func elfWhole(f io.ReaderAt, size int64, h []byte) string {
 	if len(h) < 16 {
-		return "incomplete ELF header"
+		return fmt.Sprintf("truncated: the ELF header is incomplete (%d bytes)", len(h))
 	}
 	var bo binary.ByteOrder
 	switch h[5] {
@@ -239,7 +284,7 @@ func elfWhole(f io.ReaderAt, size int64, h []byte) string {
 	case 1: // ELFCLASS32
 		hdrLen, shSizeOff, shInfoOff, sh0Len = 52, 0x14, 0x1c, 40
 		if len(h) < hdrLen {
-			return "incomplete ELF header"
+			return fmt.Sprintf("truncated: the ELF header is incomplete (%d of %d bytes)", len(h), hdrLen)
 		}
 		phoff = uint64(bo.Uint32(h[0x1c:]))
 		shoff = uint64(bo.Uint32(h[0x20:]))
@@ -250,7 +295,7 @@ func elfWhole(f io.ReaderAt, size int64, h []byte) string {
 	case 2: // ELFCLASS64
 		hdrLen, shSizeOff, shInfoOff, sh0Len = 64, 0x20, 0x2c, 64
 		if len(h) < hdrLen {
-			return "incomplete ELF header"
+			return fmt.Sprintf("truncated: the ELF header is incomplete (%d of %d bytes)", len(h), hdrLen)
 		}
 		phoff = bo.Uint64(h[0x20:])
 		shoff = bo.Uint64(h[0x28:])
@@ -266,11 +311,11 @@ func elfWhole(f io.ReaderAt, size int64, h []byte) string {
 	// program headers (PN_XNUM) keep the real count in section header 0.
 	if (shnum == 0 && shoff != 0) || phnum == 0xffff {
 		if end, ok := tableEnd(shoff, uint64(sh0Len), 1); !ok || end > usize {
-			return "incomplete ELF file: section header table beyond the end of the file"
+			return pastEnd("the section header table", end, ok, usize)
 		}
 		sh0 := make([]byte, sh0Len)
 		if _, err := f.ReadAt(sh0, int64(shoff)); err != nil {
-			return "incomplete ELF file: " + err.Error()
+			return "truncated: " + err.Error()
 		}
 		if shnum == 0 {
 			if h[4] == 1 {
@@ -287,35 +332,75 @@ func elfWhole(f io.ReaderAt, size int64, h []byte) string {
 		}
 	}
 	if end, ok := tableEnd(phoff, phentsize, phnum); !ok || end > usize {
-		return fmt.Sprintf("incomplete ELF file: program header table ends at %d, file size %d", end, size)
+		return pastEnd("the program header table", end, ok, usize)
+	}
+	if bad := elfSegmentsWhole(f, bo, h[4] == 2, phoff, phentsize, phnum, usize); bad != "" {
+		return bad
 	}
 	if end, ok := tableEnd(shoff, shentsize, shnum); !ok || end > usize {
-		return fmt.Sprintf("incomplete ELF file: section header table ends at %d, file size %d", end, size)
+		return pastEnd("the section header table", end, ok, usize)
 	}
-	return elfContentsWhole(f, usize)
+	return elfSectionsWhole(f, usize)
 }
 
-// elfContentsWhole checks that every loadable segment and every section
-// with bytes in the file ends within it. The header tables alone prove
-// little: Go's linker puts the section headers right after the program
-// headers, near the start, so a half-copied Go binary passes that check.
-func elfContentsWhole(f io.ReaderAt, size uint64) string {
+// elfSegmentsWhole checks that every loadable segment ends within size,
+// reading the program header table (which ends within it) a chunk at a
+// time. Segments are numbered from 0, as readelf does. Entries of an
+// unexpected size are not checked (the kernel refuses those anyway).
+func elfSegmentsWhole(f io.ReaderAt, bo binary.ByteOrder, is64 bool, phoff, phentsize, phnum, size uint64) string {
+	offAt, fileszAt, minEnt := uint64(4), uint64(16), uint64(32) // Elf32_Phdr
+	if is64 {
+		offAt, fileszAt, minEnt = 8, 32, 56 // Elf64_Phdr
+	}
+	if phentsize < minEnt || phnum == 0 {
+		return ""
+	}
+	word := func(b []byte) uint64 {
+		if is64 {
+			return bo.Uint64(b)
+		}
+		return uint64(bo.Uint32(b))
+	}
+	perChunk := max(1, uint64(readChunk)/phentsize)
+	buf := make([]byte, min(perChunk, phnum)*phentsize)
+	for first := uint64(0); first < phnum; first += perChunk {
+		n := min(perChunk, phnum-first)
+		chunk := buf[:n*phentsize]
+		if _, err := f.ReadAt(chunk, int64(phoff+first*phentsize)); err != nil {
+			return "truncated: reading the program header table: " + err.Error()
+		}
+		for i := range n {
+			e := chunk[i*phentsize:]
+			if elf.ProgType(bo.Uint32(e)) != elf.PT_LOAD {
+				continue
+			}
+			off, filesz := word(e[offAt:]), word(e[fileszAt:])
+			if end, ok := tableEnd(off, filesz, 1); !ok || end > size {
+				return pastEnd(fmt.Sprintf("segment %d (LOAD)", first+i), end, ok, size)
+			}
+		}
+	}
+	return ""
+}
+
+// elfSectionsWhole checks that every section with bytes in the file ends
+// within it. The header tables alone prove little: Go's linker puts the
+// section headers right after the program headers, near the start, so a
+// half-copied Go binary passes that check.
+func elfSectionsWhole(f io.ReaderAt, size uint64) string {
 	ef, err := elf.NewFile(f)
 	var fe *elf.FormatError
 	if errors.As(err, &fe) {
 		return "" // a layout debug/elf does not know; the header checks passed
 	}
 	if err != nil {
-		return "incomplete ELF file: " + err.Error()
-	}
-	for _, p := range ef.Progs {
-		if p.Type == elf.PT_LOAD && (p.Off+p.Filesz < p.Off || p.Off+p.Filesz > size) {
-			return fmt.Sprintf("incomplete ELF file: a loadable segment ends at %d, file size %d", p.Off+p.Filesz, size)
-		}
+		return "truncated: " + err.Error()
 	}
 	for _, sec := range ef.Sections {
-		if sec.Type != elf.SHT_NOBITS && (sec.Offset+sec.FileSize < sec.Offset || sec.Offset+sec.FileSize > size) {
-			return fmt.Sprintf("incomplete ELF file: section %s ends at %d, file size %d", sec.Name, sec.Offset+sec.FileSize, size)
+		if sec.Type != elf.SHT_NOBITS {
+			if end, ok := tableEnd(sec.Offset, sec.FileSize, 1); !ok || end > size {
+				return pastEnd("section "+sec.Name, end, ok, size)
+			}
 		}
 	}
 	return ""

@@ -64,13 +64,13 @@ func TestValidate(t *testing.T) {
 	}{
 		{"real ELF", a, 0o755, ""},
 		{"real ELF, owner-only x", a, 0o700, ""},
-		{"not executable", a, 0o644, "not executable"},
+		{"not executable", a, 0o644, "not executable (mode 0644)"},
 		{"truncated ELF", a[:len(a)-1], 0o755, "section header table"},
-		{"half an ELF", a[:len(a)/2], 0o755, "section header table"},
-		{"ELF header only", a[:64], 0o755, "incomplete ELF file"},
-		{"partial ELF header", a[:40], 0o755, "incomplete ELF header"},
-		{"ELF magic only", a[:4], 0o755, "incomplete ELF header"},
-		{"two bytes", a[:2], 0o755, "incomplete header"},
+		{"half an ELF", a[:len(a)/2], 0o755, "segment"},
+		{"ELF header only", a[:64], 0o755, "the program header table ends at"},
+		{"partial ELF header", a[:40], 0o755, "ELF header is incomplete (40 of 64 bytes)"},
+		{"ELF magic only", a[:4], 0o755, "ELF header is incomplete"},
+		{"two bytes", a[:2], 0o755, "truncated: 2 bytes"},
 		{"ELF32", synthELF(1, binary.LittleEndian, 3, 5), 0o755, ""},
 		{"ELF32 truncated", synthELF(1, binary.LittleEndian, 3, 5)[:200], 0o755, "section header table"},
 		{"ELF64 big-endian", synthELF(2, binary.BigEndian, 3, 5), 0o755, ""},
@@ -82,7 +82,7 @@ func TestValidate(t *testing.T) {
 		{"script line only", []byte("#!/usr/bin/env python3\n"), 0o755, ""},
 		{"script without newline", []byte("#!/bin/s"), 0o755, "#! line"},
 		{"empty", nil, 0o755, "empty"},
-		{"text", []byte("hello\n"), 0o755, "unknown executable format"},
+		{"text", []byte("hello\n"), 0o755, "no ELF or #! header"},
 	} {
 		p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_"))
 		writeFile(t, p, tc.data, tc.mode)

@@ -61,9 +61,17 @@
 //     and the section header table end within the file size (a partial
 //     write, as a cross-filesystem "go build -o" or cp makes, fails that
 //     until the last write lands; linkers put the section header table at
-//     the end). For a script, the "#!" line ends with a newline. (On macOS,
-//     a Mach-O header and its load commands.) Anything else is not
-//     reported; it is logged once and the watcher waits for the next event.
+//     the end) and every loadable segment and every section with bytes
+//     ends within it (Go's linker puts the section headers near the start).
+//     For a script, the "#!" line ends with a newline. (On macOS, a Mach-O
+//     header and its load commands.) Anything else is not reported. At the
+//     end of a quiet period it is a deploy as its deployer left it: it is
+//     rejected, in one warning with its reason, for every deploy, the same
+//     reason again included; the same file found again (a touch, an
+//     identical copy: same size and content) is not logged twice. When the
+//     debounce ended at MaxDelay, events were still arriving: a deploy still
+//     being written, said once and looked at again once they stop. A file
+//     that later becomes whole is a Change as usual.
 //   - A binary that is gone when the debounce ends is logged once (warning),
 //     without a Change; once it is back and valid, a Change is sent, even if
 //     the new file has the same content: it was deleted and redeployed.

@@ -47,7 +47,8 @@ type resolution struct {
 // standard sentinel.
 type resolveError struct {
 	msg  string
-	kind error // exec.ErrNotFound, fs.ErrNotExist, fs.ErrPermission or the cause
+	kind error  // exec.ErrNotFound, fs.ErrNotExist, fs.ErrPermission or the cause
+	path string // the file found but not executable, with fs.ErrPermission
 }
 
 func (e *resolveError) Error() string { return e.msg }
@@ -143,9 +144,9 @@ func execError(cmd, target string, err error) error {
 		why = " (a directory)"
 	}
 	if target != cmd {
-		return &resolveError{msg: fmt.Sprintf("%q: %s is not executable%s", cmd, target, why), kind: fs.ErrPermission}
+		return &resolveError{msg: fmt.Sprintf("%q: %s is not executable%s", cmd, target, why), kind: fs.ErrPermission, path: target}
 	}
-	return &resolveError{msg: fmt.Sprintf("%q: not executable%s", cmd, why), kind: fs.ErrPermission}
+	return &resolveError{msg: fmt.Sprintf("%q: not executable%s", cmd, why), kind: fs.ErrPermission, path: target}
 }
 
 // maxLinks bounds symlink resolution, as the kernel's ELOOP does (40 there;

@@ -66,6 +66,7 @@ type Watcher struct {
 
 	pending bool      // a debounce is running
 	firstAt time.Time // first event of the pending burst
+	capped  bool      // the debounce ends at MaxDelay, not after a quiet period: events are still arriving
 	timer   *time.Timer
 	timerC  <-chan time.Time // timer.C while pending, else nil
 
@@ -90,8 +91,10 @@ type binWatch struct {
 	resErr  error
 	ref     *version // the last valid version reported, or found at New; nil when none (set by setRef)
 	gone    bool     // found missing (and logged) since the last valid version
-	badSeen bool     // an incomplete or invalid version was logged since the last valid one
+	waiting bool     // a version still being written was logged since the last valid, missing or rejected one
 	dirty   bool     // an event concerned it since the last evaluation
+
+	rejected *badVersion // the last version rejected (and logged) since the last valid or missing one
 }
 
 // root is one --watch path.
@@ -338,8 +341,9 @@ func (w *Watcher) schedule() {
 		w.pending, w.firstAt = true, now
 	}
 	d := w.debounce
+	w.capped = false
 	if limit := w.firstAt.Add(w.maxDelay).Sub(now); limit < d {
-		d = limit
+		d, w.capped = limit, true
 	}
 	if w.timer == nil {
 		w.timer = time.NewTimer(d)
@@ -373,6 +377,9 @@ func (w *Watcher) fire() {
 	}
 	if ch.Binary || len(ch.Files) > 0 {
 		w.emit(ch)
+	}
+	if w.bin != nil && w.bin.dirty {
+		w.schedule() // a binary still being written: looked at again once quiet
 	}
 }
 
@@ -511,8 +518,11 @@ func (w *Watcher) initBinary() {
 	b := w.bin
 	if b.resErr != nil {
 		if errors.Is(b.resErr, fs.ErrPermission) {
-			b.badSeen = true
-			w.log.Info("the command's binary is not executable; waiting for a valid one", "cmd", b.cmd, "err", b.resErr)
+			f, path, fp, reason := openNotExec(b.resErr)
+			if f != nil {
+				defer f.Close()
+			}
+			w.initBad(b, path, reason, f, fp)
 			return
 		}
 		b.gone = true
@@ -537,9 +547,7 @@ func (w *Watcher) initBinary() {
 		b.gone = true
 		w.log.Warn("cannot read the command's binary; waiting for it to change", "cmd", b.cmd, "path", b.path, "err", err)
 	case in.bad != "":
-		b.badSeen = true
-		w.log.Info("the command's binary is not a complete executable; waiting for a valid one",
-			"cmd", b.cmd, "path", b.path, "reason", in.bad)
+		w.initBad(b, b.path, in.bad, f, in.fp)
 	default:
 		w.setRef(&version{path: b.path, fp: in.fp, sums: sums})
 		w.log.Debug("watching the command's binary", "cmd", b.cmd, "path", b.path)
@@ -555,7 +563,11 @@ func (w *Watcher) evalBinary() (string, bool) {
 	w.addFailed(w.applyWatches(false))
 	if b.resErr != nil {
 		if errors.Is(b.resErr, fs.ErrPermission) {
-			w.logBad(b, b.resErr.Error())
+			f, path, fp, reason := openNotExec(b.resErr)
+			if f != nil {
+				defer f.Close()
+			}
+			w.badBinary(b, path, reason, f, fp)
 			return "", false
 		}
 		w.binaryGone(b, b.resErr)
@@ -577,10 +589,10 @@ func (w *Watcher) evalBinary() (string, bool) {
 		}
 	}()
 	if in.bad != "" {
-		w.logBad(b, in.bad)
+		w.badBinary(b, b.path, in.bad, f, in.fp)
 		return "", false
 	}
-	b.badSeen, b.gone = false, false
+	b.rejected, b.waiting, b.gone = nil, false, false
 	ref := b.ref
 	var sums *prefixHash // the new version's, as far as the comparison went
 	if ref != nil && ref.path == b.path {
@@ -685,7 +697,7 @@ func (w *Watcher) setRef(v *version) {
 
 func (w *Watcher) binaryGone(b *binWatch, err error) {
 	w.setRef(nil)
-	b.badSeen = false
+	b.rejected, b.waiting = nil, false
 	if b.gone {
 		return
 	}
@@ -694,12 +706,82 @@ func (w *Watcher) binaryGone(b *binWatch, err error) {
 		"cmd", b.cmd, "err", err)
 }
 
-func (w *Watcher) logBad(b *binWatch, reason string) {
-	if b.badSeen {
-		w.log.Debug("the command's binary is still not a complete executable", "path", b.path, "reason", reason)
+// initBad notes that the binary found at New is not a whole executable.
+func (w *Watcher) initBad(b *binWatch, path, reason string, f *os.File, fp fingerprint) {
+	v := &badVersion{path: path, reason: reason, fp: fp}
+	v.hash(f, w.done)
+	b.rejected = v
+	w.log.Info(fmt.Sprintf("the command's binary %s is not a valid executable: %s; waiting for a valid one", path, reason),
+		"cmd", b.cmd, "path", path, "reason", reason)
+}
+
+// badBinary handles a version of the binary, open as f (nil when it cannot
+// be read), that is not a whole executable. When the debounce ended after a
+// quiet period, the file is as its deployer left it: the deploy is
+// rejected, in one line with the reason, unless it is the version already
+// rejected (a touch, an identical copy). When it ended at MaxDelay, events
+// were still arriving: a deploy still being written, said once, and looked
+// at again once they stop. A file that grows into a valid one later is a
+// Change as usual.
+func (w *Watcher) badBinary(b *binWatch, path, reason string, f *os.File, fp fingerprint) {
+	if w.capped {
+		b.dirty = true
+		if b.waiting {
+			w.log.Debug("the new binary is still not a whole executable", "path", path, "reason", reason)
+			return
+		}
+		b.waiting = true
+		w.log.Info(fmt.Sprintf("the new binary %s is not a whole executable yet (%s); waiting for its deploy to finish", path, reason),
+			"cmd", b.cmd, "path", path, "reason", reason)
 		return
 	}
-	b.badSeen = true
-	w.log.Info("the command's binary is not a complete executable (yet); waiting for the next change",
-		"cmd", b.cmd, "path", b.path, "reason", reason)
+	b.waiting = false
+	v := &badVersion{path: path, reason: reason, fp: fp}
+	if r := b.rejected; r != nil && r.path == path && r.reason == reason && r.fp != fp && r.fp.size == fp.size {
+		v.hash(f, w.done) // a touch or a copy of it is the same deploy
+	}
+	if r := b.rejected; r != nil && r.same(v) {
+		r.fp = fp
+		w.log.Debug("the rejected binary is unchanged (touched or copied again); still rejected", "path", path, "reason", reason)
+		return
+	}
+	v.hash(f, w.done) // to know it if it comes again
+	b.rejected = v
+	w.log.Warn(fmt.Sprintf("rejected the new binary %s: %s; the running generation keeps serving", path, reason),
+		"cmd", b.cmd, "path", path, "reason", reason)
+}
+
+// openNotExec opens and describes the file that resErr, an fs.ErrPermission
+// from resolving the command, found not executable. The file is nil when it
+// cannot be opened, and for anything but a regular file (a FIFO would block
+// the open).
+func openNotExec(resErr error) (f *os.File, path string, fp fingerprint, reason string) {
+	var re *resolveError
+	if errors.As(resErr, &re) {
+		path = re.path
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, path, fp, "not executable"
+	}
+	if fi.Mode().IsRegular() {
+		if f, err = os.Open(path); err == nil {
+			if fi, err = f.Stat(); err != nil {
+				f.Close()
+				return nil, path, fp, "not executable"
+			}
+		}
+	}
+	fp = fingerprintOf(fi)
+	switch {
+	case fi.IsDir():
+		reason = "a directory, not an executable file"
+	case !fi.Mode().IsRegular():
+		reason = "not a regular file"
+	case fi.Mode().Perm()&0o111 == 0:
+		reason = fmt.Sprintf("not executable (mode %04o)", fi.Mode().Perm())
+	default:
+		reason = fmt.Sprintf("not executable by relaunch's user (mode %04o)", fi.Mode().Perm())
+	}
+	return f, path, fp, reason
 }
