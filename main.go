@@ -120,6 +120,8 @@ func flags() []cli.Flag {
 			Usage: "steered: time from steering new connections away from the old generation to its drain signal"},
 		&cli.DurationFlag{Name: "stop-timeout", Value: 30 * time.Second, EnvVars: env("STOP_TIMEOUT"),
 			Usage: "on TERM/INT, time given to the generations before SIGKILL"},
+		&cli.StringFlag{Name: "rescue", Value: "auto", EnvVars: env("RESCUE"),
+			Usage: "steered: what becomes of a connection left queued on a slot no generation receives on: auto (handed to the current generation if it takes handoffs, else kept 10s for the next generation, else reset) or relay (relayed from 127.0.0.1: the app cannot tell the client's address)"},
 		&cli.StringFlag{Name: "restart", Value: "on-failure", EnvVars: env("RESTART"),
 			Usage: "when the app exits by itself: on-failure (non-zero or signal), always, or never"},
 		&cli.StringSliceFlag{Name: "watch", EnvVars: env("WATCH"),
@@ -264,6 +266,9 @@ func config(c *cli.Context) (launcher.Config, error) {
 		return cfg, usageError("--drain-signal: %v", err)
 	}
 	if cfg.Restart, err = launcher.ParseRestart(c.String("restart")); err != nil {
+		return cfg, usageError("%v", err)
+	}
+	if cfg.Rescue, err = launcher.ParseRescue(c.String("rescue")); err != nil {
 		return cfg, usageError("%v", err)
 	}
 	cfg.Build = c.String("build")

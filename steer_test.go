@@ -252,8 +252,8 @@ func TestSteerSignalStorm(t *testing.T) {
 		}
 	}
 	// The pool is whole: its 8 slots, and nothing else, listen on the port.
-	if ls := tcpListeners(addrPort(t, addr)); len(ls) != 8 {
-		t.Errorf("%d sockets listen on %s; want the pool's 8: %+v", len(ls), addr, ls)
+	if ls := tcpListeners(addrPort(t, addr)); len(ls) != 9 {
+		t.Errorf("%d sockets listen on %s; want the pool's 8 and its spare: %+v", len(ls), addr, ls)
 	}
 	t.Logf("30 signals → %d generations, then 10 upgrades; load %s", stormed, res)
 }
@@ -340,7 +340,8 @@ func TestSteerMaxDraining(t *testing.T) {
 	for _, mode := range []string{"steered", "shared"} {
 		t.Run("zero: queued at the switch, "+mode, func(t *testing.T) {
 			t.Parallel()
-			p, addr := steerStart(t, "--max-draining", "0", "--handover", mode, "--", demoBin)
+			// --rescue relay: what the default does is rescue_test.go's.
+			p, addr := steerStart(t, "--max-draining", "0", "--handover", mode, "--rescue", "relay", "--", demoBin)
 			stopProcess(t, waitPid(t, p, 1))
 			queued := startLoadConfig(t, loadtest.Config{Addr: addr, Clients: 3, Requests: 3, Timeout: 5 * time.Second})
 			steerWaitQueued(t, addrPort(t, addr), 3, 10*time.Second)
@@ -351,7 +352,7 @@ func TestSteerMaxDraining(t *testing.T) {
 			}
 			p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited", genPids(p)[1]), 10*time.Second)
 			if mode == "steered" {
-				p.WaitLog(t, fmt.Sprintf("3 connection(s) were left queued on tcp://%s slot 0 after its generation exited: relaunch relays them to gen 2", addr), time.Second)
+				p.WaitLog(t, fmt.Sprintf("3 connection(s) were left queued on tcp://%s slot 0, which no generation receives on: relaunch relays them to gen 2", addr), time.Second)
 			}
 			upgradeTo(t, p, 3)
 			waitHTTP(t, addr, "gen=3", 10*time.Second)
@@ -581,8 +582,8 @@ func TestSteerTripwire(t *testing.T) {
 	if gen != "2" {
 		t.Fatalf("gen %s answers, want 2", gen)
 	}
-	if ls := tcpListeners(addrPort(t, addr)); len(ls) != 9 {
-		t.Errorf("%d sockets listen on %s; want the 8 slots and gen 2's own: %+v", len(ls), addr, ls)
+	if ls := tcpListeners(addrPort(t, addr)); len(ls) != 10 {
+		t.Errorf("%d sockets listen on %s; want the 8 slots, the spare and gen 2's own: %+v", len(ls), addr, ls)
 	}
 	load := startLoadConfig(t, steerMixedClients(addr))
 	upgradeAndWait(t, p, 3, 20*time.Second)

@@ -34,6 +34,11 @@
 //		}()
 //	}
 //
+// relaunch itself may pass on a connection with an empty state: one the
+// kernel queued on a socket no generation accepts on any more (a generation
+// killed while it had connections queued, a handshake completed late).
+// Serve it as a new connection.
+//
 // Rules that no library can enforce for you:
 //
 //   - Put into the state every byte you read from the connection but did not

@@ -33,6 +33,7 @@ type Config struct {
 	StopTimeout  time.Duration // on TERM/INT, time before SIGKILL
 
 	Restart RestartPolicy
+	Rescue  Rescue // what becomes of connections stranded on a slot no generation holds
 
 	// Watch, when set, upgrades on every change of the command's binary
 	// and of the watched paths.
@@ -103,6 +104,42 @@ func (r Readiness) String() string {
 		return "delay=" + r.Delay.String()
 	}
 	return "auto"
+}
+
+// Rescue says what relaunch does with a connection left queued on a slot
+// that no generation receives on.
+type Rescue int
+
+const (
+	// RescueAuto hands it to the current generation through the handoff
+	// broker when that generation takes handoffs; else keeps the slot, queue
+	// and all, for the next generation that starts, for 10 s; else
+	// resets it.
+	RescueAuto Rescue = iota
+	// RescueRelay accepts it and relays it, byte for byte, through a new
+	// connection to the address: the app sees it coming from loopback.
+	RescueRelay
+)
+
+// ParseRescue parses --rescue.
+func ParseRescue(s string) (Rescue, error) {
+	switch s {
+	case "auto", "":
+		return RescueAuto, nil
+	case "relay":
+		return RescueRelay, nil
+	}
+	return 0, fmt.Errorf("bad --rescue %q: use auto or relay", s)
+}
+
+// RescueCounts counts the connections relaunch found stranded on a slot,
+// by what became of them.
+type RescueCounts struct {
+	HandedOver int `json:"handed_over"` // to the current generation, through the handoff broker
+	Held       int `json:"held"`        // left queued for the next generation to start
+	Relayed    int `json:"relayed"`     // --rescue relay
+	Reset      int `json:"reset"`       // no generation could take them
+	Revived    int `json:"revived"`     // listening sockets made to listen again after a shutdown()
 }
 
 // RestartPolicy says what happens when the current generation exits by itself.

@@ -49,13 +49,14 @@ type GenStatus struct {
 
 // Status is what `relaunch status` shows.
 type Status struct {
-	Pid           int         `json:"pid"`
-	Version       string      `json:"version"`
-	Command       []string    `json:"command"`
-	Readiness     string      `json:"readiness"`
-	Generations   []GenStatus `json:"generations"`
-	LastFailure   string      `json:"last_failure,omitempty"`
-	LastFailureAt time.Time   `json:"last_failure_at,omitzero"`
+	Pid           int          `json:"pid"`
+	Version       string       `json:"version"`
+	Command       []string     `json:"command"`
+	Readiness     string       `json:"readiness"`
+	Generations   []GenStatus  `json:"generations"`
+	LastFailure   string       `json:"last_failure,omitempty"`
+	LastFailureAt time.Time    `json:"last_failure_at,omitzero"`
+	Rescued       RescueCounts `json:"rescued"` // connections stranded on a slot, and listeners revived
 }
 
 // Answer is the control socket's one reply.
@@ -108,6 +109,10 @@ func (s *Status) Text() string {
 	}
 	if len(s.Generations) == 0 {
 		b.WriteString("no generation running\n")
+	}
+	if r := s.Rescued; r != (RescueCounts{}) {
+		fmt.Fprintf(&b, "stranded connections: %d handed over, %d held for the next generation, %d relayed, %d reset; listeners made to listen again: %d\n",
+			r.HandedOver, r.Held, r.Relayed, r.Reset, r.Revived)
 	}
 	if s.LastFailure != "" {
 		fmt.Fprintf(&b, "last failure (%s): %s\n", s.LastFailureAt.Format(time.RFC3339), s.LastFailure)

@@ -146,7 +146,7 @@ func (l *launcher) concluded(o Outcome) {
 
 func (l *launcher) statusReport() *Status {
 	s := &Status{Pid: os.Getpid(), Version: l.cfg.Version, Command: l.cfg.Command, Readiness: l.waitingFor(),
-		LastFailure: l.lastFailure, LastFailureAt: l.lastFailureAt}
+		LastFailure: l.lastFailure, LastFailureAt: l.lastFailureAt, Rescued: l.rescued}
 	for _, g := range l.gens {
 		since := g.started
 		switch {

@@ -51,12 +51,15 @@ type launcher struct {
 	probeOK       bool              // procfs can show this app's readiness
 	steerSlot     int               // the slot the pools steer to
 	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
-	idleSince     map[int]time.Time // slots no generation holds, since when (rescue_linux.go)
-	sweeping      bool              // a rescue sweep is scheduled
-	sweepEvery    time.Duration     // the next sweep's delay
+	slots         *slotWatch        // wakes the loop for stranded connections and dead listeners (slots_linux.go)
+	awaySince     map[int]time.Time // per slot: since when new connections are steered elsewhere; absent: never steered to
+	held          map[int]time.Time // slots whose stranded connections wait for the next generation, since when
 	relays        int               // rescued connections being relayed
-	learnedNotify bool              // --ready auto: the app has sent READY=1
-	learnedListen bool              // --ready auto: the app was seen accepting
+	rescued       RescueCounts
+	rescueSaid    string          // what became of the last stranded connection, for the log
+	warnedRevive  map[string]bool // addresses whose dead listener was said
+	learnedNotify bool            // --ready auto: the app has sent READY=1
+	learnedListen bool            // --ready auto: the app was seen accepting
 	warnedBlind   bool
 	warnedDrain   bool
 
@@ -98,7 +101,8 @@ func Run(cfg Config) (int, error) {
 	if len(cfg.Command) == 0 {
 		return 2, errors.New("no command given")
 	}
-	l := &launcher{cfg: cfg, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin}
+	l := &launcher{cfg: cfg, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin,
+		awaySince: map[int]time.Time{}, held: map[int]time.Time{}}
 	if l.log == nil {
 		l.log = discardLogger()
 	}
@@ -179,6 +183,9 @@ func Run(cfg Config) (int, error) {
 	for i := range l.frozen {
 		l.frozen[i] = -1
 	}
+	if len(cfg.Listeners) > 0 {
+		defer l.watchSlots()()
+	}
 	if rs != nil {
 		err = l.resume(rs)
 	} else {
@@ -252,10 +259,12 @@ func (l *launcher) start() error {
 	if err != nil {
 		return err
 	}
+	l.reviveDead() // a socket is handed out listening
 	slot, err := l.pickSlot()
 	if err != nil {
 		return err
 	}
+	delete(l.held, slot) // its queue is the new generation's
 	socks := l.socketsFor(slot)
 	l.lastID++
 	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: time.Now()}
@@ -290,7 +299,7 @@ func (l *launcher) start() error {
 	l.roots.add(g.id, pid)
 	l.gens = append(l.gens, g)
 	l.next = g
-	l.updateIdle()
+	l.armSlots()
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s", g.id, pid, path), "generation", g.id, "pid", pid, "path", path)
 	go func() {
 		execErr := readExecError(pipe)
@@ -340,7 +349,6 @@ func (l *launcher) onReady(g *generation, how string) {
 	}
 	if l.hasPools() {
 		l.steerTo(g.slot)
-		l.updateIdle()
 	}
 	if old != nil {
 		closeFile(l.prevBin)
@@ -471,7 +479,10 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 			break
 		}
 	}
-	l.updateIdle()
+	if !l.stopping {
+		l.reviveDead() // a drain may have shut its listener down
+	}
+	l.armSlots()
 	how := st.String()
 	if g.failReason != "" {
 		how = g.failReason + ", " + how

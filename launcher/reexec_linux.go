@@ -469,7 +469,21 @@ func (l *launcher) resume(r *Resume) error {
 	if st.RestartIn >= 0 {
 		l.restartIn(st.RestartIn)
 	}
-	l.updateIdle()
+	// What steered where before the exec is not kept: connections on other
+	// slots in the next minute are taken as late handshakes.
+	for s := range l.usedSlots() {
+		if s != l.steerSlot {
+			l.awaySince[s] = time.Now()
+		}
+	}
+	if p := l.firstPool(); p >= 0 {
+		for s := 0; s < l.cfg.Listeners[p].Pool.Len(); s++ {
+			if s != l.steerSlot {
+				l.awaySince[s] = time.Now()
+			}
+		}
+	}
+	l.armSlots()
 	took := time.Since(st.Began)
 	l.log.Info(fmt.Sprintf("reexec: relaunch %s (pid %d) took over in %s, keeping %s", l.cfg.Version, os.Getpid(), ms(took), orNone(names)),
 		"took_ms", took.Milliseconds(), "binary", st.Binary)

@@ -72,6 +72,17 @@ func (l *launcher) pickSlot() (int, error) {
 	if l.cur == nil && !used[l.steerSlot] {
 		return l.steerSlot, nil
 	}
+	// A slot whose stranded connections wait for the next generation,
+	// the longest waiting first.
+	held := -1
+	for s, since := range l.held {
+		if !used[s] && (held < 0 || since.Before(l.held[held])) {
+			held = s
+		}
+	}
+	if held >= 0 {
+		return held, nil
+	}
 	for s := 0; s < l.cfg.Listeners[l.firstPool()].Pool.Len(); s++ {
 		if !used[s] && s != l.steerSlot {
 			return s, nil
@@ -115,7 +126,12 @@ func (l *launcher) steerTo(slot int) {
 			l.log.Warn(fmt.Sprintf("cannot steer %s: %v; it is shared by every generation from now on", ln.Pool.Addr(), err))
 		}
 	}
+	if slot != l.steerSlot {
+		l.awaySince[l.steerSlot] = time.Now()
+	}
+	delete(l.awaySince, slot)
 	l.steerSlot = slot
+	l.armSlots()
 }
 
 // handOver retires the previous current generation: at once with shared

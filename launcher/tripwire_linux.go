@@ -12,36 +12,45 @@ import (
 	"relaunch/sdlisten"
 )
 
-// The tripwire (NOTES.md §8): a child can disturb a steered group, by
-// opening its own SO_REUSEPORT socket on the port (harmless until a slot
-// leaves the group: the last member then takes that slot's index), by
-// shutdown() of the slot it was given (the slot leaves the group), or by
-// attaching a program of its own (connections then queue on slots nobody
-// receives on). Checked at each upgrade; on a hit, the address is shared
-// from then on.
+// The tripwire: a child can disturb a steered group, by opening its own
+// SO_REUSEPORT socket on the port (harmless until a slot leaves the group:
+// the last member then takes that slot's index), or by attaching a program
+// of its own (connections then queue on slots nobody receives on, long
+// after relaunch steered away from them: slots_linux.go tells these from
+// late handshakes). A shutdown() of a slot is repaired (Pool.Revive).
+// Checked at each upgrade; on a hit, the address is shared from then on.
 
 // checkTripwire freezes every disturbed pool on the current slot.
 func (l *launcher) checkTripwire() {
+	l.reviveDead()
 	for i, ln := range l.cfg.Listeners {
 		if ln.Pool == nil || l.frozen[i] >= 0 {
 			continue
 		}
-		why := l.disturbed(ln.Pool)
-		if why == "" {
-			continue
+		if why := l.disturbed(ln.Pool); why != "" {
+			l.freeze(i, why)
 		}
-		l.frozen[i] = l.steerSlot
-		l.log.Warn(fmt.Sprintf("steering %s stopped: %s. From now on every generation shares its slot %d (the shared-socket handover) for this address",
-			ln.Pool.Addr(), why, l.steerSlot), "addr", ln.Pool.Addr().String(), "reason", why)
 	}
+}
+
+// freeze stops steering listener i: every generation shares the current
+// slot from now on.
+func (l *launcher) freeze(i int, why string) {
+	p := l.cfg.Listeners[i].Pool
+	if l.frozen[i] >= 0 {
+		return
+	}
+	l.frozen[i] = l.steerSlot
+	l.log.Warn(fmt.Sprintf("steering %s stopped: %s. From now on every generation shares its slot %d (the shared-socket handover) for this address",
+		p.Addr(), why, l.steerSlot), "addr", p.Addr().String(), "reason", why)
 }
 
 // disturbed says what is wrong with a pool's group, or "".
 func (l *launcher) disturbed(p *sdlisten.Pool) string {
-	ours := map[uint64]int{} // inode → slot
-	for s := 0; s < p.Len(); s++ {
+	ours := map[uint64]int{}        // inode → slot
+	for s, m := range p.Members() { // the spare is p.Len()
 		var st unix.Stat_t
-		if unix.Fstat(p.Slot(s).Fd(), &st) == nil {
+		if unix.Fstat(m.Fd(), &st) == nil {
 			ours[st.Ino] = s
 		}
 	}
@@ -53,7 +62,7 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 			seen[s], local = true, ln.local
 		}
 	}
-	for s := 0; s < p.Len(); s++ {
+	for s := range p.Members() {
 		if !seen[s] {
 			return fmt.Sprintf("slot %d no longer listens (a process called shutdown() on the socket it was given?)", s)
 		}
@@ -65,10 +74,14 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 	}
 	used := l.usedSlots()
 	for s := 0; s < p.Len(); s++ {
-		// A slot that lost its generation a moment ago may hold its
-		// leftovers: the rescue relays them.
-		if n, err := p.Queued(s); err == nil && n > 0 && !used[s] && !l.recentlyIdle(s) {
-			return fmt.Sprintf("%d connection(s) are queued on slot %d, which no generation receives on (a BPF program that is not relaunch's?)", n, s)
+		// Late handshakes land on a slot steered away from less than a
+		// minute ago: the rescue takes them. Held ones wait for the next
+		// generation.
+		if _, held := l.held[s]; held {
+			continue
+		}
+		if n, err := p.Queued(s); err == nil && n > 0 && !used[s] && !l.lateOK(s) {
+			return fmt.Sprintf("%d connection(s) are queued on slot %d, which no generation receives on, %s (a BPF program that is not relaunch's?)", n, s, l.awayFor(s))
 		}
 	}
 	return ""

@@ -261,12 +261,25 @@ func setupInet(fd, domain, typ int, sa unix.Sockaddr, v6only, reusePort bool) er
 	if err := unix.Bind(fd, sa); err != nil {
 		return os.NewSyscallError("bind", err)
 	}
+	if typ == unix.SOCK_STREAM && sockaddrPort(sa) == 0 {
+		return pinPort(fd, domain, typ, sa, v6only, reusePort)
+	}
 	if typ == unix.SOCK_STREAM {
 		if err := unix.Listen(fd, backlog()); err != nil {
 			return os.NewSyscallError("listen", err)
 		}
 	}
 	return nil
+}
+
+func sockaddrPort(sa unix.Sockaddr) int {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return sa.Port
+	case *unix.SockaddrInet6:
+		return sa.Port
+	}
+	return -1
 }
 
 func boundPort(fd int) (int, error) {

@@ -12,9 +12,10 @@ import (
 // reexec): the fd stays open through the exec, and Adopt makes it a Socket
 // again in the new program.
 type Kept struct {
-	Addr   string `json:"addr"`   // Addr.String()
-	Fd     int    `json:"fd"`     // open in the new program, same number
-	Unlink string `json:"unlink"` // the socket file Close removes; "" for none
+	Addr   string `json:"addr"`            // Addr.String()
+	Fd     int    `json:"fd"`              // open in the new program, same number
+	Unlink string `json:"unlink"`          // the socket file Close removes; "" for none
+	Spare  bool   `json:"spare,omitempty"` // a pool's spare member (Pool)
 }
 
 // Keep describes s for Adopt. The caller clears close-on-exec on the fd.
@@ -43,11 +44,16 @@ func Adopt(k Kept) (*Socket, error) {
 	return s, nil
 }
 
-// Keep describes every slot, in order.
+// Keep describes every slot, in order, then the spare.
 func (p *Pool) Keep() []Kept {
-	ks := make([]Kept, len(p.slots))
-	for i, s := range p.slots {
-		ks[i] = s.Keep()
+	var ks []Kept
+	for _, s := range p.slots {
+		ks = append(ks, s.Keep())
+	}
+	if p.spare != nil {
+		k := p.spare.Keep()
+		k.Spare = true
+		ks = append(ks, k)
 	}
 	return ks
 }
@@ -64,7 +70,14 @@ func AdoptPool(ks []Kept) (*Pool, error) {
 		if err != nil {
 			return nil, err
 		}
+		if k.Spare {
+			p.spare = s
+			continue
+		}
 		p.slots = append(p.slots, s)
+	}
+	if len(p.slots) == 0 {
+		return nil, fmt.Errorf("adopt pool: no slot")
 	}
 	p.addr = p.slots[0].addr
 	return p, nil

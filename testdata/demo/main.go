@@ -45,7 +45,7 @@ var (
 	exitAtStart = flag.Int("exit-at-start", -1, "exit with this status at once (a bad build); negative: off")
 	noNotify    = flag.Bool("no-notify", false, "never send READY=1")
 	notifyDelay = flag.Duration("notify-delay", 0, "send READY=1 this long after the listeners exist")
-	drainMode   = flag.String("drain", "graceful", "graceful: close listeners, wait 100ms, Shutdown; naive: Shutdown at once")
+	drainMode   = flag.String("drain", "graceful", "graceful: close listeners, wait 100ms, Shutdown; naive: Shutdown at once; shutdown: shutdown(2) the listeners (as C and Java servers do to wake their accept threads), then as graceful")
 	recordFile  = flag.String("record", "", "append one line per event (listening, ready, drain, usr1, exit) with a unix-nano timestamp")
 	forkHelpers = flag.Bool("fork-helpers", false, "every request starts /bin/true and never waits for it (leaves zombies for a subreaper)")
 	ignoreQuit  = flag.Bool("ignore-quit", false, "do not handle SIGQUIT (Go's default: dump goroutines, exit 2)")
@@ -71,8 +71,8 @@ func main() {
 		logf("demo: gen %s pid %d version %s exiting at start with status %d", gen, pid, *version, *exitAtStart)
 		os.Exit(*exitAtStart)
 	}
-	if *drainMode != "graceful" && *drainMode != "naive" {
-		fatalf("-drain must be graceful or naive, not %q", *drainMode)
+	if *drainMode != "graceful" && *drainMode != "naive" && *drainMode != "shutdown" {
+		fatalf("-drain must be graceful, naive or shutdown, not %q", *drainMode)
 	}
 
 	// Check what we were given before any start-up work: a wrong LISTEN_PID
@@ -190,7 +190,16 @@ func main() {
 // the connections accepted just before a moment to send their request, then
 // let Shutdown finish every request in flight.
 func drain(srv *http.Server, listeners []net.Listener) {
-	if *drainMode == "graceful" {
+	if *drainMode == "shutdown" {
+		for _, l := range listeners {
+			if sc, ok := l.(syscall.Conn); ok {
+				if rc, err := sc.SyscallConn(); err == nil {
+					rc.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RD) })
+				}
+			}
+		}
+	}
+	if *drainMode != "naive" {
 		for _, l := range listeners {
 			l.Close()
 		}

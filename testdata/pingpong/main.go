@@ -5,7 +5,8 @@
 //
 // Protocol, one line each way: the client sends "ping\n", the server answers
 // "pong N\n", N counting the pings of that connection from 1, across every
-// generation that served it. "who\n" is answered "gen G pid P\n".
+// generation that served it. "who\n" is answered "gen G pid P\n", "peer\n"
+// "peer ADDR\n": the client's address as the server sees it.
 //
 // It serves the socket on fd 3 (LISTEN_FDS=1, LISTEN_PID its own pid; or
 // -listen ADDR) and sends READY=1 to NOTIFY_SOCKET once it accepts. With
@@ -214,6 +215,12 @@ func (s *server) receive(r *handoff.Receiver, done chan struct{}) {
 			}
 			return
 		}
+		if len(state) == 0 {
+			// A connection relaunch rescued from a slot nobody served:
+			// new, nothing read.
+			s.serve(&client{c: c, r: bufio.NewReader(c)})
+			continue
+		}
 		counter, unread, ok := strings.Cut(string(state), "\n")
 		n, err := strconv.Atoi(counter)
 		if !ok || err != nil {
@@ -270,8 +277,10 @@ func (s *server) loop(cl *client) {
 			answer = "pong " + strconv.Itoa(cl.n) + "\n"
 		case "who":
 			answer = fmt.Sprintf("gen %s pid %d\n", gen, pid)
+		case "peer":
+			answer = "peer " + cl.c.RemoteAddr().String() + "\n"
 		default:
-			answer = "error: say ping or who\n"
+			answer = "error: say ping, who or peer\n"
 		}
 		if _, err := io.WriteString(cl.c, answer); err != nil {
 			s.mu.Lock()
