@@ -33,6 +33,9 @@ func controlPath(pidfile string) string {
 	return strings.TrimSuffix(pidfile, ".pid") + ".sock"
 }
 
+// statusTimeout is how long status waits for its answer unless --timeout.
+const statusTimeout = 5 * time.Second
+
 func runClient(args []string, stdout, stderr io.Writer) int {
 	cmd := args[1]
 	fs := flag.NewFlagSet("relaunch "+cmd, flag.ContinueOnError)
@@ -40,7 +43,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	control := fs.String("control", os.Getenv("RELAUNCH_CONTROL"), "the control socket of the relaunch to talk to")
 	pidfile := fs.String("pidfile", os.Getenv("RELAUNCH_PIDFILE"), "or its --pidfile: the socket is next to it")
 	asJSON := fs.Bool("json", false, "status: print JSON")
-	timeout := fs.Duration("timeout", 2*time.Minute, "upgrade, rollback, reexec: how long to wait for the outcome")
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the answer (upgrade, rollback, reexec: the outcome; status: 5s)")
 	usage := func(msg string) int {
 		fmt.Fprintf(stderr, "relaunch %s: %s\nusage: relaunch %s [--control PATH | --pidfile PATH] [--json] [--timeout D]\n", cmd, msg, cmd)
 		return 2
@@ -50,6 +53,13 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		return usage(fmt.Sprintf("unexpected %q", fs.Arg(0)))
+	}
+	// status answers at once: a relaunch that does not is stuck, and
+	// whoever asked (a script, a health check) should hear it soon.
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if cmd == "status" && !timeoutSet {
+		*timeout = statusTimeout
 	}
 	path := *control
 	if path == "" && *pidfile != "" {

@@ -345,6 +345,9 @@ type procOpts struct {
 	// ...'), and LISTEN_FDNAMES=FdNames joined with ':' when FdNames is set.
 	Activation bool
 	FdNames    []string
+	// Output, when set, takes the process's stdout and stderr instead of
+	// the captured pipe (Stderr is then empty).
+	Output *os.File
 }
 
 // relaunchProc is a process started by startRelaunch or startProc.
@@ -421,6 +424,9 @@ func startProc(t testing.TB, o procOpts, argv ...string) *relaunchProc {
 	cmd.Stdin = o.Stdin
 	cmd.Stdout = w
 	cmd.Stderr = w
+	if o.Output != nil {
+		cmd.Stdout, cmd.Stderr = o.Output, o.Output
+	}
 	cmd.ExtraFiles = o.ExtraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &relaunchProc{

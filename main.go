@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,7 +115,7 @@ func flags() []cli.Flag {
 		&cli.DurationFlag{Name: "drain-timeout", Value: 5 * time.Minute, EnvVars: env("DRAIN_TIMEOUT"),
 			Usage: "then a draining generation gets SIGKILL; 0 waits forever"},
 		&cli.IntFlag{Name: "max-draining", Value: -1, DefaultText: "unbounded", EnvVars: env("MAX_DRAINING"),
-			Usage: "at most `N` generations draining at once; the oldest is killed past that"},
+			Usage: "at most `N` generations draining at once (0 to 62); the oldest is killed past that"},
 		&cli.StringFlag{Name: "handover", Value: "auto", EnvVars: env("HANDOVER"),
 			Usage: "auto, steered or shared: steered TCP listeners send new connections only to the newest generation before the old one drains; shared ones let generations share one accept queue"},
 		&cli.DurationFlag{Name: "settle", Value: 100 * time.Millisecond, EnvVars: env("SETTLE"),
@@ -198,9 +200,9 @@ func action(c *cli.Context) error {
 			return fail(err)
 		}
 	}
-	if dir := filepath.Dir(cfg.PIDFile); cfg.PIDFile != "" {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return fail(fmt.Errorf("cannot write --pidfile %s: directory %s does not exist; create it or choose another path", cfg.PIDFile, dir))
+	if cfg.PIDFile != "" {
+		if err := launcher.CheckPIDFile(cfg.PIDFile); err != nil {
+			return fail(err)
 		}
 	}
 	var addrs []sdlisten.Addr
@@ -300,12 +302,18 @@ func config(c *cli.Context) (launcher.Config, error) {
 			return cfg, usageError("bad value %s for --%s: use a duration of 0 or more", c.Duration(d), d)
 		}
 	}
+	// -1, unbounded, is the default's own value: a user who sets it means
+	// something else.
+	if n := cfg.MaxDraining; c.IsSet("max-draining") && (n < 0 || n > maxDrainingCap) {
+		return cfg, usageError("bad value %d for --max-draining: use 0 to %d (a steered address binds N+2 sockets), or leave it unset for no bound", n, maxDrainingCap)
+	}
 	// Parse every address before binding any: a typo must not leave the
 	// first sockets bound, nor start anything.
 	handover, err := launcher.ParseHandover(c.String("handover"))
 	if err != nil {
 		return cfg, usageError("%v", err)
 	}
+	var addrs []sdlisten.Addr
 	for _, a := range c.StringSlice("listen") {
 		addr, err := sdlisten.ParseAddr(a)
 		if err != nil {
@@ -314,6 +322,79 @@ func config(c *cli.Context) (launcher.Config, error) {
 		if why := launcher.Steerable(addr); why != "" && handover == launcher.HandoverSteered {
 			return cfg, usageError("--handover steered: %s cannot be steered (%s); use --handover auto", addr, why)
 		}
+		for _, b := range addrs {
+			if sameSocket(b, addr) {
+				return cfg, usageError("--listen %s overlaps %s (the same port, on the same address or a wildcard covering it): give each address once", addr, b)
+			}
+		}
+		addrs = append(addrs, addr)
 	}
 	return cfg, nil
+}
+
+// maxDrainingCap bounds --max-draining: a steered address keeps
+// --max-draining + 2 sockets bound, and a pool of 64 is plenty.
+const maxDrainingCap = 62
+
+// sameSocket says whether a and b would bind the same port of the same
+// protocol on overlapping addresses: the same IP or host name, or a
+// wildcard and an address of its family. Port 0 is a new port each time.
+func sameSocket(a, b sdlisten.Addr) bool {
+	if a.Network == "unix" || b.Network == "unix" || a.Network[:3] != b.Network[:3] {
+		return false
+	}
+	ha, pa, _ := net.SplitHostPort(a.Address)
+	hb, pb, _ := net.SplitHostPort(b.Address)
+	if pa != pb || pa == "0" {
+		return false
+	}
+	fa, wa, ipa := bindFamily(a.Network, ha)
+	fb, wb, ipb := bindFamily(b.Network, hb)
+	// A host name on tcp:// or udp:// is famAny: either family, as it
+	// resolves; only a dual-stack wildcard surely covers it.
+	switch {
+	case wa && wb:
+		return fa&fb != 0
+	case wa:
+		return fa&fb != 0 && (fb != famAny || fa == famAny)
+	case wb:
+		return fa&fb != 0 && (fa != famAny || fb == famAny)
+	case ipa.IsValid() || ipb.IsValid():
+		return ipa == ipb
+	}
+	// Two host names: the same name resolves alike for the same family.
+	return strings.EqualFold(ha, hb) && (a.Network == b.Network || fa == fb && fa != famAny)
+}
+
+const (
+	famV4  = 1
+	famV6  = 2
+	famAny = famV4 | famV6
+)
+
+// bindFamily says which IP families a listen address binds, whether it is
+// a wildcard (every address of those families), and its IP when it is one.
+// A wildcard on tcp:// or udp:// is dual-stack.
+func bindFamily(network, host string) (fam int, wildcard bool, ip netip.Addr) {
+	switch network[len(network)-1] {
+	case '4':
+		fam = famV4
+	case '6':
+		fam = famV6
+	default:
+		fam = famAny
+	}
+	if host == "" {
+		return fam, true, ip
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fam, false, netip.Addr{}
+	}
+	ip = ip.Unmap()
+	fam = famV4
+	if ip.Is6() {
+		fam = famV6
+	}
+	return fam, ip.IsUnspecified(), ip
 }

@@ -82,9 +82,11 @@ func Ask(path string, req Request, timeout time.Duration) (*Answer, error) {
 	if _, err := c.Write(append(b, '\n')); err != nil {
 		return nil, fmt.Errorf("control socket %s: %v", path, err)
 	}
-	line, err := bufio.NewReader(c).ReadBytes('\n')
+	line, err := bufio.NewReader(io.LimitReader(c, 1<<20)).ReadBytes('\n')
 	if err != nil {
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() && req.Cmd == "status" {
+			return nil, fmt.Errorf("control socket %s: no answer within %s: relaunch may be stuck (see its log); give --timeout to wait longer", path, timeout)
+		} else if ok && ne.Timeout() {
 			return nil, fmt.Errorf("no outcome within %s (the upgrade may still be running; see relaunch status)", timeout)
 		}
 		if errors.Is(err, io.EOF) {

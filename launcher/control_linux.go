@@ -70,10 +70,21 @@ func clearStaleSocket(path string) error {
 	return os.Remove(path)
 }
 
+// maxRequest bounds a control request line.
+const maxRequest = 4096
+
 func (l *launcher) controlConn(c net.Conn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadBytes('\n')
+	// A request is a few dozen bytes: a client that sends more without a
+	// newline must not make relaunch buffer it.
+	line, err := bufio.NewReaderSize(c, maxRequest).ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		b, _ := json.Marshal(Answer{Error: fmt.Sprintf("request too long: more than %d bytes without a newline", maxRequest)})
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(append(b, '\n'))
+		return
+	}
 	if err != nil {
 		return
 	}

@@ -137,7 +137,7 @@ func Run(cfg Config) (int, error) {
 		if err := writePIDFile(cfg.PIDFile); err != nil {
 			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
 		}
-		defer os.Remove(cfg.PIDFile)
+		defer removePIDFile(cfg.PIDFile)
 	}
 
 	var changes <-chan watch.Change
@@ -235,7 +235,15 @@ var sigs = make(chan os.Signal, 16)
 func CatchSignals() {
 	signal.Notify(sigs, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT,
 		syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGCHLD, ReexecSignal)
+	// A write to stderr after its reader went away (relaunch … | logger,
+	// logger restarted) must fail with EPIPE, not kill relaunch and orphan
+	// the app. Handled, not ignored: an ignored signal stays ignored across
+	// exec, in the exec helper and the app; a handled one is reset.
+	signal.Notify(sigpipes, syscall.SIGPIPE)
 }
+
+// sigpipes takes SIGPIPE and is never read: a full channel drops it.
+var sigpipes = make(chan os.Signal, 1)
 
 // post runs fn on the loop goroutine.
 func (l *launcher) post(fn func()) {
@@ -756,18 +764,4 @@ func makeRunDir() (string, error) {
 
 func isWritableDir(p string) bool {
 	return syscall.Access(p, 2 /* W_OK */) == nil
-}
-
-// writePIDFile writes relaunch's pid atomically: a reader never sees a
-// partial file.
-func writePIDFile(path string) error {
-	tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-		return fmt.Errorf("cannot write --pidfile %s: %v", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("cannot write --pidfile %s: %v", path, err)
-	}
-	return nil
 }
