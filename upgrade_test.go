@@ -152,6 +152,21 @@ func TestCrashRestartUnderLoad(t *testing.T) {
 	}
 	res := load.Stop()
 	t.Logf("load: %s", res)
+	checkOnlyHeldFailed(t, res, kills)
+	if res.OK == 0 || res.Gens["4"] == 0 {
+		t.Errorf("the restarted generations served nothing: %s", res)
+	}
+	if !strings.Contains(p.Stderr(), "restarting in 100ms") {
+		t.Errorf("the first restart should wait the minimal back-off of 100ms")
+	}
+}
+
+// checkOnlyHeldFailed checks that every failed request of res was in
+// flight at one of kills (a generation killed with SIGKILL held it) and
+// was cut, not refused nor timed out, and that there are at most one per
+// client per kill.
+func checkOnlyHeldFailed(t testing.TB, res *loadtest.Result, kills []time.Time) {
+	t.Helper()
 	inFlight := 0
 	for _, s := range res.Samples {
 		if s.Err == "" {
@@ -169,13 +184,7 @@ func TestCrashRestartUnderLoad(t *testing.T) {
 	if max := loadClients * len(kills); inFlight > max {
 		t.Errorf("%d requests died with the killed generations; at most %d (one per client per kill) can be in flight", inFlight, max)
 	}
-	if res.OK == 0 || res.Gens["4"] == 0 {
-		t.Errorf("the restarted generations served nothing: %s", res)
-	}
 	t.Logf("%d requests were in flight in the %d killed generations", inFlight, len(kills))
-	if !strings.Contains(p.Stderr(), "restarting in 100ms") {
-		t.Errorf("the first restart should wait the minimal back-off of 100ms")
-	}
 }
 
 // A crash restart keeps the sockets: connections made while nothing runs

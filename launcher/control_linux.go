@@ -9,8 +9,6 @@ import (
 	"os"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // serveControl listens on path (0600; a stale socket file is replaced, a
@@ -127,12 +125,13 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 			ans <- Answer{Error: "nothing to roll back to: no earlier generation was ever replaced by an upgrade"}
 			return
 		}
-		fd, err := unix.FcntlInt(l.prevBin.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		f, err := dupFile(l.prevBin)
 		if err != nil {
 			ans <- Answer{Error: "cannot keep the previous binary: " + err.Error()}
 			return
 		}
-		l.startFrom = os.NewFile(uintptr(fd), l.prevBin.Name())
+		closeFile(l.startFrom) // a rollback still queued: this one replaces it
+		l.startFrom = f
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch rollback to the previous generation's binary (was " + l.prevBin.Name() + ")")
 	default:

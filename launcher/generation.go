@@ -52,6 +52,8 @@ type generation struct {
 	exited     bool
 	warnedOwn  bool // said that it listens on a socket of its own
 	usr1       bool // a USR1 came while it was starting: passed on once it is ready
+
+	startTicks uint64 // when it started, in /proc's clock ticks: what it forked started later
 }
 
 // exitStatus is a wait status as a shell reports it: the code, or 128+signal.
@@ -108,6 +110,22 @@ func startProcess(path string, argv, env []string, socks []*sdlisten.Socket, std
 		return 0, nil, fmt.Errorf("cannot start the exec helper (/proc/self/exe): %w", err)
 	}
 	return pid, r, nil
+}
+
+// dupFile opens f again as a new fd (close-on-exec), with f's name.
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// isScript says whether f starts with "#!".
+func isScript(f *os.File) bool {
+	b := make([]byte, 2)
+	n, _ := f.ReadAt(b, 0)
+	return n == 2 && string(b) == "#!"
 }
 
 // readExecError blocks until the helper has exec'd (EOF) or failed.

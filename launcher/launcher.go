@@ -81,6 +81,7 @@ type launcher struct {
 	waiters       []chan<- Answer   // clients waiting for an upgrade's outcome
 	prevBin       *os.File          // the binary of the generation that was current before this one
 	startFrom     *os.File          // a rollback: the next generation runs this file
+	crashBin      *os.File          // the binary of the current generation that crashed: its restarts run it
 	lastFailure   string
 	lastFailureAt time.Time
 
@@ -189,7 +190,7 @@ func Run(cfg Config) (int, error) {
 	if rs != nil {
 		err = l.resume(rs)
 	} else {
-		err = l.start()
+		err = l.start(false)
 	}
 	if err != nil {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
@@ -261,13 +262,35 @@ func (l *launcher) after(g *generation, d time.Duration, fn func()) {
 	}
 }
 
-// start launches a new generation; it becomes l.next.
-func (l *launcher) start() error {
-	path, err := resolve(l.cfg.Command[0])
-	if err != nil {
+// start launches a new generation; it becomes l.next. A rollback runs
+// l.startFrom; a crash restart runs the binary the crashed generation ran,
+// from its open file, whatever is at its path now (deleted, replaced,
+// renamed); anything else, an upgrade first, runs the path.
+func (l *launcher) start(restart bool) error {
+	kept := l.startFrom
+	if kept == nil && restart {
+		kept = l.crashBin
+	}
+	var path string
+	var err error
+	if kept != nil {
+		path = kept.Name()
+	} else if path, err = resolve(l.cfg.Command[0]); err != nil {
 		return err
 	}
 	l.reviveDead() // a socket is handed out listening
+	fromKept := kept != nil && !samePath(kept, path) // a file no longer at its path
+	if fromKept && isScript(kept) {
+		// The kernel would give its interpreter /proc/self/fd/N to open,
+		// closed by then.
+		if kept == l.startFrom {
+			closeFile(l.startFrom)
+			l.startFrom = nil
+			return fmt.Errorf("%s, a #! script, is no longer there: its interpreter opens a script by path, so relaunch cannot run the copy it kept; put the script back to roll back to it", path)
+		}
+		l.log.Warn(fmt.Sprintf("the crashed generation ran the #! script %s, which is no longer there: its interpreter opens a script by path, so the restart runs what %s holds now", path, path))
+		kept, fromKept = nil, false
+	}
 	slot, err := l.pickSlot()
 	if err != nil {
 		return err
@@ -287,15 +310,22 @@ func (l *launcher) start() error {
 		"NOTIFY_SOCKET="+g.notify.Path(),
 		"RELAUNCH_GENERATION="+strconv.Itoa(g.id),
 		"RELAUNCH_HANDOFF="+l.handoff.path)
-	g.bin, l.startFrom = l.startFrom, nil
-	if g.bin != nil {
-		path = g.bin.Name()
-	} else if f, err := os.Open(path); err == nil {
-		g.bin = f // kept for a later rollback
+	switch {
+	case kept != nil && kept == l.startFrom:
+		g.bin, l.startFrom = l.startFrom, nil
+	case kept != nil: // l.crashBin stays for the next restart, should this one fail
+		if g.bin, err = dupFile(kept); err != nil {
+			g.notify.Close()
+			return fmt.Errorf("cannot keep the crashed generation's binary: %v", err)
+		}
+	default:
+		if f, err := os.Open(path); err == nil {
+			g.bin = f // kept for a later rollback, or a crash restart
+		}
 	}
 	var from *os.File
-	if g.bin != nil && !samePath(g.bin, path) {
-		from = g.bin // a rollback to a file no longer at its path
+	if fromKept {
+		from = g.bin
 	}
 	pid, pipe, err := startProcess(path, l.cfg.Command, env, socks, l.stdin, from)
 	if err != nil {
@@ -304,11 +334,16 @@ func (l *launcher) start() error {
 		return err
 	}
 	g.pid = pid
+	g.startTicks, _ = procStartTicks(pid)
 	l.roots.add(g.id, pid)
 	l.gens = append(l.gens, g)
 	l.next = g
 	l.armSlots()
-	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s", g.id, pid, path), "generation", g.id, "pid", pid, "path", path)
+	how := ""
+	if from != nil {
+		how = " (the file relaunch kept open: the path no longer holds it)"
+	}
+	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s%s", g.id, pid, path, how), "generation", g.id, "pid", pid, "path", path)
 	go func() {
 		execErr := readExecError(pipe)
 		l.post(func() { l.onExec(g, execErr) })
@@ -358,6 +393,8 @@ func (l *launcher) onReady(g *generation, how string) {
 	if l.hasPools() {
 		l.steerTo(g.slot)
 	}
+	closeFile(l.crashBin) // a generation serves again: its binary is what a next crash restarts
+	l.crashBin = nil
 	if old != nil {
 		closeFile(l.prevBin)
 		l.prevBin, old.bin = old.bin, nil
@@ -405,7 +442,7 @@ func (l *launcher) upgrade(reason string) {
 		l.reloading = true
 		l.outer.reloading("upgrading: " + reason)
 	}
-	if err := l.start(); err != nil {
+	if err := l.start(false); err != nil {
 		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
 		l.upgradeFailed(err.Error())
 		if l.cur == nil {
@@ -476,8 +513,18 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		t.Stop()
 	}
 	g.notify.Close()
-	closeFile(g.bin)
+	if g == l.cur && !l.stopping {
+		// Its crash restarts run this file, whatever is at its path now.
+		closeFile(l.crashBin)
+		l.crashBin = g.bin
+	} else {
+		closeFile(g.bin)
+	}
 	g.bin = nil
+	var daemon []int
+	if !l.stopping && (g == l.cur || g == l.next) && st.ws.Exited() && st.ws.ExitStatus() == 0 {
+		daemon = l.leftovers(g) // before the group is killed: a daemon may not have left it yet
+	}
 	// Whatever the leader left in its group goes with it: a generation is
 	// over when its main process is.
 	killGroup(g.pid, syscall.SIGKILL)
@@ -499,6 +546,11 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	if g == l.stopGen {
 		l.setStatus(st.code())
 	}
+	daemonized := ""
+	if len(daemon) > 0 {
+		stopLeftovers(daemon, func() []int { return l.leftovers(g) })
+		daemonized = daemonReason(daemon)
+	}
 
 	switch {
 	case l.stopping:
@@ -508,6 +560,8 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		reason := fmt.Sprintf("exited before it was ready (%s)", how)
 		if g.execErr != nil {
 			reason = "cannot run " + g.execErr.Error() + execHint(g.execErr)
+		} else if daemonized != "" {
+			reason = daemonized
 		} else if g.failReason != "" {
 			reason = how
 		}
@@ -527,6 +581,10 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 			l.finish(1)
 			break
 		}
+		if daemonized != "" { // restarting it would only start one more daemon
+			l.daemonized(g, reason, attrs)
+			break
+		}
 		if l.cfg.Build != "" && l.cfg.Watch != nil {
 			// Development: code that crashes at start waits for the next
 			// change rather than restart-looping.
@@ -535,6 +593,9 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		}
 		l.log.Error(fmt.Sprintf("gen %d (pid %d) %s", g.id, g.pid, reason), attrs...)
 		l.afterExit(st)
+	case g == l.cur && daemonized != "":
+		l.cur = nil
+		l.daemonized(g, daemonized, append(attrs, "reason", daemonized))
 	case g == l.cur:
 		l.cur = nil
 		l.log.Warn(fmt.Sprintf("gen %d (pid %d) exited by itself: %s", g.id, g.pid, how), attrs...)
@@ -557,6 +618,18 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	if l.stopping && len(l.gens) == 0 {
 		l.done = true
 	}
+}
+
+// daemonized ends relaunch with status 1: the app forked into the
+// background, which relaunch cannot manage.
+func (l *launcher) daemonized(g *generation, reason string, attrs []any) {
+	msg := fmt.Sprintf("gen %d (pid %d) %s", g.id, g.pid, reason)
+	if l.everUp {
+		l.log.Error(msg, attrs...)
+	} else {
+		l.fatal = errors.New(msg) // said once, as relaunch's final error
+	}
+	l.finish(1)
 }
 
 // afterExit applies the restart policy once nothing serves.
@@ -614,7 +687,7 @@ func (l *launcher) restartIn(d time.Duration) {
 			if l.stopping || l.next != nil {
 				return
 			}
-			if err := l.start(); err != nil {
+			if err := l.start(true); err != nil {
 				l.log.Error("cannot restart: "+err.Error(), "reason", err.Error())
 				l.scheduleRestart()
 			}

@@ -94,6 +94,7 @@ type reexecState struct {
 	RestartIn     time.Duration     `json:"restart_in"` // -1: no restart scheduled
 	Gens          []keptGen         `json:"gens"`
 	PrevBin       *keptFile         `json:"prev_bin,omitempty"`
+	CrashBin      *keptFile         `json:"crash_bin,omitempty"`
 	Handoff       int               `json:"handoff"`
 	Receivers     []keptRecv        `json:"receivers"`
 	Control       int               `json:"control"` // -1: none
@@ -333,6 +334,7 @@ func (l *launcher) describe() (st reexecState, keep []int, busy string) {
 		st.Gens = append(st.Gens, k)
 	}
 	st.PrevBin = keepFile(l.prevBin)
+	st.CrashBin = keepFile(l.crashBin)
 	st.Handoff, st.Receivers, busy = l.handoff.keep()
 	keep = append(keep, st.Handoff)
 	for _, r := range st.Receivers {
@@ -435,6 +437,7 @@ func (l *launcher) resume(r *Resume) error {
 		return os.NewFile(uintptr(k.Fd), k.Name)
 	}
 	l.prevBin = adoptFile(st.PrevBin)
+	l.crashBin = adoptFile(st.CrashBin)
 	var names []string
 	for _, k := range st.Gens {
 		g := &generation{id: k.ID, pid: k.Pid, path: k.Path, slot: k.Slot, state: k.State, started: k.Started,
