@@ -115,9 +115,10 @@ func newRunDir(log *slog.Logger) (*runDir, error) {
 
 // makeRunDir makes the runtime directory in the first candidate that is
 // safe and where it can. It warns about each candidate a variable names
-// that it passes over; with none left, the error names them all and the fix.
+// that it passed over; with none left, the error alone names them all and
+// the fix.
 func makeRunDir(cs []baseCandidate, euid int, warn func(string)) (*runDir, error) {
-	var why []string
+	var why, warns []string
 	for _, c := range cs {
 		name := c.from
 		if name == "" {
@@ -130,16 +131,19 @@ func makeRunDir(cs []baseCandidate, euid int, warn func(string)) (*runDir, error
 		if err == nil {
 			var d *runDir
 			if d, err = makeRunDirIn(base, euid); err == nil {
+				for _, w := range warns {
+					warn(w)
+				}
 				return d, nil
 			}
 			err = fmt.Errorf("cannot make a directory in it: %v", err)
 		}
 		why = append(why, fmt.Sprintf("%s (%v)", name, err))
 		if c.from != "" {
-			warn(fmt.Sprintf("not using %s for relaunch's runtime directory: %v", c.from, err))
+			warns = append(warns, fmt.Sprintf("not using %s for relaunch's runtime directory: %v", c.from, err))
 		}
 	}
-	return nil, fmt.Errorf("no safe directory for relaunch's runtime directory: %s; set TMPDIR to a directory only you (or root) can write",
+	return nil, fmt.Errorf("no safe directory to make relaunch's runtime directory in: %s; set TMPDIR to a directory only you (or root) can write",
 		strings.Join(why, ", "))
 }
 
