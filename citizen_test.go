@@ -534,7 +534,7 @@ func TestSocketActivated(t *testing.T) {
 	addr := freeAddr(t)
 	// It binds addr, waits for the first connection, then execs relaunch
 	// (same pid) with LISTEN_FDS=1, LISTEN_PID and LISTEN_FDNAMES=web.
-	p := startProc(t, procOpts{}, sa, "-l", addr, "--fdname=web", "-E", harnessMarkerEnv, "-E", "TMPDIR", "--",
+	p := startProc(t, procOpts{}, sa, "-l", addr, "--fdname=web", "-E", harnessMarkerEnv, "-E", "TMPDIR", "-E", "RUNTIME_DIRECTORY", "--",
 		relaunchBin, "--no-watch-binary", "--", demoBin, "-init-delay", "50ms")
 	waitHTTP(t, addr, "gen=1", 20*time.Second)
 	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.Pid())); exe != relaunchBin {

@@ -37,7 +37,7 @@ func cliAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 func cliTmp(t testing.TB) (string, []string) {
 	t.Helper()
 	dir := shortTempDir(t)
-	return dir, []string{"TMPDIR=" + dir, "XDG_RUNTIME_DIR="}
+	return dir, []string{"TMPDIR=" + dir, "RUNTIME_DIRECTORY=" + dir, "XDG_RUNTIME_DIR="}
 }
 
 // cliRun starts relaunch, waits for it to exit and for its output to end,
@@ -411,9 +411,9 @@ func TestCLISocketActivated(t *testing.T) {
 	outer, inner := freePort(t), freePort(t)
 	tmp, _ := cliTmp(t)
 	// systemd-socket-activate passes on only TERM, PATH, USER, HOME and -E
-	// ones: the harness's marker and the TMPDIR go explicitly.
-	p := startProc(t, procOpts{Env: []string{"TMPDIR=" + tmp}}, sa,
-		"-l", cliAddr(outer), "--fdname=outer", "-E", harnessMarkerEnv, "-E", "TMPDIR",
+	// ones: the harness's marker and the runtime directory's go explicitly.
+	p := startProc(t, procOpts{Env: []string{"TMPDIR=" + tmp, "RUNTIME_DIRECTORY=" + tmp}}, sa,
+		"-l", cliAddr(outer), "--fdname=outer", "-E", harnessMarkerEnv, "-E", "TMPDIR", "-E", "RUNTIME_DIRECTORY",
 		"--", relaunchBin, "-l", cliAddr(inner), "--", demoBin)
 	// systemd-socket-activate (without --accept) execs its command at the
 	// first connection, which waits in the outer socket's backlog meanwhile.

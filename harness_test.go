@@ -402,9 +402,12 @@ func startProc(t testing.TB, o procOpts, argv ...string) *relaunchProc {
 		}
 		env = append(env, kv)
 	}
-	// relaunch's runtime directory goes under TMPDIR: a short per-test one,
-	// removed after the cleanup's SIGKILL (which leaves no chance to remove it).
-	env = append(env, harnessMarkerEnv+"="+marker, "TMPDIR="+shortTempDir(t), "XDG_RUNTIME_DIR=")
+	// relaunch's runtime directory goes in a short per-test directory,
+	// removed after the cleanup's SIGKILL (which leaves no chance to remove
+	// it): RUNTIME_DIRECTORY, as systemd's RuntimeDirectory= sets it, comes
+	// before /run/relaunch, where a root relaunch goes otherwise.
+	tmp := shortTempDir(t)
+	env = append(env, harnessMarkerEnv+"="+marker, "TMPDIR="+tmp, "RUNTIME_DIRECTORY="+tmp, "XDG_RUNTIME_DIR=")
 	if o.Activation {
 		env = append(env, "LISTEN_FDS="+strconv.Itoa(len(o.ExtraFiles)))
 		if o.FdNames != nil {

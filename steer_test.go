@@ -471,7 +471,7 @@ func TestSteerSharedHandover(t *testing.T) {
 		// systemd-socket-activate passes on only a few variables: the
 		// harness's marker goes explicitly. It execs relaunch at the first
 		// connection, which waits in the outer socket's backlog meanwhile.
-		p := startProc(t, procOpts{}, sa, "-l", outer, "-E", harnessMarkerEnv, "-E", "TMPDIR",
+		p := startProc(t, procOpts{}, sa, "-l", outer, "-E", harnessMarkerEnv, "-E", "TMPDIR", "-E", "RUNTIME_DIRECTORY",
 			"--", relaunchBin, "-l", inner, "--no-watch-binary", "--", demoBin)
 		waitHTTP(t, outer, "gen=1", 20*time.Second)
 		waitHTTP(t, inner, "gen=1", 5*time.Second)

@@ -94,16 +94,14 @@ type brokerRecv struct {
 	taken    int
 }
 
-// newBroker listens on path (in relaunch's 0700 runtime directory). genOf
+// newBroker listens on path (in relaunch's 0700 runtime directory), bound
+// at bind: path itself, or path reached through the directory's fd. genOf
 // tells which generation a pid belongs to; it is called from the broker's
 // goroutines.
-func newBroker(path string, log *slog.Logger, genOf func(pid int) (gen int, ok bool)) (*broker, error) {
-	if len(path) > 107 {
-		return nil, fmt.Errorf("the handoff socket path %s is %d bytes, more than the 107 a socket address holds; set TMPDIR to a shorter directory", path, len(path))
-	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+func newBroker(bind, path string, log *slog.Logger, genOf func(pid int) (gen int, ok bool)) (*broker, error) {
+	ln, err := listenHandoff(bind, path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot create the handoff socket: %w", err)
+		return nil, err
 	}
 	if log == nil {
 		log = discardLogger()
@@ -118,8 +116,35 @@ func newBroker(path string, log *slog.Logger, genOf func(pid int) (gen int, ok b
 		b.maxHeld = max(int(rl.Cur)/2, int(rl.Cur)-1024)
 	}
 	b.wg.Add(1)
-	go b.accept()
+	go b.accept(ln)
 	return b, nil
+}
+
+func listenHandoff(bind, path string) (*net.UnixListener, error) {
+	if len(path) > 107 {
+		return nil, fmt.Errorf("the handoff socket path %s is %d bytes, more than the 107 a socket address holds; set TMPDIR to a shorter directory", path, len(path))
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: bind, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("cannot create the handoff socket %s: %v", path, errorText(err))
+	}
+	return ln, nil
+}
+
+// relisten moves the listening socket to path (relaunch's runtime
+// directory was removed and made again): the old socket's file went with
+// the old directory. The connections the broker holds stay.
+func (b *broker) relisten(bind, path string) error {
+	ln, err := listenHandoff(bind, path)
+	if err != nil {
+		return err
+	}
+	b.ln.SetUnlinkOnClose(false) // its name may reach the new directory now
+	b.ln.Close()
+	b.ln, b.path = ln, path
+	b.wg.Add(1)
+	go b.accept(ln)
+	return nil
 }
 
 // setCurrent makes gen the generation that receives from now on. The
@@ -186,10 +211,10 @@ func (b *broker) close() (closedInFlight int) {
 	return n
 }
 
-func (b *broker) accept() {
+func (b *broker) accept(ln *net.UnixListener) {
 	defer b.wg.Done()
 	for {
-		c, err := b.ln.AcceptUnix()
+		c, err := ln.AcceptUnix()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -338,7 +363,7 @@ func adoptBroker(path string, lnFd int, recvs []keptRecv, log *slog.Logger, genO
 		}()
 	}
 	b.wg.Add(1)
-	go b.accept()
+	go b.accept(ln)
 	return b, nil
 }
 

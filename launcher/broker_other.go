@@ -12,7 +12,7 @@ import (
 
 type broker struct{ path string }
 
-func newBroker(path string, log *slog.Logger, genOf func(pid int) (gen int, ok bool)) (*broker, error) {
+func newBroker(bind, path string, log *slog.Logger, genOf func(pid int) (gen int, ok bool)) (*broker, error) {
 	return nil, errors.New("the connection handoff runs only on Linux")
 }
 

@@ -125,7 +125,7 @@ func newTestBroker(t testing.TB) *brokerFixture {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	f := &brokerFixture{gens: &testGens{}, log: &logLines{}, path: dir + "/handoff.sock"}
-	f.b, err = newBroker(f.path, NewLogger(f.log, LogOptions{}), f.gens.genOf)
+	f.b, err = newBroker(f.path, f.path, NewLogger(f.log, LogOptions{}), f.gens.genOf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,7 +36,7 @@ type launcher struct {
 	quit    chan struct{} // closed when the loop ends, so late posts do not block
 	env     []string
 	stdin   int
-	runDir  string
+	runDir  *runDir
 	handoff *broker  // the connection handoff (SPEC §9)
 	roots   genRoots // the generations' root pids, for the handoff's genOf
 
@@ -116,16 +115,10 @@ func Run(cfg Config) (int, error) {
 	if err := becomeSubreaper(); err != nil {
 		l.log.Warn("cannot become a child subreaper (orphans of the app will go to init): " + err.Error())
 	}
-	var err error
 	rs := cfg.Resume
-	if rs != nil {
-		l.runDir = rs.st.RunDir
-		l.handoff, err = adoptBroker(filepath.Join(l.runDir, "handoff.sock"), rs.st.Handoff, rs.st.Receivers, l.log, l.roots.genOf)
-	} else if l.runDir, err = makeRunDir(); err == nil {
-		l.handoff, err = newBroker(filepath.Join(l.runDir, "handoff.sock"), l.log, l.roots.genOf)
-	}
-	if l.runDir != "" {
-		defer os.RemoveAll(l.runDir)
+	err := l.openRunDir(rs)
+	if l.runDir != nil {
+		defer l.runDir.remove()
 	}
 	if err != nil {
 		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
@@ -278,7 +271,7 @@ func (l *launcher) start(restart bool) error {
 	} else if path, err = resolve(l.cfg.Command[0]); err != nil {
 		return err
 	}
-	l.reviveDead() // a socket is handed out listening
+	l.reviveDead()                                   // a socket is handed out listening
 	fromKept := kept != nil && !samePath(kept, path) // a file no longer at its path
 	if fromKept && isScript(kept) {
 		// The kernel would give its interpreter /proc/self/fd/N to open,
@@ -302,9 +295,8 @@ func (l *launcher) start(restart bool) error {
 	if l.probeOK {
 		g.probe = probeOf(socks)
 	}
-	g.notify, err = sdlisten.ListenNotify(filepath.Join(l.runDir, "gen"+strconv.Itoa(g.id)+".sock"))
-	if err != nil {
-		return fmt.Errorf("cannot create the notify socket in %s: %v", l.runDir, err)
+	if g.notify, err = l.notifySocket(g.id); err != nil {
+		return err
 	}
 	env := append(sdlisten.ChildEnv(l.env, socks),
 		"NOTIFY_SOCKET="+g.notify.Path(),
@@ -821,20 +813,4 @@ func ms(d time.Duration) string {
 		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
 	}
 	return d.Round(10 * time.Millisecond).String()
-}
-
-func makeRunDir() (string, error) {
-	base := os.Getenv("XDG_RUNTIME_DIR")
-	if base == "" || !isWritableDir(base) {
-		base = os.TempDir()
-	}
-	dir, err := os.MkdirTemp(base, "relaunch-")
-	if err != nil {
-		return "", fmt.Errorf("cannot create relaunch's runtime directory in %s: %v; set TMPDIR to a writable directory", base, err)
-	}
-	return dir, nil // MkdirTemp makes it 0700: only relaunch's user can reach the notify sockets
-}
-
-func isWritableDir(p string) bool {
-	return syscall.Access(p, 2 /* W_OK */) == nil
 }

@@ -101,6 +101,7 @@ type reexecState struct {
 	Clients       []int             `json:"clients"` // `relaunch reexec` connections waiting for the outcome
 	LastFailure   string            `json:"last_failure"`
 	LastFailureAt time.Time         `json:"last_failure_at"`
+	RunDirFd      int               `json:"run_dir_fd,omitempty"` // with its flock; 0 from a build that kept none: RunDir is opened again
 }
 
 type keptGen struct {
@@ -296,7 +297,7 @@ const stateFormat = 1
 // describe is the state to pass on, every fd it names, and what in
 // flight an exec now would lose ("" for nothing).
 func (l *launcher) describe() (st reexecState, keep []int, busy string) {
-	st = reexecState{Format: stateFormat, Binary: selfPath, Began: l.reexecAsked, RunDir: l.runDir, Frozen: l.frozen, SteerSlot: l.steerSlot,
+	st = reexecState{Format: stateFormat, Binary: selfPath, Began: l.reexecAsked, RunDir: l.runDir.path, RunDirFd: l.runDir.fd, Frozen: l.frozen, SteerSlot: l.steerSlot,
 		LastID: l.lastID, EverUp: l.everUp, LearnedNotify: l.learnedNotify, LearnedListen: l.learnedListen,
 		WarnedBlind: l.warnedBlind, WarnedDrain: l.warnedDrain, Backoff: l.backoff, RestartIn: -1, Control: -1,
 		LastFailure: l.lastFailure, LastFailureAt: l.lastFailureAt}
@@ -335,6 +336,7 @@ func (l *launcher) describe() (st reexecState, keep []int, busy string) {
 	}
 	st.PrevBin = keepFile(l.prevBin)
 	st.CrashBin = keepFile(l.crashBin)
+	keep = append(keep, st.RunDirFd) // and with it, its flock
 	st.Handoff, st.Receivers, busy = l.handoff.keep()
 	keep = append(keep, st.Handoff)
 	for _, r := range st.Receivers {

@@ -96,7 +96,11 @@ func AdoptNotify(fd int, path string) (*NotifyListener, error) {
 		c.Close()
 		return nil, fmt.Errorf("adopt the notify socket %s: not a unix socket", path)
 	}
-	return &NotifyListener{path: path, conn: uc}, nil
+	bind := path // Close removes the name it was bound at (ListenNotifyAt)
+	if a, ok := uc.LocalAddr().(*net.UnixAddr); ok && a.Name != "" {
+		bind = a.Name
+	}
+	return &NotifyListener{path: path, bind: bind, conn: uc}, nil
 }
 
 // Fd is the notify socket's fd, for Keep across an exec.

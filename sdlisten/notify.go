@@ -11,7 +11,8 @@ import (
 // NotifyListener receives the sd_notify datagrams of one generation on a
 // unixgram socket of its own, so the path itself says who speaks.
 type NotifyListener struct {
-	path string
+	path string // what senders are told
+	bind string // the name it was bound at, which Close removes (path, or path reached through a directory fd)
 	conn *net.UnixConn
 }
 
@@ -32,8 +33,8 @@ func (l *NotifyListener) Path() string { return l.path }
 // the socket file.
 func (l *NotifyListener) Close() error {
 	err := l.conn.Close()
-	if err == nil && !strings.HasPrefix(l.path, "@") {
-		if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+	if err == nil && !strings.HasPrefix(l.bind, "@") {
+		if rerr := os.Remove(l.bind); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			err = rerr
 		}
 	}

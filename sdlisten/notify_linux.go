@@ -18,10 +18,17 @@ const maxRights = 253
 // directory the caller made) with SO_PASSCRED, so every message comes with
 // its sender's pid. It is close-on-exec, as every net socket.
 func ListenNotify(path string) (*NotifyListener, error) {
+	return ListenNotifyAt(path, path)
+}
+
+// ListenNotifyAt is ListenNotify binding the socket at bind, another name
+// of path: "/proc/self/fd/N/name" binds it in the directory open as fd N,
+// whatever its path has become since. Path() is path, for the senders.
+func ListenNotifyAt(bind, path string) (*NotifyListener, error) {
 	if len(path) > maxUnixPath {
 		return nil, fmt.Errorf("notify socket path %q is %d bytes, more than the %d a socket address holds; use a shorter directory", path, len(path), maxUnixPath)
 	}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: bind, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
@@ -36,10 +43,10 @@ func ListenNotify(path string) (*NotifyListener, error) {
 	}
 	if err != nil {
 		conn.Close()
-		os.Remove(path)
+		os.Remove(bind)
 		return nil, fmt.Errorf("notify socket %s: setsockopt SO_PASSCRED: %w", path, err)
 	}
-	return &NotifyListener{path: path, conn: conn}, nil
+	return &NotifyListener{path: path, bind: bind, conn: conn}, nil
 }
 
 // Recv blocks until a whole datagram arrives and returns it. Fds passed

@@ -11,3 +11,6 @@ func ListenNotify(path string) (*NotifyListener, error) { return nil, errNotLinu
 
 // Recv: see ListenNotify.
 func (l *NotifyListener) Recv() (NotifyMessage, error) { return NotifyMessage{}, errNotLinux }
+
+// ListenNotifyAt: see ListenNotify.
+func ListenNotifyAt(bind, path string) (*NotifyListener, error) { return nil, errNotLinux }

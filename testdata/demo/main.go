@@ -10,7 +10,7 @@
 //	GET /            200 "version=V pid=P gen=G\n"
 //	GET /sleep?d=3s  sleeps d, then answers like /
 //	GET /fds         open fds, one "N -> target" per line (?at=start: as at the top of main)
-//	GET /env         LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, NOTIFY_SOCKET, RELAUNCH_GENERATION, PID as K=V lines
+//	GET /env         LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, NOTIFY_SOCKET, RELAUNCH_GENERATION, RELAUNCH_HANDOFF, PID as K=V lines
 //	GET /names       LISTEN_FDNAMES split on ':', one per line
 //	GET /helpers     pids of the helper processes started by -fork-helpers, one per line
 package main
@@ -269,7 +269,7 @@ func handler() http.Handler {
 		fmt.Fprint(w, listFds())
 	})
 	mux.HandleFunc("GET /env", func(w http.ResponseWriter, r *http.Request) {
-		for _, k := range []string{"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "RELAUNCH_GENERATION"} {
+		for _, k := range []string{"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "RELAUNCH_GENERATION", "RELAUNCH_HANDOFF"} {
 			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))
 		}
 		fmt.Fprintf(w, "PID=%d\n", pid)
