@@ -271,7 +271,8 @@ func (l *launcher) start(restart bool) error {
 	} else if path, err = resolve(l.cfg.Command[0]); err != nil {
 		return err
 	}
-	l.reviveDead()                                   // a socket is handed out listening
+	l.reviveDead() // a socket is handed out listening
+
 	fromKept := kept != nil && !samePath(kept, path) // a file no longer at its path
 	if fromKept && isScript(kept) {
 		// The kernel would give its interpreter /proc/self/fd/N to open,
