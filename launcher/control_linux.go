@@ -143,7 +143,7 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 // newer upgrade is queued: they get its outcome.
 func (l *launcher) concluded(o Outcome) {
 	if !o.OK {
-		l.lastFailure, l.lastFailureAt = o.Reason, time.Now()
+		l.lastFailure, l.lastFailureAt = o.Reason, l.sys.now()
 	}
 	if l.pending != "" {
 		return

@@ -46,9 +46,9 @@ type generation struct {
 	drainAt time.Time // when the drain signal was sent
 
 	notify     *sdlisten.NotifyListener
-	timers     []*time.Timer // stopped when it exits
-	failReason string        // why relaunch killed it, for the exit log line
-	execErr    error         // the helper could not exec the command
+	timers     []timer // stopped when it exits
+	failReason string  // why relaunch killed it, for the exit log line
+	execErr    error   // the helper could not exec the command
 	exited     bool
 	warnedOwn  bool // said that it listens on a socket of its own
 	usr1       bool // a USR1 came while it was starting: passed on once it is ready

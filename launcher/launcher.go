@@ -31,6 +31,7 @@ const (
 // functions to events.
 type launcher struct {
 	cfg     Config
+	sys     system // processes, signals, clock
 	log     *slog.Logger
 	events  chan func()
 	quit    chan struct{} // closed when the loop ends, so late posts do not block
@@ -63,7 +64,7 @@ type launcher struct {
 	warnedDrain   bool
 
 	backoff      time.Duration
-	restartTimer *time.Timer
+	restartTimer timer
 	restartAt    time.Time
 
 	outer     *outerNotify // systemd's NOTIFY_SOCKET, when relaunch has one
@@ -93,15 +94,10 @@ type launcher struct {
 	fatal     error // start-up failure
 }
 
-// Run starts the command on cfg.Sockets and manages its generations until
-// relaunch is stopped or the restart policy says the app is done. It returns
-// the exit status relaunch should exit with; a non-nil error (wrapping
-// ErrStartup) is a start-up failure to report, with status 1.
-func Run(cfg Config) (int, error) {
-	if len(cfg.Command) == 0 {
-		return 2, errors.New("no command given")
-	}
-	l := &launcher{cfg: cfg, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin,
+// newLauncher is a launcher at rest: nothing started, no runtime
+// directory, no broker yet.
+func newLauncher(cfg Config, sys system) *launcher {
+	l := &launcher{cfg: cfg, sys: sys, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin,
 		awaySince: map[int]time.Time{}, held: map[int]time.Time{}}
 	if l.log == nil {
 		l.log = discardLogger()
@@ -111,6 +107,22 @@ func Run(cfg Config) (int, error) {
 		l.env = os.Environ()
 	}
 	l.env = withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), "RELAUNCH_HANDOFF") // a nested relaunch's own
+	l.frozen = make([]int, len(cfg.Listeners))
+	for i := range l.frozen {
+		l.frozen[i] = -1
+	}
+	return l
+}
+
+// Run starts the command on cfg.Sockets and manages its generations until
+// relaunch is stopped or the restart policy says the app is done. It returns
+// the exit status relaunch should exit with; a non-nil error (wrapping
+// ErrStartup) is a start-up failure to report, with status 1.
+func Run(cfg Config) (int, error) {
+	if len(cfg.Command) == 0 {
+		return 2, errors.New("no command given")
+	}
+	l := newLauncher(cfg, osSystem())
 	selfPath, selfPathErr = startedAs()
 	if err := becomeSubreaper(); err != nil {
 		l.log.Warn("cannot become a child subreaper (orphans of the app will go to init): " + err.Error())
@@ -173,10 +185,6 @@ func Run(cfg Config) (int, error) {
 		}
 	}
 	l.setupProbe()
-	l.frozen = make([]int, len(cfg.Listeners))
-	for i := range l.frozen {
-		l.frozen[i] = -1
-	}
 	if len(cfg.Listeners) > 0 {
 		defer l.watchSlots()()
 	}
@@ -249,7 +257,7 @@ func (l *launcher) post(fn func()) {
 
 // after runs fn on the loop goroutine in d, unless g exits first.
 func (l *launcher) after(g *generation, d time.Duration, fn func()) {
-	t := time.AfterFunc(d, func() { l.post(fn) })
+	t := l.sys.afterFunc(d, func() { l.post(fn) })
 	if g != nil {
 		g.timers = append(g.timers, t)
 	}
@@ -292,7 +300,7 @@ func (l *launcher) start(restart bool) error {
 	delete(l.held, slot) // its queue is the new generation's
 	socks := l.socketsFor(slot)
 	l.lastID++
-	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: time.Now()}
+	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: l.sys.now()}
 	if l.probeOK {
 		g.probe = probeOf(socks)
 	}
@@ -320,7 +328,9 @@ func (l *launcher) start(restart bool) error {
 	if fromKept {
 		from = g.bin
 	}
-	pid, pipe, err := startProcess(path, l.cfg.Command, env, socks, l.stdin, from)
+	pid, err := l.sys.start(procSpec{path: path, argv: l.cfg.Command, env: env, socks: socks, stdin: l.stdin, bin: from},
+		func(err error) { l.post(func() { l.onExec(g, err) }) },
+		func(ws syscall.WaitStatus) { l.post(func() { l.onExit(g, exitStatus{ws}) }) })
 	if err != nil {
 		g.notify.Close()
 		closeFile(g.bin)
@@ -337,12 +347,6 @@ func (l *launcher) start(restart bool) error {
 		how = " (the file relaunch kept open: the path no longer holds it)"
 	}
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s%s", g.id, pid, path, how), "generation", g.id, "pid", pid, "path", path)
-	go func() {
-		execErr := readExecError(pipe)
-		l.post(func() { l.onExec(g, execErr) })
-		ws := waitPid(pid)
-		l.post(func() { l.onExit(g, exitStatus{ws}) })
-	}()
 	go l.readNotify(g)
 	if l.cfg.ReadyTimeout > 0 {
 		l.after(g, l.cfg.ReadyTimeout, func() { l.onReadyTimeout(g) })
@@ -366,7 +370,7 @@ func (l *launcher) onReady(g *generation, how string) {
 	if g != l.next || g.exited {
 		return
 	}
-	g.state, g.readyAt = current, time.Now()
+	g.state, g.readyAt = current, l.sys.now()
 	old := l.cur
 	// Every time, not only at first or after a reload: STATUS= must name
 	// the generation that serves after a crash restart too.
@@ -375,7 +379,7 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.cur, l.next, l.everUp = g, nil, true
 	l.handoff.setCurrent(g.id)
 	if g.usr1 {
-		syscall.Kill(g.pid, syscall.SIGUSR1)
+		l.sys.signal(g.pid, syscall.SIGUSR1)
 	}
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
@@ -407,7 +411,7 @@ func (l *launcher) onReadyTimeout(g *generation) {
 		return
 	}
 	g.failReason = fmt.Sprintf("not ready after %s (--ready-timeout, waiting for %s)", l.cfg.ReadyTimeout, l.waitingFor())
-	killGroup(g.pid, syscall.SIGKILL)
+	l.sys.killGroup(g.pid, syscall.SIGKILL)
 }
 
 // upgrade starts a new generation now, or after the one in flight.
@@ -462,8 +466,8 @@ func (l *launcher) stillServes() string {
 }
 
 func (l *launcher) drain(g *generation) {
-	g.state, g.drainAt = draining, time.Now()
-	syscall.Kill(g.pid, l.cfg.DrainSignal)
+	g.state, g.drainAt = draining, l.sys.now()
+	l.sys.signal(g.pid, l.cfg.DrainSignal)
 	l.log.Info(fmt.Sprintf("gen %d (pid %d) draining: sent %s", g.id, g.pid, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
 	if l.cfg.DrainTimeout > 0 {
 		l.drainTimer(g, l.cfg.DrainTimeout)
@@ -475,7 +479,7 @@ func (l *launcher) drainTimer(g *generation, d time.Duration) {
 	l.after(g, max(d, 0), func() {
 		if !g.exited {
 			g.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", l.cfg.DrainTimeout)
-			killGroup(g.pid, syscall.SIGKILL)
+			l.sys.killGroup(g.pid, syscall.SIGKILL)
 		}
 	})
 }
@@ -494,7 +498,7 @@ func (l *launcher) limitDraining() {
 	}
 	for i := 0; i < len(ds)-l.cfg.MaxDraining; i++ {
 		ds[i].failReason = fmt.Sprintf("more than %d generations draining (--max-draining)", l.cfg.MaxDraining)
-		killGroup(ds[i].pid, syscall.SIGKILL)
+		l.sys.killGroup(ds[i].pid, syscall.SIGKILL)
 	}
 }
 
@@ -520,7 +524,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	}
 	// Whatever the leader left in its group goes with it: a generation is
 	// over when its main process is.
-	killGroup(g.pid, syscall.SIGKILL)
+	l.sys.killGroup(g.pid, syscall.SIGKILL)
 	for i, x := range l.gens {
 		if x == g {
 			l.gens = append(l.gens[:i], l.gens[i+1:]...)
@@ -592,7 +596,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	case g == l.cur:
 		l.cur = nil
 		l.log.Warn(fmt.Sprintf("gen %d (pid %d) exited by itself: %s", g.id, g.pid, how), attrs...)
-		if time.Since(g.readyAt) >= healthyAfter {
+		if l.sys.now().Sub(g.readyAt) >= healthyAfter {
 			l.backoff = backoffMin
 		}
 		if l.next != nil {
@@ -673,8 +677,8 @@ func (l *launcher) scheduleRestart() {
 
 // restartIn starts a generation in d, unless one starts meanwhile.
 func (l *launcher) restartIn(d time.Duration) {
-	l.restartAt = time.Now().Add(d)
-	l.restartTimer = time.AfterFunc(d, func() {
+	l.restartAt = l.sys.now().Add(d)
+	l.restartTimer = l.sys.afterFunc(d, func() {
 		l.post(func() {
 			l.restartTimer = nil
 			if l.stopping || l.next != nil {
@@ -705,7 +709,7 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 		l.onReexec(nil)
 	case syscall.SIGUSR1:
 		if l.cur != nil {
-			syscall.Kill(l.cur.pid, sig)
+			l.sys.signal(l.cur.pid, sig)
 		}
 		// A starting generation gets it once ready: it may not handle USR1
 		// yet (the default action kills), and it must not miss a log
@@ -746,7 +750,7 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 	l.cancelRestart()
 	l.pending = ""
 	if l.buildPid != 0 {
-		killGroup(l.buildPid, syscall.SIGKILL)
+		killGroup(l.buildPid, syscall.SIGKILL) // a real process, whatever l.sys is
 	}
 	if !l.statusSet {
 		l.stopGen = l.cur
@@ -764,14 +768,14 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 			continue // already told
 		}
 		g.state = stopping
-		syscall.Kill(g.pid, sig)
+		l.sys.signal(g.pid, sig)
 	}
 	if len(l.gens) == 0 {
 		l.done = true
 		return
 	}
 	if timeout > 0 {
-		time.AfterFunc(timeout, func() {
+		l.sys.afterFunc(timeout, func() {
 			l.post(func() {
 				if len(l.gens) > 0 {
 					l.log.Warn(fmt.Sprintf("%d generation(s) still running after %s: SIGKILL", len(l.gens), timeout))
@@ -784,7 +788,7 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 
 func (l *launcher) killAll() {
 	for _, g := range l.gens {
-		killGroup(g.pid, syscall.SIGKILL)
+		l.sys.killGroup(g.pid, syscall.SIGKILL)
 	}
 }
 

@@ -115,7 +115,7 @@ func (l *launcher) scan(g *generation) {
 	if g.exited || learning && (l.learnedListen || l.learnedNotify) {
 		return
 	}
-	if learning && time.Since(g.started) > observeFor {
+	if learning && l.sys.now().Sub(g.started) > observeFor {
 		if !l.warnedBlind {
 			l.warnedBlind = true
 			l.log.Info(fmt.Sprintf("readiness: gen %d sent no READY=1 and was not seen accepting on its socket in %s (a select/poll server?); "+

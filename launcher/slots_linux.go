@@ -253,7 +253,7 @@ func (l *launcher) rescue(ln, slot int) {
 	if l.cfg.Rescue == RescueAuto && !l.takesHandoffs() {
 		// Kept, queue and all, for the next generation; reset if none
 		// comes in time.
-		l.held[slot] = time.Now()
+		l.held[slot] = l.sys.now()
 		n, _ := p.Queued(slot)
 		l.rescued.Held += n
 		l.log.Warn(fmt.Sprintf("%d connection(s) were left queued on %s slot %d, which no generation receives on: kept for the next generation to start (at most %s), then reset. "+
@@ -261,7 +261,7 @@ func (l *launcher) rescue(ln, slot int) {
 			n, p.Addr(), slot, holdFor), "addr", p.Addr().String(), "slot", slot, "held", n)
 		l.suspect(ln, slot, n)
 		at := l.held[slot]
-		time.AfterFunc(holdFor, func() {
+		l.sys.afterFunc(holdFor, func() {
 			l.post(func() {
 				if t, ok := l.held[slot]; ok && t == at {
 					delete(l.held, slot)
@@ -396,7 +396,7 @@ func (l *launcher) suspect(ln, slot, n int) {
 // handshake: steering left it less than lateHandshake ago.
 func (l *launcher) lateOK(slot int) bool {
 	since, ok := l.awaySince[slot]
-	return ok && time.Since(since) <= lateHandshake()
+	return ok && l.sys.now().Sub(since) <= lateHandshake()
 }
 
 func (l *launcher) awayFor(slot int) string {
@@ -404,7 +404,7 @@ func (l *launcher) awayFor(slot int) string {
 	if !ok {
 		return "although relaunch never steered there"
 	}
-	return ms(time.Since(since)) + " after relaunch steered away from it"
+	return ms(l.sys.now().Sub(since)) + " after relaunch steered away from it"
 }
 
 // lateHandshake is how long after the SYN a handshake may still complete:

@@ -109,7 +109,7 @@ func (l *launcher) freeSlot(reason string) {
 			g.failReason = "killed early: every slot is taken (more generations than --max-draining + 2)"
 			l.log.Warn(fmt.Sprintf("no free slot for a new generation: killing gen %d (pid %d), the oldest one draining; the upgrade follows when it is gone", g.id, g.pid),
 				"generation", g.id, "pid", g.pid)
-			killGroup(g.pid, syscall.SIGKILL)
+			l.sys.killGroup(g.pid, syscall.SIGKILL)
 			return
 		}
 	}
@@ -127,7 +127,7 @@ func (l *launcher) steerTo(slot int) {
 		}
 	}
 	if slot != l.steerSlot {
-		l.awaySince[l.steerSlot] = time.Now()
+		l.awaySince[l.steerSlot] = l.sys.now()
 	}
 	delete(l.awaySince, slot)
 	l.steerSlot = slot
@@ -144,7 +144,7 @@ func (l *launcher) handOver(old *generation) {
 		return
 	}
 	old.state = settling
-	since := time.Now()
+	since := l.sys.now()
 	var wait func()
 	wait = func() {
 		if old.exited || old.state != settling {
@@ -157,13 +157,13 @@ func (l *launcher) handOver(old *generation) {
 				q += n
 			}
 		}
-		if q > 0 && time.Since(since) < l.cfg.Settle+maxQueueWait {
+		if q > 0 && l.sys.now().Sub(since) < l.cfg.Settle+maxQueueWait {
 			l.after(old, queuePoll, wait)
 			return
 		}
 		if q > 0 {
 			l.log.Warn(fmt.Sprintf("gen %d (pid %d) still has %d connection(s) queued on its slot %s after the switch; draining it anyway",
-				old.id, old.pid, q, ms(time.Since(since))), "generation", old.id, "pid", old.pid)
+				old.id, old.pid, q, ms(l.sys.now().Sub(since))), "generation", old.id, "pid", old.pid)
 		}
 		l.drain(old)
 		l.limitDraining()

@@ -1,0 +1,548 @@
+//go:build linux
+
+package launcher
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"relaunch/sdlisten"
+)
+
+// The state machine, in-process: the loop runs on the test's goroutine
+// against a fake system (fakeSys) whose processes do what the test says and
+// whose clock moves only when the test advances it. Each test takes
+// milliseconds. What needs real processes, sockets under load and signals
+// is the root package's end-to-end tests.
+
+// fakeProc is a generation's process as the fake system runs it.
+type fakeProc struct {
+	pid    int
+	spec   procSpec
+	exited func(syscall.WaitStatus)
+	alive  bool
+	// What it does with signals: a well-behaved app exits 0 on its drain
+	// signal and on TERM/INT; a stuck one only dies of SIGKILL.
+	stuck bool
+	got   []syscall.Signal
+}
+
+type fakeTimer struct {
+	at      time.Time
+	f       func()
+	stopped bool
+}
+
+func (t *fakeTimer) Stop() bool {
+	was := !t.stopped
+	t.stopped = true
+	return was
+}
+
+// machine is a launcher on a fake system.
+type machine struct {
+	t      *testing.T
+	l      *launcher
+	log    *lockedBuffer
+	now    time.Time
+	timers []*fakeTimer
+	procs  []*fakeProc // in start order
+	// execErr, when set, makes the next start's exec fail (a missing
+	// binary) and the process exit 127.
+	execErr error
+	// stuckNext makes the next start's process ignore every signal but
+	// SIGKILL.
+	stuckNext bool
+}
+
+func (m *machine) sys() system {
+	return system{
+		start: func(p procSpec, execd func(error), exited func(syscall.WaitStatus)) (int, error) {
+			pr := &fakeProc{pid: 1000 + len(m.procs), spec: p, exited: exited, alive: true, stuck: m.stuckNext}
+			m.stuckNext = false
+			m.procs = append(m.procs, pr)
+			if err := m.execErr; err != nil {
+				m.execErr = nil
+				execd(err)
+				m.exit(pr, exitCode(127))
+				return pr.pid, nil
+			}
+			execd(nil)
+			return pr.pid, nil
+		},
+		signal: func(pid int, sig syscall.Signal) {
+			pr := m.proc(pid)
+			if pr == nil || !pr.alive {
+				return
+			}
+			pr.got = append(pr.got, sig)
+			switch {
+			case sig == syscall.SIGKILL:
+				m.exit(pr, killedBy(sig))
+			case !pr.stuck && (sig == m.l.cfg.DrainSignal || sig == syscall.SIGTERM || sig == syscall.SIGINT):
+				m.exit(pr, exitCode(0))
+			}
+		},
+		killGroup: func(pgid int, sig syscall.Signal) {
+			if pr := m.proc(pgid); pr != nil && pr.alive && sig == syscall.SIGKILL {
+				pr.got = append(pr.got, sig)
+				m.exit(pr, killedBy(sig))
+			}
+		},
+		now: func() time.Time { return m.now },
+		afterFunc: func(d time.Duration, f func()) timer {
+			t := &fakeTimer{at: m.now.Add(d), f: f}
+			m.timers = append(m.timers, t)
+			return t
+		},
+	}
+}
+
+func exitCode(c int) syscall.WaitStatus            { return syscall.WaitStatus(c << 8) }
+func killedBy(sig syscall.Signal) syscall.WaitStatus { return syscall.WaitStatus(sig) }
+
+func (m *machine) exit(pr *fakeProc, ws syscall.WaitStatus) {
+	pr.alive = false
+	pr.exited(ws)
+}
+
+func (m *machine) proc(pid int) *fakeProc {
+	for _, pr := range m.procs {
+		if pr.pid == pid {
+			return pr
+		}
+	}
+	return nil
+}
+
+// newMachine is a launcher for cfg (Command and Ready defaulted) on a fake
+// system, its first generation started.
+func newMachine(t *testing.T, cfg Config) *machine {
+	t.Helper()
+	m := &machine{t: t, log: &lockedBuffer{}, now: time.Unix(1_000_000, 0)}
+	if cfg.Command == nil {
+		cfg.Command = []string{"/bin/true"}
+	}
+	if cfg.DrainSignal == 0 {
+		cfg.DrainSignal = syscall.SIGQUIT
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = time.Minute
+	}
+	cfg.Logger = NewLogger(m.log, LogOptions{})
+	cfg.Env = []string{"PATH=/usr/bin:/bin"}
+	m.l = newLauncher(cfg, m.sys())
+	var err error
+	if m.l.runDir, err = makeRunDirIn(t.TempDir(), os.Geteuid()); err != nil {
+		t.Fatal(err)
+	}
+	if m.l.handoff, err = newBroker(m.l.runDir.at(handoffName), m.l.runDir.file(handoffName), m.l.log, m.l.roots.genOf); err != nil {
+		t.Fatal(err)
+	}
+	m.l.outer = newOuterNotify(func(string) {})
+	t.Cleanup(func() {
+		close(m.l.quit)
+		m.l.handoff.close()
+		for _, g := range m.l.gens {
+			g.notify.Close()
+			closeFile(g.bin)
+		}
+		closeFile(m.l.prevBin)
+		closeFile(m.l.crashBin)
+		m.l.runDir.remove()
+		if t.Failed() {
+			t.Logf("relaunch's log:\n%s", m.log)
+		}
+	})
+	if err := m.l.start(false); err != nil {
+		t.Fatal(err)
+	}
+	m.settle()
+	return m
+}
+
+// settle runs the loop until no event is pending.
+func (m *machine) settle() {
+	for {
+		select {
+		case fn := <-m.l.events:
+			fn()
+		default:
+			return
+		}
+	}
+}
+
+// advance moves the clock by d, firing the timers due on the way, in order.
+func (m *machine) advance(d time.Duration) {
+	end := m.now.Add(d)
+	for {
+		m.settle()
+		sort.SliceStable(m.timers, func(i, j int) bool { return m.timers[i].at.Before(m.timers[j].at) })
+		var next *fakeTimer
+		for _, t := range m.timers {
+			if !t.stopped && !t.at.After(end) {
+				next = t
+				break
+			}
+		}
+		if next == nil {
+			m.now = end
+			m.settle()
+			return
+		}
+		m.now = next.at
+		next.stopped = true
+		next.f()
+	}
+}
+
+// ready makes generation id send READY=1.
+func (m *machine) ready(id int) {
+	m.t.Helper()
+	g := m.gen(id)
+	if g == nil {
+		m.t.Fatalf("no gen %d to send READY=1", id)
+	}
+	m.l.onNotify(g, sdlisten.NotifyMessage{Pid: g.pid, Fields: []string{"READY=1"}}, true)
+	m.settle()
+}
+
+func (m *machine) signal(sig syscall.Signal) {
+	m.l.onSignal(sig)
+	m.settle()
+}
+
+// crash makes generation id's process exit by itself with ws.
+func (m *machine) crash(id int, ws syscall.WaitStatus) {
+	m.t.Helper()
+	g := m.gen(id)
+	if g == nil {
+		m.t.Fatalf("no gen %d to crash", id)
+	}
+	m.exit(m.proc(g.pid), ws)
+	m.settle()
+}
+
+func (m *machine) gen(id int) *generation {
+	for _, g := range m.l.gens {
+		if g.id == id {
+			return g
+		}
+	}
+	return nil
+}
+
+// states is every live generation as "id:state", oldest first.
+func (m *machine) states() string {
+	var s []string
+	for _, g := range m.l.gens {
+		s = append(s, fmt.Sprintf("%d:%s", g.id, g.state))
+	}
+	return strings.Join(s, " ")
+}
+
+func (m *machine) want(states string) {
+	m.t.Helper()
+	if got := m.states(); got != states {
+		m.t.Fatalf("generations %q; want %q", got, states)
+	}
+}
+
+// signals is what generation id's process was sent.
+func (m *machine) signals(id int) []syscall.Signal {
+	return m.procs[id-1].got
+}
+
+func TestMachineUpgrade(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, DrainTimeout: 5 * time.Minute})
+	m.want("1:starting")
+	m.ready(1)
+	m.want("1:current")
+	m.signal(syscall.SIGUSR2)
+	m.want("1:current 2:starting")
+	if len(m.signals(1)) != 0 {
+		t.Fatalf("gen 1 got %v before gen 2 was ready", m.signals(1))
+	}
+	m.ready(2)
+	// Shared sockets: the drain signal at once; the demo-like app exits.
+	if got := m.signals(1); !slices.Equal(got, []syscall.Signal{syscall.SIGQUIT}) {
+		t.Fatalf("gen 1 got %v; want SIGQUIT", got)
+	}
+	m.want("2:current")
+	if m.l.prevBin == nil {
+		t.Error("the replaced generation's binary is not kept for a rollback")
+	}
+}
+
+func TestMachineFailedUpgrade(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail func(m *machine)
+		why  string
+	}{
+		{"exits before ready", func(m *machine) { m.crash(2, exitCode(1)) }, "exited before it was ready (status 1)"},
+		{"not ready in time", func(m *machine) { m.advance(time.Minute) }, "not ready after 1m0s"},
+		{"cannot exec", nil, "cannot run"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}})
+			m.ready(1)
+			if tc.fail == nil {
+				m.execErr = fmt.Errorf("%s: no such file or directory", m.l.cfg.Command[0])
+			}
+			m.signal(syscall.SIGUSR2)
+			if tc.fail != nil {
+				tc.fail(m)
+			}
+			m.want("1:current")
+			if len(m.signals(1)) != 0 {
+				t.Errorf("gen 1 got %v: a failed upgrade must not touch it", m.signals(1))
+			}
+			if !strings.Contains(m.l.lastFailure, tc.why) {
+				t.Errorf("last failure %q; want it to say %q", m.l.lastFailure, tc.why)
+			}
+			// The next upgrade works.
+			m.signal(syscall.SIGUSR2)
+			m.ready(3)
+			m.want("3:current")
+		})
+	}
+}
+
+func TestMachineCrashRestartBackoff(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}})
+	m.ready(1)
+	// Crashes in a row: restarts wait 100ms, doubling.
+	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
+	for i, d := range want {
+		id := i + 1
+		m.crash(id, killedBy(syscall.SIGSEGV))
+		m.want("")
+		m.advance(d - time.Millisecond)
+		if m.gen(id+1) != nil {
+			t.Fatalf("restart %d came before its %s back-off", id, d)
+		}
+		m.advance(time.Millisecond)
+		if m.gen(id+1) == nil {
+			t.Fatalf("no restart %s after crash %d", d, id)
+		}
+		m.ready(id + 1)
+	}
+	// 10s of healthy running resets the back-off.
+	m.advance(healthyAfter)
+	m.crash(5, exitCode(2))
+	m.advance(backoffMin)
+	m.want("6:starting")
+
+	// --restart never: the app's status is relaunch's.
+	m2 := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Restart: RestartNever})
+	m2.ready(1)
+	m2.crash(1, exitCode(3))
+	if !m2.l.done || m2.l.status != 3 {
+		t.Errorf("--restart never: done %v status %d; want done with 3", m2.l.done, m2.l.status)
+	}
+	// on-failure and an exit 0: done with 0.
+	m3 := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}})
+	m3.ready(1)
+	m3.crash(1, exitCode(0))
+	if !m3.l.done || m3.l.status != 0 {
+		t.Errorf("exit 0 with on-failure: done %v status %d; want done with 0", m3.l.done, m3.l.status)
+	}
+}
+
+// A storm of triggers while an upgrade runs: one more upgrade after it,
+// not one per trigger.
+func TestMachineSignalStorm(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}})
+	m.ready(1)
+	for range 30 {
+		m.l.onSignal(syscall.SIGUSR2)
+		m.l.onSignal(syscall.SIGHUP)
+	}
+	m.settle()
+	m.want("1:current 2:starting")
+	m.ready(2)
+	m.want("2:current 3:starting")
+	m.ready(3)
+	m.want("3:current")
+	if n := len(m.procs); n != 3 {
+		t.Errorf("%d generations started for one storm; want 3", n)
+	}
+}
+
+func TestMachineMaxDraining(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, MaxDraining: 1})
+	m.ready(1)
+	for id := 2; id <= 4; id++ {
+		m.stuckNext = true // every generation drains for ever
+		if id == 2 {
+			m.procs[0].stuck = true
+		}
+		m.signal(syscall.SIGUSR2)
+		m.ready(id)
+	}
+	// gens 1 and 2 were killed, each when one more was draining than allowed.
+	m.want("3:draining 4:current")
+	for _, id := range []int{1, 2} {
+		if got := m.signals(id); got[len(got)-1] != syscall.SIGKILL {
+			t.Errorf("gen %d got %v; want killed", id, got)
+		}
+	}
+}
+
+func TestMachineDrainTimeout(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, DrainTimeout: 30 * time.Second, MaxDraining: -1})
+	m.ready(1)
+	m.procs[0].stuck = true
+	m.signal(syscall.SIGUSR2)
+	m.ready(2)
+	m.want("1:draining 2:current")
+	m.advance(30*time.Second - time.Millisecond)
+	m.want("1:draining 2:current")
+	m.advance(time.Millisecond)
+	m.want("2:current")
+	if !strings.Contains(m.log.String(), "still draining after 30s (--drain-timeout)") {
+		t.Errorf("the exit does not say why it was killed:\n%s", m.log)
+	}
+}
+
+func TestMachineStop(t *testing.T) {
+	t.Run("TERM", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, StopTimeout: 30 * time.Second, MaxDraining: -1})
+		m.ready(1)
+		m.procs[0].stuck = true
+		m.signal(syscall.SIGTERM)
+		if got := m.signals(1); !slices.Equal(got, []syscall.Signal{syscall.SIGTERM}) {
+			t.Fatalf("gen 1 got %v; want SIGTERM", got)
+		}
+		m.advance(30 * time.Second)
+		if !m.l.done || m.l.status != 128+9 {
+			t.Errorf("after --stop-timeout: done %v status %d; want done with 137 (the app was killed)", m.l.done, m.l.status)
+		}
+	})
+	t.Run("QUIT drains", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, DrainTimeout: time.Minute, MaxDraining: -1})
+		m.ready(1)
+		m.signal(syscall.SIGQUIT)
+		if got := m.signals(1); !slices.Equal(got, []syscall.Signal{syscall.SIGQUIT}) {
+			t.Fatalf("gen 1 got %v; want the drain signal", got)
+		}
+		if !m.l.done || m.l.status != 0 {
+			t.Errorf("done %v status %d; want done with the app's 0", m.l.done, m.l.status)
+		}
+	})
+	t.Run("second TERM kills", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, StopTimeout: time.Hour, MaxDraining: -1})
+		m.ready(1)
+		m.procs[0].stuck = true
+		m.signal(syscall.SIGTERM)
+		m.signal(syscall.SIGTERM)
+		if !m.l.done {
+			t.Errorf("a second TERM did not end relaunch: %s", m.states())
+		}
+	})
+	t.Run("during a back-off", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}})
+		m.ready(1)
+		m.crash(1, exitCode(1))
+		m.signal(syscall.SIGTERM)
+		if !m.l.done || m.l.status != 0 {
+			t.Errorf("TERM with nothing running: done %v status %d; want done with 0", m.l.done, m.l.status)
+		}
+	})
+}
+
+// Steering decisions, on a real pool: a generation per slot, steering
+// moves to the new one when it is ready, the old one drains after
+// --settle, a crash restart takes the crashed one's slot, and a full pool
+// kills the oldest draining generation first.
+func TestMachineSteering(t *testing.T) {
+	a, _ := sdlisten.ParseAddr("127.0.0.1:0")
+	p, err := sdlisten.BindPool(a, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Listeners: []Listener{{Pool: p}},
+		Settle: 100 * time.Millisecond, MaxDraining: -1})
+	m.ready(1)
+	if g := m.gen(1); g.slot != 0 || m.l.steerSlot != 0 {
+		t.Fatalf("gen 1 on slot %d, steered to %d; want 0 and 0", g.slot, m.l.steerSlot)
+	}
+	m.signal(syscall.SIGUSR2)
+	m.ready(2)
+	if g := m.gen(2); g.slot != 1 || m.l.steerSlot != 1 {
+		t.Fatalf("gen 2 on slot %d, steered to %d; want 1 and 1", g.slot, m.l.steerSlot)
+	}
+	m.want("1:settling 2:current")
+	m.advance(99 * time.Millisecond)
+	m.want("1:settling 2:current")
+	m.advance(time.Millisecond)
+	m.want("2:current") // its queue was empty: drained, and it exits
+
+	// A crash restart takes the crashed generation's slot, steered to.
+	m.crash(2, killedBy(syscall.SIGKILL))
+	m.advance(backoffMin)
+	if g := m.gen(3); g == nil || g.slot != 1 {
+		t.Fatalf("the restart is on slot %v; want 1, the crashed generation's", g)
+	}
+	m.ready(3)
+
+	// Three slots: current, draining, and one more starting fill the
+	// pool; the next upgrade kills the oldest draining generation first.
+	m.stuckNext = true
+	m.signal(syscall.SIGUSR2)
+	m.ready(4)
+	m.procs[2].stuck = true
+	m.advance(time.Second)
+	m.stuckNext = true
+	m.signal(syscall.SIGUSR2)
+	m.ready(5)
+	m.advance(time.Second)
+	m.want("3:draining 4:draining 5:current")
+	m.signal(syscall.SIGUSR2) // no free slot: gen 3 goes first
+	m.want("4:draining 5:current 6:starting")
+	if !strings.Contains(m.log.String(), "no free slot for a new generation: killing gen 3") {
+		t.Errorf("no line says gen 3 was killed for a slot:\n%s", m.log)
+	}
+}
+
+// The tripwire at an upgrade: a foreign socket in the group stops steering
+// (every later generation shares the current slot).
+func TestMachineTripwire(t *testing.T) {
+	a, _ := sdlisten.ParseAddr("127.0.0.1:0")
+	p, err := sdlisten.BindPool(a, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Listeners: []Listener{{Pool: p}}, MaxDraining: -1})
+	m.ready(1)
+	// An app's own SO_REUSEPORT socket on the port joins the group.
+	foreign, err := sdlisten.BindPool(p.Addr(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	m.signal(syscall.SIGUSR2)
+	if m.l.frozen[0] != 0 {
+		t.Fatalf("frozen = %v; want steering stopped on slot 0", m.l.frozen)
+	}
+	if g := m.gen(2); g.slot != 1 {
+		t.Fatalf("gen 2 holds slot %d", g.slot)
+	}
+	socks := m.procs[1].spec.socks
+	if len(socks) != 1 || socks[0] != p.Slot(0) {
+		t.Errorf("gen 2 was given %v; want slot 0's socket, shared from now on", socks)
+	}
+	if !strings.Contains(m.log.String(), "a socket relaunch does not hold listens on port") {
+		t.Errorf("the warning does not name the foreign socket:\n%s", m.log)
+	}
+}

@@ -1,0 +1,58 @@
+package launcher
+
+import (
+	"os"
+	"syscall"
+	"time"
+
+	"relaunch/sdlisten"
+)
+
+// system is what the loop does to the world around it: start a
+// generation's process, signal it, read the clock, set timers. Run uses
+// osSystem; the state machine's tests (machine_test.go) use a fake that
+// records what the loop asked for, says what the processes do, and moves a
+// clock of its own.
+type system struct {
+	// start forks one generation's process and returns its pid. Later, from
+	// any goroutine, it calls execd once the app was exec'd (nil) or could
+	// not be (why), then exited when the process is gone.
+	start     func(p procSpec, execd func(error), exited func(syscall.WaitStatus)) (int, error)
+	signal    func(pid int, sig syscall.Signal)  // to one process
+	killGroup func(pgid int, sig syscall.Signal) // to a generation's whole process group
+	now       func() time.Time
+	afterFunc func(d time.Duration, f func()) timer // f runs on a goroutine of its own
+}
+
+// timer is a *time.Timer, or a fake one.
+type timer interface{ Stop() bool }
+
+// procSpec is what a generation's process is started with.
+type procSpec struct {
+	path  string
+	argv  []string
+	env   []string
+	socks []*sdlisten.Socket // fds 3 on
+	stdin int
+	bin   *os.File // run this open file instead of path (a rollback, a crash restart)
+}
+
+func osSystem() system {
+	return system{
+		start: func(p procSpec, execd func(error), exited func(syscall.WaitStatus)) (int, error) {
+			pid, pipe, err := startProcess(p.path, p.argv, p.env, p.socks, p.stdin, p.bin)
+			if err != nil {
+				return 0, err
+			}
+			go func() {
+				execd(readExecError(pipe))
+				exited(waitPid(pid))
+			}()
+			return pid, nil
+		},
+		signal:    func(pid int, sig syscall.Signal) { syscall.Kill(pid, sig) },
+		killGroup: killGroup,
+		now:       time.Now,
+		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
+	}
+}
