@@ -104,7 +104,7 @@ func (m *machine) sys() system {
 	}
 }
 
-func exitCode(c int) syscall.WaitStatus            { return syscall.WaitStatus(c << 8) }
+func exitCode(c int) syscall.WaitStatus              { return syscall.WaitStatus(c << 8) }
 func killedBy(sig syscall.Signal) syscall.WaitStatus { return syscall.WaitStatus(sig) }
 
 func (m *machine) exit(pr *fakeProc, ws syscall.WaitStatus) {
