@@ -192,7 +192,7 @@ func action(c *cli.Context) error {
 	// Start-up failures go through the logger, so --log-format json
 	// covers them too; usage errors (status 2) are plain.
 	fail := func(err error) error {
-		cfg.Logger.Error(strings.TrimPrefix(err.Error(), launcher.ErrStartup.Error()+": "), "reason", err.Error())
+		cfg.Logger.Error(err.Error(), "reason", err.Error())
 		return &exitError{1, ""}
 	}
 	if cfg.Build == "" { // else the first build makes it

@@ -14,9 +14,19 @@ import (
 	"relaunch/watch"
 )
 
-// ErrStartup wraps every error that makes relaunch give up at start-up
-// (exit status 1), as opposed to the app's own exit status.
+// ErrStartup is in the chain of every error that makes relaunch give up at
+// start-up (exit status 1), as opposed to the app's own exit status:
+// errors.Is(err, ErrStartup). Such an error reads as its cause alone.
 var ErrStartup = errors.New("start-up failed")
+
+// startupError marks err as a start-up failure; errors.Is and errors.As
+// still see err and what it wraps.
+func startupError(err error) error { return startup{err} }
+
+type startup struct{ err error }
+
+func (e startup) Error() string   { return e.err.Error() }
+func (e startup) Unwrap() []error { return []error{ErrStartup, e.err} }
 
 // Config is everything Run needs. main builds it from the command line.
 type Config struct {

@@ -164,3 +164,8 @@ func stdinFd() (int, func()) {
 	}
 	return int(f.Fd()), func() { f.Close() }
 }
+
+// String is how the log names a generation: "gen 3 (pid 4242)".
+func (g *generation) String() string {
+	return fmt.Sprintf("gen %d (pid %d)", g.id, g.pid)
+}

@@ -133,7 +133,7 @@ func Run(cfg Config) (int, error) {
 		defer l.runDir.remove()
 	}
 	if err != nil {
-		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+		return 1, startupError(err)
 	}
 	defer l.handoff.close()
 	stdin, closeStdin := stdinFd()
@@ -141,7 +141,7 @@ func Run(cfg Config) (int, error) {
 	l.stdin = stdin
 	if cfg.PIDFile != "" {
 		if err := writePIDFile(cfg.PIDFile); err != nil {
-			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+			return 1, startupError(err)
 		}
 		defer removePIDFile(cfg.PIDFile)
 	}
@@ -150,7 +150,7 @@ func Run(cfg Config) (int, error) {
 	if cfg.Watch != nil {
 		w, err := watch.New(*cfg.Watch)
 		if err != nil {
-			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+			return 1, startupError(err)
 		}
 		defer w.Close()
 		changes = w.Changes()
@@ -164,7 +164,7 @@ func Run(cfg Config) (int, error) {
 		}
 		stop, err := l.serveControl(cfg.Control, kept)
 		if err != nil {
-			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+			return 1, startupError(err)
 		}
 		defer stop()
 	}
@@ -181,7 +181,7 @@ func Run(cfg Config) (int, error) {
 
 	if cfg.Build != "" && rs == nil {
 		if err := l.initialBuild(); err != nil {
-			return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+			return 1, startupError(err)
 		}
 	}
 	l.setupProbe()
@@ -194,7 +194,7 @@ func Run(cfg Config) (int, error) {
 		err = l.start(false)
 	}
 	if err != nil {
-		return 1, fmt.Errorf("%w: %v", ErrStartup, err)
+		return 1, startupError(err)
 	}
 	for !l.done {
 		select {
@@ -213,7 +213,7 @@ func Run(cfg Config) (int, error) {
 		}
 	}
 	if l.fatal != nil {
-		return 1, fmt.Errorf("%w: %v", ErrStartup, l.fatal)
+		return 1, startupError(l.fatal)
 	}
 	return l.status, nil
 }
@@ -346,7 +346,7 @@ func (l *launcher) start(restart bool) error {
 	if from != nil {
 		how = " (the file relaunch kept open: the path no longer holds it)"
 	}
-	l.log.Info(fmt.Sprintf("gen %d (pid %d) started: %s%s", g.id, pid, path, how), "generation", g.id, "pid", pid, "path", path)
+	l.log.Info(fmt.Sprintf("%s started: %s%s", g, path, how), "generation", g.id, "pid", pid, "path", path)
 	go l.readNotify(g)
 	if l.cfg.ReadyTimeout > 0 {
 		l.after(g, l.cfg.ReadyTimeout, func() { l.onReadyTimeout(g) })
@@ -375,16 +375,16 @@ func (l *launcher) onReady(g *generation, how string) {
 	// Every time, not only at first or after a reload: STATUS= must name
 	// the generation that serves after a crash restart too.
 	l.reloading = false
-	l.outer.ready(fmt.Sprintf("gen %d (pid %d) serving", g.id, g.pid))
+	l.outer.ready(fmt.Sprintf("%s serving", g))
 	l.cur, l.next, l.everUp = g, nil, true
 	l.handoff.setCurrent(g.id)
 	if g.usr1 {
 		l.sys.signal(g.pid, syscall.SIGUSR1)
 	}
-	l.log.Info(fmt.Sprintf("gen %d (pid %d) ready in %s: %s", g.id, g.pid, ms(g.readyAt.Sub(g.started)), how),
+	l.log.Info(fmt.Sprintf("%s ready in %s: %s", g, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
 	if l.cfg.Build != "" { // the development loop's one line per restart
-		l.log.Info(fmt.Sprintf("rebuilt in %s · gen %d (pid %d) ready in %s", ms(l.built), g.id, g.pid, ms(g.readyAt.Sub(g.started))),
+		l.log.Info(fmt.Sprintf("rebuilt in %s · %s ready in %s", ms(l.built), g, ms(g.readyAt.Sub(g.started))),
 			summaryKey, true, "generation", g.id, "pid", g.pid)
 	}
 	if l.hasPools() {
@@ -460,7 +460,7 @@ func (l *launcher) upgradeFailed(why string) {
 
 func (l *launcher) stillServes() string {
 	if l.cur != nil {
-		return fmt.Sprintf("gen %d (pid %d) still serves", l.cur.id, l.cur.pid)
+		return fmt.Sprintf("%s still serves", l.cur)
 	}
 	return "no generation serves; clients wait in the backlog"
 }
@@ -468,7 +468,7 @@ func (l *launcher) stillServes() string {
 func (l *launcher) drain(g *generation) {
 	g.state, g.drainAt = draining, l.sys.now()
 	l.sys.signal(g.pid, l.cfg.DrainSignal)
-	l.log.Info(fmt.Sprintf("gen %d (pid %d) draining: sent %s", g.id, g.pid, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
+	l.log.Info(fmt.Sprintf("%s draining: sent %s", g, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
 	if l.cfg.DrainTimeout > 0 {
 		l.drainTimer(g, l.cfg.DrainTimeout)
 	}
@@ -551,7 +551,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 
 	switch {
 	case l.stopping:
-		l.log.Info(fmt.Sprintf("gen %d (pid %d) exited: %s", g.id, g.pid, how), attrs...)
+		l.log.Info(fmt.Sprintf("%s exited: %s", g, how), attrs...)
 	case g == l.next:
 		l.next = nil
 		reason := fmt.Sprintf("exited before it was ready (%s)", how)
@@ -564,7 +564,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		}
 		attrs = append(attrs, "reason", reason)
 		if l.cur != nil {
-			l.log.Error(fmt.Sprintf("upgrade failed: gen %d (pid %d) %s; %s", g.id, g.pid, reason, l.stillServes()), attrs...)
+			l.log.Error(fmt.Sprintf("upgrade failed: %s %s; %s", g, reason, l.stillServes()), attrs...)
 			l.upgradeFailed(reason)
 			if l.pending != "" {
 				reason := l.pending
@@ -585,17 +585,17 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		if l.cfg.Build != "" && l.cfg.Watch != nil {
 			// Development: code that crashes at start waits for the next
 			// change rather than restart-looping.
-			l.log.Error(fmt.Sprintf("gen %d (pid %d) %s; waiting for the next change", g.id, g.pid, reason), attrs...)
+			l.log.Error(fmt.Sprintf("%s %s; waiting for the next change", g, reason), attrs...)
 			break
 		}
-		l.log.Error(fmt.Sprintf("gen %d (pid %d) %s", g.id, g.pid, reason), attrs...)
+		l.log.Error(fmt.Sprintf("%s %s", g, reason), attrs...)
 		l.afterExit(st)
 	case g == l.cur && daemonized != "":
 		l.cur = nil
 		l.daemonized(g, daemonized, append(attrs, "reason", daemonized))
 	case g == l.cur:
 		l.cur = nil
-		l.log.Warn(fmt.Sprintf("gen %d (pid %d) exited by itself: %s", g.id, g.pid, how), attrs...)
+		l.log.Warn(fmt.Sprintf("%s exited by itself: %s", g, how), attrs...)
 		if l.sys.now().Sub(g.readyAt) >= healthyAfter {
 			l.backoff = backoffMin
 		}
@@ -604,7 +604,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		}
 		l.afterExit(st)
 	default: // draining or settling
-		l.log.Info(fmt.Sprintf("gen %d (pid %d) exited: %s", g.id, g.pid, how), attrs...)
+		l.log.Info(fmt.Sprintf("%s exited: %s", g, how), attrs...)
 		l.warnDrainSignal(g, st)
 		if l.pending != "" && l.next == nil {
 			reason := l.pending // waited for a free slot
@@ -620,7 +620,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 // daemonized ends relaunch with status 1: the app forked into the
 // background, which relaunch cannot manage.
 func (l *launcher) daemonized(g *generation, reason string, attrs []any) {
-	msg := fmt.Sprintf("gen %d (pid %d) %s", g.id, g.pid, reason)
+	msg := fmt.Sprintf("%s %s", g, reason)
 	if l.everUp {
 		l.log.Error(msg, attrs...)
 	} else {
@@ -659,9 +659,8 @@ func (l *launcher) warnDrainSignal(g *generation, st exitStatus) {
 	if goQuit {
 		what = "exited with status 2 right after SIGQUIT, as a Go program that does not handle SIGQUIT does"
 	}
-	l.log.Warn(fmt.Sprintf("gen %d (pid %d) %s: the app does not drain on %s, so its open requests were cut. "+
-		"Use the app's graceful signal: --drain-signal TERM (gunicorn, uvicorn, most Go and node apps), USR1 (haproxy), QUIT (nginx)",
-		g.id, g.pid, what, signalName(sig)), "generation", g.id, "pid", g.pid)
+	l.log.Warn(fmt.Sprintf("%s %s: the app does not drain on %s, so its open requests were cut. "+
+		"Use the app's graceful signal: --drain-signal TERM (gunicorn, uvicorn, most Go and node apps), USR1 (haproxy), QUIT (nginx)", g, what, signalName(sig)), "generation", g.id, "pid", g.pid)
 }
 
 func (l *launcher) scheduleRestart() {

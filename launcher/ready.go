@@ -126,9 +126,8 @@ func (l *launcher) scan(g *generation) {
 	r := g.probe.scan(g.pid)
 	if r.OwnSocket != "" && !g.warnedOwn {
 		g.warnedOwn = true
-		l.log.Warn(fmt.Sprintf("gen %d (pid %d): %s instead of using the socket relaunch passes as fd 3 (LISTEN_FDS): "+
-			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see the README's \"Works with\")",
-			g.id, g.pid, r.OwnSocket), "generation", g.id, "pid", g.pid)
+		l.log.Warn(fmt.Sprintf("%s: %s instead of using the socket relaunch passes as fd 3 (LISTEN_FDS): "+
+			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see the README's \"Works with\")", g, r.OwnSocket), "generation", g.id, "pid", g.pid)
 	}
 	if r.Accepting {
 		if l.cfg.Ready.Mode == ReadyAuto && !l.learnedListen && !l.learnedNotify {
@@ -150,7 +149,7 @@ func (l *launcher) scan(g *generation) {
 
 func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {
 	if !own {
-		l.log.Warn(fmt.Sprintf("ignored an sd_notify message from pid %d: not a process of gen %d (pid %d)", m.Pid, g.id, g.pid),
+		l.log.Warn(fmt.Sprintf("ignored an sd_notify message from pid %d: not a process of %s", m.Pid, g),
 			"generation", g.id, "pid", g.pid, "sender", m.Pid)
 		return
 	}

@@ -466,7 +466,7 @@ func (l *launcher) resume(r *Resume) error {
 		if g.state == draining && l.cfg.DrainTimeout > 0 {
 			l.drainTimer(g, l.cfg.DrainTimeout-time.Since(g.drainAt))
 		}
-		names = append(names, fmt.Sprintf("gen %d (pid %d) %s", g.id, g.pid, g.state))
+		names = append(names, fmt.Sprintf("%s %s", g, g.state))
 	}
 	if l.cur != nil {
 		l.handoff.setCurrent(l.cur.id)

@@ -3,14 +3,14 @@
 package launcher
 
 import (
-	"fmt"
+	"errors"
 	"io"
 )
 
 // Run needs Linux: the exec helper, child subreaping, SCM_CREDENTIALS and
 // procfs have no portable equivalent. Elsewhere relaunch builds, and says so.
 func Run(cfg Config) (int, error) {
-	return 1, fmt.Errorf("%w: relaunch runs only on Linux", ErrStartup)
+	return 1, startupError(errors.New("relaunch runs only on Linux"))
 }
 
 // Resume is a relaunch carried across its exec of itself: Linux only.

@@ -361,7 +361,7 @@ func (l *launcher) curName() string {
 	if l.cur == nil {
 		return "the current generation"
 	}
-	return fmt.Sprintf("gen %d (pid %d)", l.cur.id, l.cur.pid)
+	return l.cur.String()
 }
 
 // takesHandoffs says whether the current generation receives handed-over

@@ -107,7 +107,7 @@ func (l *launcher) freeSlot(reason string) {
 	for _, g := range l.gens {
 		if (g.state == draining || g.state == settling) && g.failReason == "" {
 			g.failReason = "killed early: every slot is taken (more generations than --max-draining + 2)"
-			l.log.Warn(fmt.Sprintf("no free slot for a new generation: killing gen %d (pid %d), the oldest one draining; the upgrade follows when it is gone", g.id, g.pid),
+			l.log.Warn(fmt.Sprintf("no free slot for a new generation: killing %s, the oldest one draining; the upgrade follows when it is gone", g),
 				"generation", g.id, "pid", g.pid)
 			l.sys.killGroup(g.pid, syscall.SIGKILL)
 			return
@@ -162,8 +162,7 @@ func (l *launcher) handOver(old *generation) {
 			return
 		}
 		if q > 0 {
-			l.log.Warn(fmt.Sprintf("gen %d (pid %d) still has %d connection(s) queued on its slot %s after the switch; draining it anyway",
-				old.id, old.pid, q, ms(l.sys.now().Sub(since))), "generation", old.id, "pid", old.pid)
+			l.log.Warn(fmt.Sprintf("%s still has %d connection(s) queued on its slot %s after the switch; draining it anyway", old, q, ms(l.sys.now().Sub(since))), "generation", old.id, "pid", old.pid)
 		}
 		l.drain(old)
 		l.limitDraining()
