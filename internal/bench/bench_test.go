@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"gonum.org/v1/plot"
 
 	"relaunch/internal/loadtest"
 )
@@ -139,34 +143,6 @@ func TestGenInfos(t *testing.T) {
 	}
 }
 
-func TestFont(t *testing.T) {
-	for r, g := range font {
-		rows := strings.Fields(g)
-		if len(rows) != glyphH && len(rows) != glyphH+2 {
-			t.Errorf("glyph %q has %d rows", r, len(rows))
-		}
-		for _, row := range rows {
-			if len(row) != glyphW || strings.Trim(row, ".#") != "" {
-				t.Errorf("glyph %q: bad row %q", r, row)
-			}
-		}
-	}
-	// Every character the plot writes has a glyph.
-	for _, s := range []string{
-		"relaunch: 40 upgrades (20 SIGUSR2, 20 rename), 51234 requests at 1000/s, 0 errors",
-		"naive: 20 restarts (SIGTERM, wait for exit, start), 3 errors (1 refused, 1 reset, 1 eof, timeout, status, other)",
-		"10µs 100ms 1s 15s request failed naive restart upgrade: trigger → new answer + 500.00ms poller alone",
-		"y: latency of each request (log scale); x: time since the load started, one point per request at its start",
-		"abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
-	} {
-		for _, r := range s {
-			if _, ok := font[r]; !ok {
-				t.Errorf("no glyph for %q", r)
-			}
-		}
-	}
-}
-
 func TestPlot(t *testing.T) {
 	t0 := time.Now()
 	mk := func(name string, errs bool) *phase {
@@ -175,19 +151,78 @@ func TestPlot(t *testing.T) {
 			s := loadtest.Sample{Start: t0.Add(time.Duration(i) * time.Millisecond), Latency: time.Duration(100+i%900) * time.Microsecond}
 			if errs && i%100 == 0 {
 				s.Err = loadtest.Refused
+				s.Latency = 0 // refused at once: no point on a log scale
 				p.res.Errors[loadtest.Refused]++
 			}
 			p.res.Samples = append(p.res.Samples, s)
 			p.res.Total++
 		}
+		kinds := []string{"SIGUSR2", "rename"}
+		if name == "naive" {
+			kinds = []string{"restart"}
+		}
 		for i := range 4 {
 			tr := t0.Add(time.Duration(2+2*i) * time.Second)
-			p.upgrades = append(p.upgrades, upgrade{kind: []string{"SIGUSR2", "rename"}[i%2], trigger: tr, first: tr.Add(330 * time.Millisecond)})
+			p.upgrades = append(p.upgrades, upgrade{kind: kinds[i%len(kinds)], trigger: tr, first: tr.Add(330 * time.Millisecond)})
 		}
 		return p
 	}
+	rl, naive := mk("relaunch", false), mk("naive", true)
+	rl.controls = [][2]time.Time{{t0.Add(time.Second), t0.Add(1500 * time.Millisecond)}}
 	cfg := config{rate: 1000, window: 500 * time.Millisecond}
-	img := plot(cfg, []*phase{mk("relaunch", false), mk("naive", true)})
+
+	// What the panels show, before drawing.
+	pns := panels(cfg, []*phase{rl, naive})
+	if len(pns) != 2 {
+		t.Fatalf("%d panels", len(pns))
+	}
+	r, n := pns[0], pns[1]
+	if r.lo != 1e-4 || r.hi != 1e-2 || n.lo != r.lo || n.hi != r.hi {
+		t.Errorf("latency axes %g..%g and %g..%g, want one scale 100µs..10ms", r.lo, r.hi, n.lo, n.hi)
+	}
+	if len(r.ok) != 10000 || len(r.failed) != 0 || len(n.ok) != 9900 || len(n.failed) != 100 {
+		t.Errorf("points: relaunch %d ok %d failed, naive %d ok %d failed", len(r.ok), len(r.failed), len(n.ok), len(n.failed))
+	}
+	if f := n.failed[1]; f.X != 0.1 || f.Y != n.lo {
+		t.Errorf("second failed request at %+v, want x 0.1s, on the floor of the axis", f)
+	}
+	if len(r.triggers) != 2 || r.triggers[0].kind != "SIGUSR2" || !slices.Equal(r.triggers[1].xs, []float64{4, 8}) ||
+		len(n.triggers) != 1 || n.triggers[0].kind != "restart" || len(n.triggers[0].xs) != 4 {
+		t.Errorf("triggers: relaunch %+v, naive %+v", r.triggers, n.triggers)
+	}
+	if w := r.windows.spans; len(w) != 4 || math.Abs(w[0][0]-2) > 1e-9 || math.Abs(w[0][1]-2.83) > 1e-9 {
+		t.Errorf("upgrade windows %v, want the first from 2s to 2.83s", w)
+	}
+	if len(r.controls.spans) != 1 || len(n.controls.spans) != 0 {
+		t.Errorf("poller windows: relaunch %v, naive %v", r.controls.spans, n.controls.spans)
+	}
+	if !strings.HasPrefix(r.title, "relaunch: 4 upgrades (2 SIGUSR2, 2 rename), 10000 requests at 1000/s, 0 errors") ||
+		!strings.HasSuffix(n.title, "100 errors (100 refused)") {
+		t.Errorf("titles %q, %q", r.title, n.title)
+	}
+	label := func(ts []plot.Tick) string {
+		var l []string
+		for _, tk := range ts {
+			if tk.Label != "" {
+				l = append(l, tk.Label)
+			}
+		}
+		return strings.Join(l, " ")
+	}
+	pl := r.plot()
+	if got := label(pl.Y.Tick.Marker.Ticks(pl.Y.Min, pl.Y.Max)); got != "100µs 1ms 10ms" {
+		t.Errorf("latency labels %q", got)
+	}
+	if got := label(pl.X.Tick.Marker.Ticks(pl.X.Min, pl.X.Max)); got != "0s 1s 2s 3s 4s 5s 6s 7s 8s 9s 10s" {
+		t.Errorf("time labels %q", got)
+	}
+	if _, ok := pl.Y.Scale.(plot.LogScale); !ok {
+		t.Errorf("latency scale %T", pl.Y.Scale)
+	}
+
+	// The picture: its size, and the failed requests in red in the naive
+	// panel only.
+	img := render(cfg, pns)
 	if b := img.Bounds(); b.Dx() != plotW || b.Dy() != 2*panelH+legendH {
 		t.Errorf("size %v", b)
 	}
@@ -198,17 +233,21 @@ func TestPlot(t *testing.T) {
 	if _, err := png.Decode(&buf); err != nil {
 		t.Fatal(err)
 	}
-	// A failed request is drawn in red somewhere in the second panel.
-	red := false
-	for y := panelH; y < 2*panelH && !red; y++ {
-		for x := 0; x < plotW; x++ {
-			if c := img.RGBAAt(x, y); c.R > 180 && c.G < 80 && c.B < 80 {
-				red = true
-				break
+	red := func(y0, y1 int) int {
+		n := 0
+		for y := y0; y < y1; y++ {
+			for x := 0; x < plotW; x++ {
+				if r, g, b, _ := img.At(x, y).RGBA(); r>>8 > 180 && g>>8 < 80 && b>>8 < 80 {
+					n++
+				}
 			}
 		}
+		return n
 	}
-	if !red {
-		t.Error("no failed request drawn in the naive panel")
+	if n := red(0, panelH); n != 0 {
+		t.Errorf("%d red pixels in the relaunch panel, which has no failed request", n)
+	}
+	if n := red(panelH, 2*panelH); n < 100 {
+		t.Errorf("%d red pixels in the naive panel: its 100 failed requests are not drawn", n)
 	}
 }

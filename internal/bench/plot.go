@@ -4,42 +4,46 @@ import (
 	"fmt"
 	"image"
 	"image/color"
-	"image/draw"
 	"image/png"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/text"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 
 	"relaunch/internal/loadtest"
 )
 
 // The plot: one panel per run (relaunch, naive), the latency of every
 // request over time on a log scale, failed requests in red, the upgrade
-// windows shaded and the triggers as vertical lines. Standard library only,
-// text included (a 5×7 bitmap font below).
+// windows shaded and the triggers as vertical lines; a legend row below, and
+// what the axes are (not as axis labels: gonum places a vertical one as if
+// the scale were linear, and pads a log scale's panel for it).
+// gonum/plot draws it; only this benchmark links it, not relaunch.
 
 const (
-	plotW      = 1600
-	panelH     = 470
-	legendH    = 64
-	marginL    = 92
-	marginR    = 24
-	panelTop   = 40 // title line above the plot area
-	panelBot   = 44 // x labels below it
-	fontScale  = 2
-	glyphW     = 5
-	glyphH     = 7
-	glyphAdv   = (glyphW + 1) * fontScale
-	lineHeight = (glyphH + 3) * fontScale
+	plotW   = 1600 // pixels
+	panelH  = 470
+	legendH = 64
+	dpi     = 96
 )
 
+// Sans serif reads better than gonum's default serif at these sizes.
+func init() { plot.DefaultFont.Variant = "Sans" }
+
+// px is n pixels of the PNG in gonum's unit (points).
+func px(n float64) vg.Length { return vg.Length(n) * vg.Inch / dpi }
+
 var (
-	colBG      = color.RGBA{255, 255, 255, 255}
-	colAxis    = color.RGBA{60, 60, 60, 255}
-	colGrid    = color.RGBA{225, 225, 225, 255}
-	colGrid2   = color.RGBA{242, 242, 242, 255}
-	colText    = color.RGBA{30, 30, 30, 255}
+	colGrid    = color.RGBA{215, 215, 215, 255}
+	colGrid2   = color.RGBA{238, 238, 238, 255}
 	colOK      = color.RGBA{30, 90, 200, 255}
 	colErr     = color.RGBA{215, 25, 25, 255}
 	colWindow  = color.RGBA{255, 243, 205, 255}
@@ -59,9 +63,21 @@ func kindColor(kind string) color.RGBA {
 	return colRestart
 }
 
+// panel is what one run's panel shows: x in seconds since the load
+// started, y in seconds of latency.
+type panel struct {
+	title      string
+	span       float64 // the x axis: 0 to span
+	lo, hi     float64 // the y axis: whole decades
+	ok, failed plotter.XYs
+	windows    bands   // the upgrades, trigger to first answer + window
+	controls   bands   // the poller alone, without an upgrade
+	triggers   []marks // one per kind of upgrade, in order of appearance
+}
+
 // writePlot draws both runs into a PNG at path.
 func writePlot(path string, cfg config, rl, naive *phase) error {
-	img := plot(cfg, []*phase{rl, naive})
+	img := render(cfg, panels(cfg, []*phase{rl, naive}))
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -73,10 +89,7 @@ func writePlot(path string, cfg config, rl, naive *phase) error {
 	return err
 }
 
-func plot(cfg config, phases []*phase) *image.RGBA {
-	img := image.NewRGBA(image.Rect(0, 0, plotW, panelH*len(phases)+legendH))
-	draw.Draw(img, img.Bounds(), &image.Uniform{colBG}, image.Point{}, draw.Src)
-
+func panels(cfg config, phases []*phase) []panel {
 	// One latency scale for every panel, whole decades around the data.
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, p := range phases {
@@ -93,77 +106,211 @@ func plot(cfg config, phases []*phase) *image.RGBA {
 	lo = math.Pow(10, math.Floor(math.Log10(max(lo, 1e-6))))
 	hi = math.Pow(10, math.Ceil(math.Log10(max(hi, lo*100))))
 
-	for i, p := range phases {
-		drawPanel(img, image.Rect(0, i*panelH, plotW, (i+1)*panelH), cfg, p, lo, hi)
+	var pns []panel
+	for _, p := range phases {
+		pns = append(pns, newPanel(cfg, p, lo, hi))
 	}
-	drawLegend(img, panelH*len(phases), cfg)
-	return img
+	return pns
 }
 
-func drawPanel(img *image.RGBA, r image.Rectangle, cfg config, p *phase, lo, hi float64) {
-	area := image.Rect(r.Min.X+marginL, r.Min.Y+panelTop, r.Max.X-marginR, r.Max.Y-panelBot)
-	start := p.res.Start
-	span := max(p.res.Elapsed.Seconds(), 1)
-	xOf := func(t time.Time) int {
-		return area.Min.X + int(t.Sub(start).Seconds()/span*float64(area.Dx()-1)+0.5)
+func newPanel(cfg config, p *phase, lo, hi float64) panel {
+	sec := func(t time.Time) float64 { return t.Sub(p.res.Start).Seconds() }
+	spans := func(wins [][2]time.Time) [][2]float64 {
+		s := make([][2]float64, len(wins))
+		for i, w := range wins {
+			s[i] = [2]float64{sec(w[0]), sec(w[1])}
+		}
+		return s
 	}
-	yOf := func(sec float64) int {
-		f := (math.Log10(max(sec, lo)) - math.Log10(lo)) / (math.Log10(hi) - math.Log10(lo))
-		return area.Max.Y - 1 - int(min(f, 1)*float64(area.Dy()-1)+0.5)
+	pn := panel{
+		title:    panelTitle(cfg, p),
+		span:     max(p.res.Elapsed.Seconds(), 1),
+		lo:       lo,
+		hi:       hi,
+		windows:  bands{color: colWindow, spans: spans(p.windows(cfg.window))},
+		controls: bands{color: colControl, spans: spans(p.controls)},
 	}
-
-	drawText(img, r.Min.X+12, r.Min.Y+12, panelTitle(cfg, p), colText)
-
-	// Upgrade and control windows, shaded.
-	shade := func(wins [][2]time.Time, c color.RGBA) {
-		for _, w := range wins {
-			x0, x1 := max(xOf(w[0]), area.Min.X), min(xOf(w[1]), area.Max.X-1)
-			fill(img, image.Rect(x0, area.Min.Y, x1+1, area.Max.Y), c)
+	for _, s := range p.res.Samples {
+		// A log scale has no 0: a request that failed at once sits on the floor.
+		xy := plotter.XY{X: sec(s.Start), Y: min(max(s.Latency.Seconds(), lo), hi)}
+		if s.Err == "" {
+			pn.ok = append(pn.ok, xy)
+		} else {
+			pn.failed = append(pn.failed, xy)
 		}
 	}
-	shade(p.windows(cfg.window), colWindow)
-	shade(p.controls, colControl)
-	// Grid: decades, with fainter lines at 2× and 5×; labels on the left.
+	for _, u := range p.upgrades {
+		i := slices.IndexFunc(pn.triggers, func(m marks) bool { return m.kind == u.kind })
+		if i < 0 {
+			i = len(pn.triggers)
+			pn.triggers = append(pn.triggers, marks{kind: u.kind, color: kindColor(u.kind)})
+		}
+		pn.triggers[i].xs = append(pn.triggers[i].xs, sec(u.trigger))
+	}
+	return pn
+}
+
+func (pn panel) plot() *plot.Plot {
+	pl := plot.New()
+	pl.Title.Text = pn.title
+	pl.Title.Padding = px(6)
+	pl.X.Tick.Marker = plot.TickerFunc(timeTicks)
+	pl.X.Padding = 0
+	pl.Y.Scale = plot.LogScale{}
+	pl.Y.Tick.Marker = plot.TickerFunc(latTicks)
+	pl.Y.Padding = 0
+
+	grid := plotter.NewGrid()
+	grid.Vertical = draw.LineStyle{Color: colGrid2, Width: px(1)}
+	grid.Horizontal = draw.LineStyle{Color: colGrid, Width: px(1)}
+	pl.Add(pn.controls, pn.windows, grid)
+	for _, m := range pn.triggers {
+		pl.Add(m)
+	}
+	// Successful requests translucent, so that density shows; failed ones on top.
+	pl.Add(&plotter.Scatter{XYs: pn.ok, GlyphStyle: draw.GlyphStyle{
+		Color: color.NRGBA{colOK.R, colOK.G, colOK.B, 64}, Shape: draw.BoxGlyph{}, Radius: px(1)}})
+	pl.Add(&plotter.Scatter{XYs: pn.failed, GlyphStyle: draw.GlyphStyle{
+		Color: color.NRGBA{colErr.R, colErr.G, colErr.B, 230}, Shape: draw.BoxGlyph{}, Radius: px(1.5)}})
+	// After Add, which widens the axes to the data.
+	pl.X.Min, pl.X.Max = 0, pn.span
+	pl.Y.Min, pl.Y.Max = pn.lo, pn.hi
+	return pl
+}
+
+// render draws the panels one above the other, their plot areas aligned,
+// and the legend below them.
+func render(cfg config, pns []panel) image.Image {
+	c := vgimg.NewWith(vgimg.UseWH(px(plotW), px(float64(panelH*len(pns)+legendH))), vgimg.UseDPI(dpi))
+	dc := draw.New(c)
+	plots := make([][]*plot.Plot, len(pns))
+	for i, pn := range pns {
+		plots[i] = []*plot.Plot{pn.plot()}
+	}
+	tiles := draw.Tiles{Rows: len(pns), Cols: 1, PadTop: px(10), PadBottom: px(4), PadLeft: px(8), PadRight: px(24), PadY: px(20)}
+	cs := plot.Align(plots, tiles, draw.Crop(dc, 0, 0, px(legendH), 0))
+	for i := range plots {
+		plots[i][0].Draw(cs[i][0])
+	}
+
+	legend := draw.Crop(dc, plots[0][0].DataCanvas(cs[0][0]).Min.X-dc.Min.X, 0, 0, px(legendH)-(dc.Max.Y-dc.Min.Y))
+	drawLegend(legend, plots[0][0].Legend.TextStyle, legendItems(cfg))
+	return c.Image()
+}
+
+type legendItem struct {
+	label string
+	thumb plot.Thumbnailer
+}
+
+func legendItems(cfg config) []legendItem {
+	return []legendItem{
+		{"request", swatch(colOK)},
+		{"failed request", swatch(colErr)},
+		{"SIGUSR2", marks{color: colSignal}},
+		{"rename", marks{color: colRename}},
+		{"naive restart", marks{color: colRestart}},
+		{"upgrade: trigger → new answer + " + strings.ReplaceAll(ms(cfg.window), " ", ""), bands{color: colWindow}},
+		{"poller alone", bands{color: colControl}},
+	}
+}
+
+// drawLegend writes the items side by side on one line at the top of c
+// (gonum's own legend stacks them, which would hide the data), and the
+// axes on the next line.
+func drawLegend(c draw.Canvas, sty text.Style, items []legendItem) {
+	thumbW, gap := px(14), px(6)
+	h := sty.Height("Mg")
+	x, y := c.Min.X, c.Max.Y-px(8)-h
+	for _, it := range items {
+		it.thumb.Thumbnail(&draw.Canvas{Canvas: c.Canvas, Rectangle: vg.Rectangle{
+			Min: vg.Point{X: x, Y: y}, Max: vg.Point{X: x + thumbW, Y: y + h}}})
+		x += thumbW + gap
+		c.FillText(sty, vg.Point{X: x, Y: y}, it.label)
+		x += sty.Width(it.label) + 4*gap
+	}
+	c.FillText(sty, vg.Point{X: c.Min.X, Y: y - h - px(6)},
+		"y: latency of each request (log scale); x: time since the load started, one point per request at its start")
+}
+
+// bands shades spans of x over the whole height of the plot.
+type bands struct {
+	color color.Color
+	spans [][2]float64
+}
+
+func (b bands) Plot(c draw.Canvas, pl *plot.Plot) {
+	trX, _ := pl.Transforms(&c)
+	for _, s := range b.spans {
+		x0, x1 := max(trX(s[0]), c.Min.X), min(trX(s[1]), c.Max.X)
+		if x0 < x1 {
+			c.FillPolygon(b.color, rect(x0, c.Min.Y, x1, c.Max.Y))
+		}
+	}
+}
+
+func (b bands) Thumbnail(c *draw.Canvas) {
+	c.FillPolygon(b.color, rect(c.Min.X, c.Min.Y, c.Max.X, c.Max.Y))
+}
+
+// marks draws a vertical line at each x: the triggers of one kind.
+type marks struct {
+	kind  string
+	color color.Color
+	xs    []float64
+}
+
+func (m marks) style() draw.LineStyle { return draw.LineStyle{Color: m.color, Width: px(2)} }
+
+func (m marks) Plot(c draw.Canvas, pl *plot.Plot) {
+	trX, _ := pl.Transforms(&c)
+	for _, x := range m.xs {
+		if x := trX(x); c.ContainsX(x) {
+			c.StrokeLine2(m.style(), x, c.Min.Y, x, c.Max.Y)
+		}
+	}
+}
+
+func (m marks) Thumbnail(c *draw.Canvas) {
+	x := c.Center().X
+	c.StrokeLine2(m.style(), x, c.Min.Y-px(2), x, c.Max.Y+px(2))
+}
+
+// swatch is a legend's square of colour.
+type swatch color.RGBA
+
+func (s swatch) Thumbnail(c *draw.Canvas) {
+	m, r := c.Center(), px(5)
+	c.FillPolygon(color.RGBA(s), rect(m.X-r, m.Y-r, m.X+r, m.Y+r))
+}
+
+func rect(x0, y0, x1, y1 vg.Length) []vg.Point {
+	return []vg.Point{{X: x0, Y: y0}, {X: x1, Y: y0}, {X: x1, Y: y1}, {X: x0, Y: y1}}
+}
+
+// timeTicks labels the time axis every tickStep seconds.
+func timeTicks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
+	step := tickStep(hi - lo)
+	for s := 0.0; s <= hi+1e-9; s += step {
+		ts = append(ts, plot.Tick{Value: s, Label: fmt.Sprintf("%gs", s)})
+	}
+	return ts
+}
+
+// latTicks labels the decades of the latency axis, with minor ticks at
+// 2× and 5×.
+func latTicks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
 	for d := lo; d <= hi*1.0001; d *= 10 {
+		ts = append(ts, plot.Tick{Value: d, Label: latLabel(d)})
 		for _, m := range []float64{2, 5} {
 			if d*m < hi {
-				hline(img, area.Min.X, area.Max.X, yOf(d*m), colGrid2)
+				ts = append(ts, plot.Tick{Value: d * m})
 			}
 		}
-		y := yOf(d)
-		hline(img, area.Min.X, area.Max.X, y, colGrid)
-		label := latLabel(d)
-		drawText(img, area.Min.X-10-textWidth(label), y-glyphH*fontScale/2, label, colText)
 	}
-	step := tickStep(span)
-	for s := 0.0; s <= span+1e-9; s += step {
-		x := area.Min.X + int(s/span*float64(area.Dx()-1)+0.5)
-		vline(img, x, area.Min.Y, area.Max.Y, colGrid2)
-		vline(img, x, area.Max.Y, area.Max.Y+6, colAxis)
-		label := fmt.Sprintf("%gs", s)
-		drawText(img, x-textWidth(label)/2, area.Max.Y+12, label, colText)
-	}
-	// Triggers.
-	for _, u := range p.upgrades {
-		c := kindColor(u.kind)
-		x := xOf(u.trigger)
-		vline(img, x, area.Min.Y, area.Max.Y, c)
-		vline(img, x+1, area.Min.Y, area.Max.Y, c)
-	}
-	// Requests: successful ones translucent (density shows), failed ones on top.
-	for _, s := range p.res.Samples {
-		if s.Err == "" {
-			dot(img, area, xOf(s.Start), yOf(s.Latency.Seconds()), 2, colOK, 0.25)
-		}
-	}
-	for _, s := range p.res.Samples {
-		if s.Err != "" {
-			dot(img, area, xOf(s.Start), yOf(s.Latency.Seconds()), 3, colErr, 0.9)
-		}
-	}
-	// Axes.
-	hline(img, area.Min.X, area.Max.X, area.Max.Y, colAxis)
-	vline(img, area.Min.X-1, area.Min.Y, area.Max.Y+1, colAxis)
+	return ts
 }
 
 func panelTitle(cfg config, p *phase) string {
@@ -193,24 +340,6 @@ func countKind(us []upgrade, kind string) int {
 	return n
 }
 
-func drawLegend(img *image.RGBA, top int, cfg config) {
-	x, y := marginL, top+8
-	item := func(draw func(x, y int), label string) {
-		draw(x, y)
-		drawText(img, x+22, y, label, colText)
-		x += 22 + textWidth(label) + 26
-	}
-	item(func(x, y int) { fill(img, image.Rect(x, y+2, x+12, y+12), colOK) }, "request")
-	item(func(x, y int) { fill(img, image.Rect(x, y+2, x+12, y+12), colErr) }, "failed request")
-	for _, k := range []struct{ kind, label string }{{"SIGUSR2", "SIGUSR2"}, {"rename", "rename"}, {"restart", "naive restart"}} {
-		c := kindColor(k.kind)
-		item(func(x, y int) { fill(img, image.Rect(x+5, y-2, x+8, y+16), c) }, k.label)
-	}
-	item(func(x, y int) { fill(img, image.Rect(x, y, x+14, y+14), colWindow) }, fmt.Sprintf("upgrade: trigger → new answer + %s", strings.ReplaceAll(ms(cfg.window), " ", "")))
-	item(func(x, y int) { fill(img, image.Rect(x, y, x+14, y+14), colControl) }, "poller alone")
-	drawText(img, marginL, y+lineHeight+4, "y: latency of each request (log scale); x: time since the load started, one point per request at its start", colText)
-}
-
 // latLabel is "10µs", "1ms", "100ms", "1s" for a power of ten of seconds.
 func latLabel(sec float64) string {
 	switch {
@@ -230,134 +359,4 @@ func tickStep(span float64) float64 {
 		}
 	}
 	return 600
-}
-
-func fill(img *image.RGBA, r image.Rectangle, c color.RGBA) {
-	draw.Draw(img, r.Intersect(img.Bounds()), &image.Uniform{c}, image.Point{}, draw.Src)
-}
-
-func hline(img *image.RGBA, x0, x1, y int, c color.RGBA) { fill(img, image.Rect(x0, y, x1, y+1), c) }
-func vline(img *image.RGBA, x, y0, y1 int, c color.RGBA) { fill(img, image.Rect(x, y0, x+1, y1), c) }
-
-// dot blends an n×n square around (x, y) of colour c with opacity a,
-// clipped to area.
-func dot(img *image.RGBA, area image.Rectangle, x, y, n int, c color.RGBA, a float64) {
-	for yy := y - (n-1)/2; yy <= y+n/2; yy++ {
-		for xx := x - (n-1)/2; xx <= x+n/2; xx++ {
-			if !(image.Point{xx, yy}.In(area)) {
-				continue
-			}
-			i := img.PixOffset(xx, yy)
-			p := img.Pix[i : i+3 : i+3]
-			p[0] = uint8(float64(p[0])*(1-a) + float64(c.R)*a + 0.5)
-			p[1] = uint8(float64(p[1])*(1-a) + float64(c.G)*a + 0.5)
-			p[2] = uint8(float64(p[2])*(1-a) + float64(c.B)*a + 0.5)
-		}
-	}
-}
-
-func textWidth(s string) int { return len([]rune(s)) * glyphAdv }
-
-// drawText writes s with its top-left corner at (x, y).
-func drawText(img *image.RGBA, x, y int, s string, c color.RGBA) {
-	for _, ch := range s {
-		g, ok := font[ch]
-		if !ok {
-			g = font['?']
-		}
-		rows := strings.Fields(g)
-		for ry, row := range rows {
-			for rx, px := range row {
-				if px == '#' {
-					fill(img, image.Rect(x+rx*fontScale, y+ry*fontScale, x+(rx+1)*fontScale, y+(ry+1)*fontScale), c)
-				}
-			}
-		}
-		x += glyphAdv
-	}
-}
-
-// font is a 5×7 bitmap font: seven rows of five pixels per glyph, nine for
-// those with a descender.
-var font = map[rune]string{
-	' ': "..... ..... ..... ..... ..... ..... .....",
-	'0': ".###. #...# #..## #.#.# ##..# #...# .###.",
-	'1': "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
-	'2': ".###. #...# ....# ...#. ..#.. .#... #####",
-	'3': "##### ...#. ..#.. ...#. ....# #...# .###.",
-	'4': "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
-	'5': "##### #.... ####. ....# ....# #...# .###.",
-	'6': "..##. .#... #.... ####. #...# #...# .###.",
-	'7': "##### ....# ...#. ..#.. .#... .#... .#...",
-	'8': ".###. #...# #...# .###. #...# #...# .###.",
-	'9': ".###. #...# #...# .#### ....# ...#. .##..",
-	'A': ".###. #...# #...# ##### #...# #...# #...#",
-	'B': "####. #...# #...# ####. #...# #...# ####.",
-	'C': ".###. #...# #.... #.... #.... #...# .###.",
-	'D': "###.. #..#. #...# #...# #...# #..#. ###..",
-	'E': "##### #.... #.... ####. #.... #.... #####",
-	'F': "##### #.... #.... ####. #.... #.... #....",
-	'G': ".###. #...# #.... #.### #...# #...# .####",
-	'H': "#...# #...# #...# ##### #...# #...# #...#",
-	'I': ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-	'J': "..### ...#. ...#. ...#. ...#. #..#. .##..",
-	'K': "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
-	'L': "#.... #.... #.... #.... #.... #.... #####",
-	'M': "#...# ##.## #.#.# #.#.# #...# #...# #...#",
-	'N': "#...# #...# ##..# #.#.# #..## #...# #...#",
-	'O': ".###. #...# #...# #...# #...# #...# .###.",
-	'P': "####. #...# #...# ####. #.... #.... #....",
-	'Q': ".###. #...# #...# #...# #.#.# #..#. .##.#",
-	'R': "####. #...# #...# ####. #.#.. #..#. #...#",
-	'S': ".#### #.... #.... .###. ....# ....# ####.",
-	'T': "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-	'U': "#...# #...# #...# #...# #...# #...# .###.",
-	'V': "#...# #...# #...# #...# #...# .#.#. ..#..",
-	'W': "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
-	'X': "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
-	'Y': "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..",
-	'Z': "##### ....# ...#. ..#.. .#... #.... #####",
-	'a': "..... ..... .###. ....# .#### #...# .####",
-	'b': "#.... #.... #.##. ##..# #...# #...# ####.",
-	'c': "..... ..... .###. #.... #.... #...# .###.",
-	'd': "....# ....# .##.# #..## #...# #...# .####",
-	'e': "..... ..... .###. #...# ##### #.... .###.",
-	'f': "..##. .#..# .#... ###.. .#... .#... .#...",
-	'g': "..... ..... .#### #...# #...# #...# .#### ....# .###.",
-	'h': "#.... #.... #.##. ##..# #...# #...# #...#",
-	'i': "..#.. ..... .##.. ..#.. ..#.. ..#.. .###.",
-	'j': "...#. ..... ..##. ...#. ...#. ...#. ...#. #..#. .##..",
-	'k': "#.... #.... #..#. #.#.. ##... #.#.. #..#.",
-	'l': ".##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-	'm': "..... ..... ##.#. #.#.# #.#.# #...# #...#",
-	'n': "..... ..... #.##. ##..# #...# #...# #...#",
-	'o': "..... ..... .###. #...# #...# #...# .###.",
-	'p': "..... ..... ####. #...# #...# #...# ####. #.... #....",
-	'q': "..... ..... .#### #...# #...# #...# .#### ....# ....#",
-	'r': "..... ..... #.##. ##..# #.... #.... #....",
-	's': "..... ..... .###. #.... .###. ....# ####.",
-	't': ".#... .#... ###.. .#... .#... .#..# ..##.",
-	'u': "..... ..... #...# #...# #...# #..## .##.#",
-	'v': "..... ..... #...# #...# #...# .#.#. ..#..",
-	'w': "..... ..... #...# #...# #.#.# #.#.# .#.#.",
-	'x': "..... ..... #...# .#.#. ..#.. .#.#. #...#",
-	'y': "..... ..... #...# #...# #...# #...# .#### ....# .###.",
-	'z': "..... ..... ##### ...#. ..#.. .#... #####",
-	'µ': "..... ..... #...# #...# #...# #..## ###.# #.... #....",
-	'.': "..... ..... ..... ..... ..... .##.. .##..",
-	',': "..... ..... ..... ..... ..... .##.. .##.. ..#.. .#...",
-	':': "..... .##.. .##.. ..... .##.. .##.. .....",
-	';': "..... .##.. .##.. ..... ..... .##.. .##.. ..#.. .#...",
-	'-': "..... ..... ..... ##### ..... ..... .....",
-	'+': "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
-	'=': "..... ..... ##### ..... ##### ..... .....",
-	'/': "..... ....# ...#. ..#.. .#... #.... .....",
-	'(': "...#. ..#.. .#... .#... .#... ..#.. ...#.",
-	')': ".#... ..#.. ...#. ...#. ...#. ..#.. .#...",
-	'%': "##... ##..# ...#. ..#.. .#... #..## ...##",
-	'>': ".#... ..#.. ...#. ....# ...#. ..#.. .#...",
-	'<': "...#. ..#.. .#... #.... .#... ..#.. ...#.",
-	'→': "..... ..#.. ...#. ##### ...#. ..#.. .....",
-	'×': "..... #...# .#.#. ..#.. .#.#. #...# .....",
-	'?': ".###. #...# ....# ...#. ..#.. ..... ..#..",
 }
