@@ -22,9 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// End-to-end tests of relaunch as a good citizen (SPEC §2, §8; NOTES §6,
-// §7): the sd_notify protocol it speaks to the service manager that started
-// it, PID 1 of a PID namespace (a container's init), relaunch itself started
+// End-to-end tests of relaunch as a good citizen: the sd_notify protocol
+// it speaks to the service manager that started it, PID 1 of a PID namespace (a container's init), relaunch itself started
 // by socket activation, and --log-format json.
 //
 // The "20 upgrades of an app that forks helpers, no zombie under relaunch"
@@ -183,8 +182,8 @@ func monoUsec(t testing.TB) int64 {
 }
 
 // TestOuterNotify: relaunch started by a service manager with NOTIFY_SOCKET
-// and WATCHDOG_USEC speaks sd_notify to it as systemd's Type=notify expects
-// (SPEC §8, NOTES §7): READY=1 with a STATUS= naming gen 1 once it is
+// and WATCHDOG_USEC speaks sd_notify to it as systemd's Type=notify expects:
+// READY=1 with a STATUS= naming gen 1 once it is
 // ready, RELOADING=1 with a current MONOTONIC_USEC= then READY=1 around
 // every upgrade (a failed one included), STOPPING=1 on SIGTERM, WATCHDOG=1
 // every WATCHDOG_USEC/2, never MAINPID, and nothing from any other process.
@@ -306,7 +305,7 @@ func TestOuterNotify(t *testing.T) {
 	noProcessesLeft(t, slices.Collect(maps.Values(genPids(p))))
 }
 
-// TestOuterNotifyStatusAfterCrash: SPEC §8 says STATUS= carries the
+// TestOuterNotifyStatusAfterCrash: STATUS= carries the
 // current generation and pid. After a crash restart the service manager
 // must learn which generation serves now; a STATUS= naming the dead
 // process would send an operator to the wrong pid.
@@ -374,8 +373,8 @@ func outerPid(root, inner int) int {
 	return 0
 }
 
-// TestPID1: relaunch as PID 1 of a new PID namespace, as in a container
-// (SPEC §8, NOTES §6). The app leaves orphans two ways, and all of them
+// TestPID1: relaunch as PID 1 of a new PID namespace, as in a container.
+// The app leaves orphans two ways, and all of them
 // must come to relaunch and be reaped, with no zombie left:
 //   - a double fork: the app script starts `sh -c 'cat <FIFO &'`, whose
 //     intermediate sh exits at once, so the cat is an orphan while its
@@ -526,7 +525,7 @@ exec %[3]s -fork-helpers -record %[4]s "$@"
 // TestSocketActivated: relaunch started by systemd-socket-activate, with no
 // --listen: it passes the socket it inherited (LISTEN_FDS, its own
 // LISTEN_PID, the name) to every generation, each with its own LISTEN_PID,
-// and 5 upgrades under load lose nothing (SPEC §2).
+// and 5 upgrades under load lose nothing.
 func TestSocketActivated(t *testing.T) {
 	t.Parallel()
 	needE2E(t)
@@ -677,7 +676,7 @@ func TestJSONLog(t *testing.T) {
 	}
 }
 
-// TestJSONLogStartupFailure: a start-up failure (SPEC §6: status 1) is one
+// TestJSONLogStartupFailure: a start-up failure is one
 // of relaunch's own lines too; once --log-format json has been parsed, a
 // log pipeline that reads JSON must get it as JSON (level ERROR), not as
 // a plain "relaunch: …" line it cannot parse. (A usage error, status 2,

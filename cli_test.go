@@ -1,7 +1,7 @@
 //go:build linux
 
-// End-to-end tests of relaunch's command line and of what a child gets
-// (SPEC §2, §3, §6): strict LISTEN_PID readers, the exact fd table, named
+// End-to-end tests of relaunch's command line and of what a child gets:
+// strict LISTEN_PID readers, the exact fd table, named
 // listeners, systemd socket activation of relaunch itself, every user error
 // with its exit status and message, exit statuses, the pidfile, --help and
 // --version, and UDP. Every test runs real processes on real sockets and
@@ -298,7 +298,7 @@ func TestCLIChildFds(t *testing.T) {
 		port := freePort(t)
 		tmp, env := cliTmp(t)
 		// What a service manager (or an ancestor's activation) gave
-		// relaunch must not reach the app as is (SPEC §3): an outer
+		// relaunch must not reach the app as is: an outer
 		// NOTIFY_SOCKET (a real one, so relaunch can talk to it), the
 		// watchdog, FDSTORE, and LISTEN_* meant for another process.
 		outer := filepath.Join(shortTempDir(t), "outer-notify.sock")
@@ -724,7 +724,7 @@ func TestCLIExitStatus(t *testing.T) {
 	// --ready notify from an app that never notifies) is killed by the
 	// forwarded TERM: relaunch must exit with its status, as it does once
 	// the generation is ready (143 in TestCLIChildFds/non-go_app), not 0,
-	// which SPEC §6 and the README reserve for "no generation running".
+	// which the README reserves for "no generation running".
 	// Fails as of this writing: launcher.stop takes the status of l.cur
 	// only, and sets 0 when no generation is current yet.
 	t.Run("TERM while starting", func(t *testing.T) {

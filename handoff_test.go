@@ -22,7 +22,7 @@ import (
 	"relaunch/handoff"
 )
 
-// End-to-end tests of the connection handoff (SPEC §9) with
+// End-to-end tests of the connection handoff with
 // testdata/pingpong: long-lived TCP connections that keep their per-
 // connection counter across upgrades, and the ways a generation can fail
 // in the middle of a handoff.

@@ -251,7 +251,7 @@ func waitUntil(timeout, every time.Duration, cond func() bool) bool {
 // "127.0.0.1:PORT", port 0 for any; "unix": a path). It is closed at the end
 // of the test. The socket is made with raw syscalls, as relaunch makes its
 // own: a Go net.Listener's File() would hand children a socket whose
-// O_NONBLOCK flips under them (NOTES §2).
+// O_NONBLOCK flips under them.
 func listenFile(t testing.TB, network, addr string) *os.File {
 	t.Helper()
 	var fd int

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Readiness of apps that never call sd_notify (SPEC §4, issue "readiness"):
+// Readiness of apps that never call sd_notify:
 // relaunch sees them accept in /proc, and the old generation is drained only
 // once the new one accepts.
 

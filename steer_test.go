@@ -21,7 +21,7 @@ import (
 	"relaunch/internal/loadtest"
 )
 
-// End-to-end tests of the steered handover (SPEC §1, NOTES §8): per TCP
+// End-to-end tests of the steered handover: per TCP
 // address a pool of SO_REUSEPORT slots, new connections steered to the
 // newest ready generation, the old one told to drain only after --settle
 // and once its slot's queue is empty; the shared handover where steering
@@ -44,7 +44,7 @@ func steerStart(t testing.TB, args ...string) (*relaunchProc, string) {
 }
 
 // steerSlowClients is the load that loses requests with a shared socket
-// and an app that drains naively (NOTES §8): every request on a new
+// and an app that drains naively: every request on a new
 // connection, sent 3ms after the connection is made.
 func steerSlowClients(addr string) loadtest.Config {
 	return loadtest.Config{Addr: addr, Clients: 8, KeepAliveFraction: 0, ConnectToRequestDelay: 3 * time.Millisecond, Timeout: 20 * time.Second}
@@ -334,8 +334,7 @@ func TestSteerMaxDraining(t *testing.T) {
 
 	// Connections the kernel queued on the old generation's slot but that
 	// it had not accepted when --max-draining kills it at the switch must
-	// still be served, as with a shared socket (SPEC §1: nothing queued is
-	// dropped), and must not trip the tripwire at the next upgrade. Gen 1
+	// still be served, as with a shared socket, and must not trip the tripwire at the next upgrade. Gen 1
 	// is stopped (SIGSTOP) so that 3 connections wait in its queue.
 	for _, mode := range []string{"steered", "shared"} {
 		t.Run("zero: queued at the switch, "+mode, func(t *testing.T) {

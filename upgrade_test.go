@@ -19,7 +19,7 @@ import (
 )
 
 // End-to-end tests of upgrades, readiness, draining and crash restarts
-// (SPEC §1, §4, §5, §7), each under real load.
+//, each under real load.
 
 // appScript writes an executable script at dir/app that runs the demo with
 // the flags in dir/flags, so a test changes what the next generation does

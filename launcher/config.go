@@ -63,7 +63,7 @@ type Config struct {
 }
 
 // Listener is one address the generations get: a socket they all share,
-// or a pool of slots relaunch steers new connections between (SPEC §1).
+// or a pool of slots relaunch steers new connections between.
 type Listener struct {
 	Socket *sdlisten.Socket // shared, when Pool is nil
 	Pool   *sdlisten.Pool
@@ -73,7 +73,7 @@ type Listener struct {
 type ReadyMode int
 
 const (
-	ReadyAuto   ReadyMode = iota // the most precise signal seen so far (SPEC §4)
+	ReadyAuto   ReadyMode = iota // the most precise signal seen so far
 	ReadyNotify                  // READY=1 on NOTIFY_SOCKET
 	ReadyDelay                   // alive for Delay
 	ReadyListen                  // seen polling or accepting on a socket, in /proc

@@ -18,7 +18,7 @@ import (
 	"relaunch/watch"
 )
 
-// Restart back-off (SPEC §7).
+// Restart back-off.
 const (
 	backoffMin   = 100 * time.Millisecond
 	backoffMax   = 30 * time.Second
@@ -38,7 +38,7 @@ type launcher struct {
 	env     []string
 	stdin   int
 	runDir  *runDir
-	handoff *broker  // the connection handoff (SPEC §9)
+	handoff *broker  // the connection handoff
 	roots   genRoots // the generations' root pids, for the handoff's genOf
 
 	gens    []*generation // alive, oldest first
@@ -465,43 +465,6 @@ func (l *launcher) stillServes() string {
 	return "no generation serves; clients wait in the backlog"
 }
 
-func (l *launcher) drain(g *generation) {
-	g.state, g.drainAt = draining, l.sys.now()
-	l.sys.signal(g.pid, l.cfg.DrainSignal)
-	l.log.Info(fmt.Sprintf("%s draining: sent %s", g, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
-	if l.cfg.DrainTimeout > 0 {
-		l.drainTimer(g, l.cfg.DrainTimeout)
-	}
-}
-
-// drainTimer kills g in d unless it has exited.
-func (l *launcher) drainTimer(g *generation, d time.Duration) {
-	l.after(g, max(d, 0), func() {
-		if !g.exited {
-			g.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", l.cfg.DrainTimeout)
-			l.sys.killGroup(g.pid, syscall.SIGKILL)
-		}
-	})
-}
-
-func (l *launcher) limitDraining() {
-	if l.cfg.MaxDraining < 0 {
-		return
-	}
-	var ds []*generation
-	for _, g := range l.gens {
-		// A settling generation is not counted: killing it would strand
-		// the connections queued on its slot. It drains, then counts.
-		if g.state == draining && g.failReason == "" {
-			ds = append(ds, g)
-		}
-	}
-	for i := 0; i < len(ds)-l.cfg.MaxDraining; i++ {
-		ds[i].failReason = fmt.Sprintf("more than %d generations draining (--max-draining)", l.cfg.MaxDraining)
-		l.sys.killGroup(ds[i].pid, syscall.SIGKILL)
-	}
-}
-
 func (l *launcher) onExit(g *generation, st exitStatus) {
 	g.exited = true
 	l.roots.remove(g.id)
@@ -643,24 +606,6 @@ func (l *launcher) afterExit(st exitStatus) {
 
 func restartName(p RestartPolicy) string {
 	return [...]string{"on-failure", "always", "never"}[p]
-}
-
-// warnDrainSignal says once when a draining generation died of the drain
-// signal's default action: the app does not handle it (SPEC §4).
-func (l *launcher) warnDrainSignal(g *generation, st exitStatus) {
-	sig := l.cfg.DrainSignal
-	killed := st.ws.Signaled() && st.ws.Signal() == sig && g.failReason == ""
-	goQuit := sig == syscall.SIGQUIT && st.ws.Exited() && st.ws.ExitStatus() == 2
-	if l.warnedDrain || !(killed || goQuit) {
-		return
-	}
-	l.warnedDrain = true
-	what := "was killed by " + signalName(sig)
-	if goQuit {
-		what = "exited with status 2 right after SIGQUIT, as a Go program that does not handle SIGQUIT does"
-	}
-	l.log.Warn(fmt.Sprintf("%s %s: the app does not drain on %s, so its open requests were cut. "+
-		"Use the app's graceful signal: --drain-signal TERM (gunicorn, uvicorn, most Go and node apps), USR1 (haproxy), QUIT (nginx)", g, what, signalName(sig)), "generation", g.id, "pid", g.pid)
 }
 
 func (l *launcher) scheduleRestart() {

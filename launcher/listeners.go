@@ -9,7 +9,7 @@ import (
 )
 
 // Handover says how a listening address is handed from one generation to
-// the next (SPEC §1).
+// the next.
 type Handover int
 
 const (

@@ -9,7 +9,7 @@ import (
 	"relaunch/sdlisten"
 )
 
-// Readiness of a starting generation (SPEC §4): READY=1 from its processes,
+// Readiness of a starting generation: READY=1 from its processes,
 // relaunch's socket seen polled or accepted in procfs, or a delay.
 
 const (

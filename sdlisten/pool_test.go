@@ -11,7 +11,7 @@ import (
 )
 
 // Steering sends every new connection to the chosen slot's queue, and the
-// other slots get none (NOTES.md §8), with real connections.
+// other slots get none, with real connections.
 func TestPoolSteer(t *testing.T) {
 	a, err := ParseAddr("127.0.0.1:0")
 	if err != nil {

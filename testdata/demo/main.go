@@ -186,7 +186,7 @@ func main() {
 	}
 }
 
-// drain is the app's half of zero downtime (SPEC §10): stop accepting, give
+// drain is the app's half of zero downtime: stop accepting, give
 // the connections accepted just before a moment to send their request, then
 // let Shutdown finish every request in flight.
 func drain(srv *http.Server, listeners []net.Listener) {

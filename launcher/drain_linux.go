@@ -1,0 +1,141 @@
+//go:build linux
+
+package launcher
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+)
+
+// The drain policy: when a generation that served is told to stop, and
+// what happens when it does not. In order:
+//
+//   - handOver: once a new generation is ready, the old one is retired. With
+//     shared sockets it is told to drain at once (both accept from one
+//     queue). With steering, new connections go to the new generation first;
+//     the old one is told only after --settle and once its slot's accept
+//     queue is empty, so it has nothing unread when it stops accepting.
+//   - drain: the drain signal (--drain-signal), then SIGKILL to its group at
+//     --drain-timeout.
+//   - limitDraining: more generations draining than --max-draining: the
+//     oldest is killed. One that is settling (steered away from, not yet
+//     told) does not count: killing it would strand what its slot queued.
+//   - freeSlot: every slot of the pool is held: the oldest draining
+//     generation is killed, and the upgrade waits for its exit.
+//   - warnDrainSignal: a draining generation that dies of the drain signal's
+//     default action does not handle it; said once, with the remedy.
+//
+// What a generation left on its slot when it exits is the slots' care
+// (slots_linux.go).
+
+const (
+	queuePoll    = 5 * time.Millisecond
+	maxQueueWait = time.Second // after --settle, the old slot's queue is waited for at most this
+)
+
+// handOver retires the previous current generation: at once with shared
+// sockets; with steering, after --settle and once its slots' accept queues
+// are empty (a client's connect-to-request gap, connections the kernel
+// completed just before the switch).
+func (l *launcher) handOver(old *generation) {
+	if !l.steered() {
+		l.drain(old)
+		return
+	}
+	old.state = settling
+	since := l.sys.now()
+	var wait func()
+	wait = func() {
+		if old.exited || old.state != settling {
+			return
+		}
+		q := 0
+		for i, ln := range l.cfg.Listeners {
+			if ln.Pool != nil && l.frozen[i] < 0 {
+				n, _ := ln.Pool.Queued(old.slot)
+				q += n
+			}
+		}
+		if q > 0 && l.sys.now().Sub(since) < l.cfg.Settle+maxQueueWait {
+			l.after(old, queuePoll, wait)
+			return
+		}
+		if q > 0 {
+			l.log.Warn(fmt.Sprintf("%s still has %d connection(s) queued on its slot %s after the switch; draining it anyway", old, q, ms(l.sys.now().Sub(since))), "generation", old.id, "pid", old.pid)
+		}
+		l.drain(old)
+		l.limitDraining()
+	}
+	l.after(old, l.cfg.Settle, wait)
+}
+
+// freeSlot makes room for an upgrade: the oldest draining generation goes
+// now; the upgrade runs when it has exited.
+func (l *launcher) freeSlot(reason string) {
+	l.pending = reason
+	for _, g := range l.gens {
+		if (g.state == draining || g.state == settling) && g.failReason == "" {
+			g.failReason = "killed early: every slot is taken (more generations than --max-draining + 2)"
+			l.log.Warn(fmt.Sprintf("no free slot for a new generation: killing %s, the oldest one draining; the upgrade follows when it is gone", g),
+				"generation", g.id, "pid", g.pid)
+			l.sys.killGroup(g.pid, syscall.SIGKILL)
+			return
+		}
+	}
+}
+
+func (l *launcher) drain(g *generation) {
+	g.state, g.drainAt = draining, l.sys.now()
+	l.sys.signal(g.pid, l.cfg.DrainSignal)
+	l.log.Info(fmt.Sprintf("%s draining: sent %s", g, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
+	if l.cfg.DrainTimeout > 0 {
+		l.drainTimer(g, l.cfg.DrainTimeout)
+	}
+}
+
+// drainTimer kills g in d unless it has exited.
+func (l *launcher) drainTimer(g *generation, d time.Duration) {
+	l.after(g, max(d, 0), func() {
+		if !g.exited {
+			g.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", l.cfg.DrainTimeout)
+			l.sys.killGroup(g.pid, syscall.SIGKILL)
+		}
+	})
+}
+
+func (l *launcher) limitDraining() {
+	if l.cfg.MaxDraining < 0 {
+		return
+	}
+	var ds []*generation
+	for _, g := range l.gens {
+		// A settling generation is not counted: killing it would strand
+		// the connections queued on its slot. It drains, then counts.
+		if g.state == draining && g.failReason == "" {
+			ds = append(ds, g)
+		}
+	}
+	for i := 0; i < len(ds)-l.cfg.MaxDraining; i++ {
+		ds[i].failReason = fmt.Sprintf("more than %d generations draining (--max-draining)", l.cfg.MaxDraining)
+		l.sys.killGroup(ds[i].pid, syscall.SIGKILL)
+	}
+}
+
+// warnDrainSignal says once when a draining generation died of the drain
+// signal's default action: the app does not handle it.
+func (l *launcher) warnDrainSignal(g *generation, st exitStatus) {
+	sig := l.cfg.DrainSignal
+	killed := st.ws.Signaled() && st.ws.Signal() == sig && g.failReason == ""
+	goQuit := sig == syscall.SIGQUIT && st.ws.Exited() && st.ws.ExitStatus() == 2
+	if l.warnedDrain || !(killed || goQuit) {
+		return
+	}
+	l.warnedDrain = true
+	what := "was killed by " + signalName(sig)
+	if goQuit {
+		what = "exited with status 2 right after SIGQUIT, as a Go program that does not handle SIGQUIT does"
+	}
+	l.log.Warn(fmt.Sprintf("%s %s: the app does not drain on %s, so its open requests were cut. "+
+		"Use the app's graceful signal: --drain-signal TERM (gunicorn, uvicorn, most Go and node apps), USR1 (haproxy), QUIT (nginx)", g, what, signalName(sig)), "generation", g.id, "pid", g.pid)
+}
