@@ -2,10 +2,11 @@
 
 // End-to-end tests of relaunch's command line and of what a child gets:
 // strict LISTEN_PID readers, the exact fd table, named
-// listeners, systemd socket activation of relaunch itself, every user error
-// with its exit status and message, exit statuses, the pidfile, --help and
-// --version, and UDP. Every test runs real processes on real sockets and
-// leaves no process, socket or file behind; all waits have deadlines.
+// listeners, systemd socket activation of relaunch itself, a privileged
+// port refused, exit statuses, the pidfile, and UDP. The errors that need
+// no app, --help and --version are CLI scripts (testdata/script). Every
+// test runs real processes on real sockets and leaves no process, socket
+// or file behind; all waits have deadlines.
 package main
 
 import (
@@ -16,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,21 +51,6 @@ func cliRun(t testing.TB, o procOpts, want int, args ...string) (*relaunchProc, 
 		t.Errorf("exit status %d, want %d", code, want)
 	}
 	return p, p.Stderr()
-}
-
-// cliCheckLastMessage checks the last line of out (before an optional
-// pointer to --help): relaunch's final error, after whatever it logged.
-func cliCheckLastMessage(t testing.TB, out string, wants ...string) {
-	t.Helper()
-	lines := outputLines(out)
-	if n := len(lines); n > 0 && lines[n-1] == seeHelp {
-		lines = lines[:n-1]
-	}
-	if len(lines) == 0 {
-		t.Errorf("no message at all")
-		return
-	}
-	checkMessageLine(t, lines[len(lines)-1], wants...)
 }
 
 // cliCheckNothingLeft checks, after relaunch p exited, that no process it
@@ -435,174 +420,13 @@ func TestCLISocketActivated(t *testing.T) {
 }
 
 // 5. Every user error: its exit status, one line naming the bad value, and
-// nothing left bound, running or on disk.
-func TestCLIUserErrors(t *testing.T) {
+// nothing left bound, running or on disk. The rest are CLI scripts
+// (testdata/script: usage, listen, startup, command); this one binds a
+// privileged port as a user who may not.
+func TestCLIPermissionDenied(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
-
-	longName := strings.Repeat("n", 256)
-	usage := []struct {
-		name string
-		args []string // after a good -l tcp and -l unix, before "--" COMMAND
-		env  []string
-		// badListen, when set, is passed in RELAUNCH_LISTEN after the
-		// good tcp and unix addresses, instead of -l flags.
-		badListen string
-		noCmd     bool // no command at all
-		wants     []string
-	}{
-		{name: "no command", noCmd: true, wants: []string{"no command"}},
-		{name: "nothing after --", args: []string{"--"}, noCmd: true, wants: []string{"no command"}},
-		{name: "port out of range", args: []string{"-l", ":99999"}, wants: []string{`":99999"`, "99999"}},
-		{name: "no port", args: []string{"-l", "foo"}, wants: []string{`"foo"`}},
-		{name: "service name as port", args: []string{"-l", "tcp://:http"}, wants: []string{`"tcp://:http"`}},
-		{name: "empty unix path", args: []string{"-l", "unix://"}, wants: []string{`"unix://"`}},
-		// "a:b" holds a ':' so it is not a name: the whole is an
-		// address, with an unbracketed IPv6-like host.
-		{name: "colon before =", args: []string{"-l", "a:b=:8080"}, wants: []string{`"a:b=:8080"`}},
-		{name: "control char in name", args: []string{"-l", "a\tb=127.0.0.1:1"}, wants: []string{`a\tb`}},
-		{name: "name of 256 bytes", args: []string{"-l", longName + "=127.0.0.1:1"}, wants: []string{longName, "256"}},
-		{name: "unknown flag", args: []string{"--bogus"}, wants: []string{"--bogus"}},
-		{name: "bad duration", args: []string{"--ready-timeout", "xx"}, wants: []string{`"xx"`, "--ready-timeout"}},
-		{name: "bad drain signal", args: []string{"--drain-signal", "FOO"}, wants: []string{`"FOO"`, "--drain-signal"}},
-		{name: "bad restart", args: []string{"--restart", "sometimes"}, wants: []string{`"sometimes"`, "--restart"}},
-		{name: "bad ready", args: []string{"--ready", "bogus"}, wants: []string{`"bogus"`, "--ready"}},
-		{name: "bad log format", args: []string{"--log-format", "xml"}, wants: []string{`"xml"`, "--log-format"}},
-		{name: "bad duration from environment", env: []string{"RELAUNCH_READY_TIMEOUT=xx"}, wants: []string{`"xx"`, "RELAUNCH_READY_TIMEOUT"}},
-		{name: "bad address from environment", badListen: "foo", wants: []string{`"foo"`}},
-	}
-	for _, c := range usage {
-		t.Run("usage/"+c.name, func(t *testing.T) {
-			t.Parallel()
-			port := freePort(t)
-			tmp, env := cliTmp(t)
-			sock := filepath.Join(shortTempDir(t), "s.sock")
-			args := append([]string{"-l", cliAddr(port), "-l", "unix://" + sock}, c.args...)
-			env = append(env, c.env...)
-			if c.badListen != "" {
-				args = c.args
-				env = append(env, "RELAUNCH_LISTEN="+cliAddr(port)+",unix://"+sock+","+c.badListen)
-			}
-			if !c.noCmd {
-				args = append(args, "--", demoBin)
-			}
-			p, out := cliRun(t, procOpts{Env: env}, 2, args...)
-			checkOnlyMessage(t, out, c.wants...)
-			cliCheckNothingLeft(t, p, tmp, []int{port}, []string{sock})
-		})
-	}
-
-	t.Run("startup/address in use", func(t *testing.T) {
-		t.Parallel()
-		addr := fileAddr(t, listenFile(t, "tcp", "127.0.0.1:0")) // in use until the end of the test
-		tmp, env := cliTmp(t)
-		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", addr, "--", demoBin)
-		checkOnlyMessage(t, out, addr, "address already in use", "orphaned child of an earlier relaunch")
-		cliCheckNothingLeft(t, p, tmp, nil, nil)
-	})
-
-	t.Run("startup/second address in use", func(t *testing.T) {
-		t.Parallel()
-		busy := fileAddr(t, listenFile(t, "tcp", "127.0.0.1:0")) // in use until the end of the test
-		first := freePort(t)
-		tmp, env := cliTmp(t)
-		sock := filepath.Join(shortTempDir(t), "first.sock")
-		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", cliAddr(first), "-l", "unix://"+sock, "-l", busy, "--", demoBin)
-		checkOnlyMessage(t, out, busy, "address already in use")
-		cliCheckNothingLeft(t, p, tmp, []int{first}, []string{sock})
-	})
-
-	t.Run("startup/unix socket in use", func(t *testing.T) {
-		t.Parallel()
-		sock := filepath.Join(shortTempDir(t), "live.sock")
-		listenFile(t, "unix", sock) // closed at the end of the test
-		port := freePort(t)
-		tmp, env := cliTmp(t)
-		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
-		checkOnlyMessage(t, out, sock, "in use")
-		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
-		// The live socket's file is left alone: it still reaches its owner.
-		c, err := net.Dial("unix", sock)
-		if err != nil {
-			t.Errorf("the live socket %s no longer accepts after relaunch exited: %v", sock, err)
-		} else {
-			c.Close()
-		}
-	})
-
-	t.Run("startup/unix path not a socket", func(t *testing.T) {
-		t.Parallel()
-		path := filepath.Join(shortTempDir(t), "data")
-		if err := os.WriteFile(path, []byte("precious\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		tmp, env := cliTmp(t)
-		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", "unix://"+path, "--", demoBin)
-		checkOnlyMessage(t, out, path, "not a socket")
-		cliCheckNothingLeft(t, p, tmp, nil, nil)
-		if data, err := os.ReadFile(path); err != nil || string(data) != "precious\n" {
-			t.Errorf("the file at the listen path is now %q, %v; relaunch must leave it alone", data, err)
-		}
-	})
-
-	t.Run("startup/unix directory missing", func(t *testing.T) {
-		t.Parallel()
-		port := freePort(t)
-		sock := filepath.Join(shortTempDir(t), "nonexist", "s.sock")
-		tmp, env := cliTmp(t)
-		p, out := cliRun(t, procOpts{Env: env}, 1, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
-		checkOnlyMessage(t, out, sock)
-		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
-	})
-
-	t.Run("startup/permission denied", func(t *testing.T) {
-		t.Parallel()
-		cliPermissionDenied(t)
-	})
-
-	// Command errors: the file named, status 1.
-	cmdDir := shortTempDir(t)
-	if err := os.Mkdir(filepath.Join(cmdDir, "adir"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(cmdDir, "noexec"), []byte("#!/bin/sh\nexit 0\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// x bit, but neither ELF nor "#!": execve fails with ENOEXEC.
-	if err := os.WriteFile(filepath.Join(cmdDir, "garbage"), []byte("\x01\x02\x03 not a program\x00\xff\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	emptyPath := shortTempDir(t)
-	commands := []struct {
-		name    string
-		cmd     string
-		env     []string
-		started bool // relaunch got as far as starting it (log lines before the message)
-		wants   []string
-	}{
-		{name: "missing relative", cmd: "./nonexist", wants: []string{`"./nonexist"`}},
-		{name: "missing absolute", cmd: filepath.Join(cmdDir, "nonexist"), wants: []string{filepath.Join(cmdDir, "nonexist")}},
-		{name: "not in PATH", cmd: "nonexist", env: []string{"PATH=" + emptyPath}, wants: []string{`"nonexist"`, "PATH"}},
-		{name: "not executable", cmd: filepath.Join(cmdDir, "noexec"), wants: []string{filepath.Join(cmdDir, "noexec"), "not executable"}},
-		{name: "directory", cmd: "./adir", wants: []string{"./adir"}},
-		{name: "exec format error", cmd: "./garbage", started: true, wants: []string{"./garbage"}},
-	}
-	for _, c := range commands {
-		t.Run("command/"+c.name, func(t *testing.T) {
-			t.Parallel()
-			port := freePort(t)
-			tmp, env := cliTmp(t)
-			sock := filepath.Join(shortTempDir(t), "s.sock")
-			p, out := cliRun(t, procOpts{Env: append(env, c.env...), Dir: cmdDir}, 1,
-				"-l", cliAddr(port), "-l", "unix://"+sock, "--", c.cmd, "arg")
-			if c.started {
-				cliCheckLastMessage(t, out, c.wants...)
-			} else {
-				checkOnlyMessage(t, out, c.wants...)
-			}
-			cliCheckNothingLeft(t, p, tmp, []int{port}, []string{sock})
-		})
-	}
+	cliPermissionDenied(t)
 }
 
 // cliPermissionDenied binds a privileged port as a user who may not: as
@@ -804,8 +628,8 @@ func TestCLIExitStatus(t *testing.T) {
 	})
 }
 
-// 7. --pidfile: relaunch's pid while it runs, removed at exit; in a missing
-// directory: status 1, nothing bound.
+// 7. --pidfile: relaunch's pid while it runs, removed at exit. Its
+// directory's checks are a CLI script (testdata/script/pidfile.txtar).
 func TestCLIPidfile(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
@@ -831,57 +655,9 @@ func TestCLIPidfile(t *testing.T) {
 			t.Errorf("left next to the pidfile: %v", ents)
 		}
 	})
-
-	t.Run("missing directory", func(t *testing.T) {
-		t.Parallel()
-		port := freePort(t)
-		tmp, env := cliTmp(t)
-		sock := filepath.Join(shortTempDir(t), "s.sock")
-		pidfile := filepath.Join(shortTempDir(t), "nonexist", "relaunch.pid")
-		p, out := cliRun(t, procOpts{Env: env}, 1, "--pidfile", pidfile, "-l", cliAddr(port), "-l", "unix://"+sock, "--", demoBin)
-		cliCheckLastMessage(t, out, pidfile)
-		if strings.Contains(out, "started") {
-			t.Errorf("a generation was started although the pidfile could not be written:\n%s", out)
-		}
-		cliCheckNothingLeft(t, p, tmp, []int{port}, []string{sock})
-	})
 }
 
-// 8. --help shows an example with --listen; --version prints a version;
-// both exit 0 and start nothing.
-func TestCLIHelpVersion(t *testing.T) {
-	needE2E(t)
-	t.Parallel()
-
-	t.Run("help", func(t *testing.T) {
-		t.Parallel()
-		tmp, env := cliTmp(t)
-		p, out := cliRun(t, procOpts{Env: env}, 0, "--help")
-		example := false
-		for _, l := range outputLines(out) {
-			f := strings.Fields(l)
-			if len(f) > 0 && f[0] == "relaunch" && slices.Contains(f, "--listen") && slices.Contains(f, "--") {
-				example = true
-			}
-		}
-		if !example {
-			t.Errorf("--help has no example line \"relaunch --listen ... -- ...\":\n%s", out)
-		}
-		cliCheckNothingLeft(t, p, tmp, nil, nil)
-	})
-
-	t.Run("version", func(t *testing.T) {
-		t.Parallel()
-		tmp, env := cliTmp(t)
-		p, out := cliRun(t, procOpts{Env: env}, 0, "--version")
-		if !regexp.MustCompile(`^relaunch version \S*[0-9]\S*\n$`).MatchString(out) {
-			t.Errorf("--version printed %q, want \"relaunch version X.Y.Z\"", out)
-		}
-		cliCheckNothingLeft(t, p, tmp, nil, nil)
-	})
-}
-
-// 9. A UDP socket is passed like the others: fd 3 of a non-Go app is the
+// 8. A UDP socket is passed like the others: fd 3 of a non-Go app is the
 // bound udp socket; next to a tcp one, the demo gets it as fd 4.
 func TestCLIUDP(t *testing.T) {
 	needE2E(t)

@@ -110,6 +110,7 @@ func TestControlConcurrentUpgrades(t *testing.T) {
 // A good but unwanted deploy, its predecessor's release directory deleted:
 // rollback runs the previous binary again, with no error under load.
 func TestControlRollback(t *testing.T) {
+	needE2E(t)
 	t.Parallel()
 	dir := shortTempDir(t)
 	for _, v := range []string{"v1", "v2"} {
@@ -153,28 +154,19 @@ func TestControlRollback(t *testing.T) {
 	}
 }
 
-func TestControlErrors(t *testing.T) {
+// A stale control socket file is replaced; the pidfile's neighbour is the
+// default. The client's errors are a CLI script
+// (testdata/script/control.txtar).
+func TestControlStaleSocket(t *testing.T) {
+	needE2E(t)
 	t.Parallel()
 	dir := shortTempDir(t)
-	sock := filepath.Join(dir, "nobody.sock")
-	code, out := client(t, sock, "status")
-	if code != 1 || !strings.Contains(out, sock) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
-		t.Errorf("no relaunch at the socket: exit %d, %q; want 1 and one line naming %s", code, out, sock)
-	}
-	c := exec.Command(relaunchBin, "upgrade")
-	c.Env = append(os.Environ(), "RELAUNCH_CONTROL=", "RELAUNCH_PIDFILE=")
-	b, _ := c.CombinedOutput()
-	if c.ProcessState.ExitCode() != 2 || !strings.Contains(string(b), "--control") {
-		t.Errorf("upgrade without a socket: exit %d, %q; want 2 and a hint", c.ProcessState.ExitCode(), b)
-	}
-	// A stale control socket file is replaced; the pidfile's neighbour is
-	// the default.
 	pidfile := filepath.Join(dir, "app.pid")
 	stale := filepath.Join(dir, "app.sock")
 	f := listenFile(t, "unix", stale)
 	f.Close() // the file stays, nobody listens: stale
 	startServing(t, "--pidfile", pidfile, "--", demoBin)
-	c = exec.Command(relaunchBin, "status", "--pidfile", pidfile)
+	c := exec.Command(relaunchBin, "status", "--pidfile", pidfile)
 	if b, err := c.CombinedOutput(); err != nil || !strings.Contains(string(b), "gen 1") {
 		t.Errorf("status --pidfile: %v %q", err, b)
 	}

@@ -252,3 +252,18 @@ func TestDaemonizingUpgrade(t *testing.T) {
 		t.Errorf("status: last failure %q; want it to say the app daemonized", st.LastFailure)
 	}
 }
+
+// cliCheckLastMessage checks that relaunch's last stderr line (before a
+// --help pointer) is one message with every want.
+func cliCheckLastMessage(t testing.TB, out string, wants ...string) {
+	t.Helper()
+	lines := outputLines(out)
+	if n := len(lines); n > 0 && lines[n-1] == seeHelp {
+		lines = lines[:n-1]
+	}
+	if len(lines) == 0 {
+		t.Errorf("no message at all")
+		return
+	}
+	checkMessageLine(t, lines[len(lines)-1], wants...)
+}

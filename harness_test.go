@@ -12,7 +12,9 @@
 // find and SIGKILL all of them by pid even after relaunch itself is gone.
 //
 // With -short, nothing is built and every test that calls needE2E (all the
-// helpers that start a binary do) is skipped.
+// helpers that start a binary do) is skipped. The CLI scripts
+// (script_test.go, testdata/script) run either way: this test binary is
+// their relaunch.
 package main
 
 import (
@@ -39,7 +41,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
+
 	"relaunch/internal/loadtest"
+	"relaunch/sdlisten"
 )
 
 // The binaries TestMain builds, all in e2eDir.
@@ -55,15 +60,28 @@ var (
 
 const harnessMarkerEnv = "RELAUNCH_E2E_MARKER"
 
+// TestMain hands over to testscript, which runs the test binary as the
+// scripts' relaunch when it is started under that name, and otherwise runs
+// harnessM: the builds, then the tests.
 func TestMain(m *testing.M) {
+	// A relaunch run by a script starts its exec helper from this binary
+	// (/proc/self/exe) with the app's argv: it must exec the app, not test.
+	sdlisten.RunExecHelper()
+	testscript.Main(harnessM{m}, map[string]func(){"relaunch": func() { os.Exit(relaunchMain()) }})
+}
+
+type harnessM struct{ m *testing.M }
+
+func (h harnessM) Run() int {
+	m := h.m
 	flag.Parse()
 	if testing.Short() {
-		os.Exit(m.Run())
+		return m.Run()
 	}
 	dir, err := os.MkdirTemp("", "relaunch-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "harness:", err)
-		os.Exit(1)
+		return 1
 	}
 	e2eDir = dir
 	relaunchBin = filepath.Join(dir, "relaunch")
@@ -107,7 +125,7 @@ func TestMain(m *testing.M) {
 	wg.Wait()
 	code := m.Run()
 	os.RemoveAll(dir)
-	os.Exit(code)
+	return code
 }
 
 func raceEnabled() bool {

@@ -36,13 +36,17 @@ func usageError(format string, a ...any) error {
 	return &exitError{2, fmt.Sprintf(format, a...) + "\nsee 'relaunch --help'"}
 }
 
-func main() {
+func main() { os.Exit(relaunchMain()) }
+
+// relaunchMain is the whole command, for main and for the CLI scripts'
+// in-process relaunch (script_test.go).
+func relaunchMain() int {
 	sdlisten.RunExecHelper() // first: a helper process must not parse flags
 	tuneMemory()
 	if !isClientCommand(os.Args) {
 		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal
 	}
-	os.Exit(run(os.Args, os.Stderr))
+	return run(os.Args, os.Stderr)
 }
 
 func run(args []string, stderr io.Writer) int {

@@ -1,10 +1,10 @@
 //go:build linux
 
 // End-to-end tests of what a hostile neighbour or a broken environment can
-// do to relaunch: links planted where the pidfile's temporary file goes, a
-// pidfile directory other users can write, an endless control request, a
-// stderr reader that goes away; and the limits of the command line and of
-// the status client.
+// do to relaunch: links planted where the pidfile's temporary file goes, an
+// endless control request, a stderr reader that goes away; and the limits
+// of the status client. A pidfile directory other users can write is a CLI
+// script (testdata/script/pidfile.txtar).
 package main
 
 import (
@@ -120,50 +120,6 @@ func TestSecurityPidfileSymlinkFarm(t *testing.T) {
 	cliCheckNothingLeft(t, p, tmp, []int{port}, []string{pidfile})
 	if ents, _ := os.ReadDir(dir); len(ents) != farmSize {
 		t.Errorf("%d entries next to the pidfile after exit, want the %d planted links only", len(ents), farmSize)
-	}
-}
-
-// A pidfile directory that another user owns, or that others can write
-// without the sticky bit, is refused before anything is bound: status 1,
-// one line naming the directory and the fix.
-func TestSecurityPidfileDirectory(t *testing.T) {
-	needE2E(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the directory belongs to another uid")
-	}
-	t.Parallel()
-	cases := []struct {
-		name  string
-		owner int
-		mode  os.FileMode
-		wants []string
-	}{
-		{"another user's, writable by all", 65534, 0o777, []string{"owned by uid 65534"}},
-		{"root's, writable by all", 0, 0o777, []string{"writable by other users", "chmod go-w"}},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			port := freePort(t)
-			tmp, env := cliTmp(t)
-			dir := filepath.Join(shortTempDir(t), "run")
-			if err := os.Mkdir(dir, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chmod(dir, c.mode); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chown(dir, c.owner, c.owner); err != nil {
-				t.Fatal(err)
-			}
-			pidfile := filepath.Join(dir, "app.pid")
-			p, out := cliRun(t, procOpts{Env: env}, 1, "--pidfile", pidfile, "-l", cliAddr(port), "--", demoBin)
-			checkOnlyMessage(t, out, append([]string{pidfile, "directory " + dir + " "}, c.wants...)...)
-			cliCheckNothingLeft(t, p, tmp, []int{port}, []string{pidfile})
-			if ents, _ := os.ReadDir(dir); len(ents) > 0 {
-				t.Errorf("written in the refused directory: %v", ents)
-			}
-		})
 	}
 }
 
@@ -294,68 +250,18 @@ func TestSecurityStderrReaderGone(t *testing.T) {
 	cliCheckNothingLeft(t, p, tmp, []int{port}, []string{sock})
 }
 
-// --max-draining: a negative value or more than the cap is a usage error
-// naming the value; unset is unbounded.
-func TestCLIMaxDrainingBounds(t *testing.T) {
+// Port 0 twice in -l is two ports, not a duplicate: relaunch starts. The
+// duplicates and --max-draining's bounds are usage errors in the CLI
+// scripts (testdata/script: listen, usage).
+func TestCLIPortZeroTwice(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
-	cases := []struct {
-		name  string
-		args  []string
-		env   []string
-		wants []string
-	}{
-		{"negative", []string{"--max-draining", "-1"}, nil, []string{"-1", "--max-draining", "unset"}},
-		{"negative from environment", nil, []string{"RELAUNCH_MAX_DRAINING=-3"}, []string{"-3", "--max-draining"}},
-		{"huge", []string{"--max-draining", "100000"}, nil, []string{"100000", "62", "--max-draining", "unset"}},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			port := freePort(t)
-			tmp, env := cliTmp(t)
-			args := append(append([]string{"-l", cliAddr(port)}, c.args...), "--", demoBin)
-			p, out := cliRun(t, procOpts{Env: append(env, c.env...)}, 2, args...)
-			checkOnlyMessage(t, out, c.wants...)
-			cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
-		})
-	}
-}
-
-// The same port twice in -l is a usage error naming both addresses: the
-// same address, or a wildcard and an address it covers; UDP alike.
-func TestCLIDuplicateListen(t *testing.T) {
-	needE2E(t)
-	t.Parallel()
-	cases := []struct {
-		name string
-		a, b string // %d is the port
-	}{
-		{"same address", "127.0.0.1:%d", "tcp://127.0.0.1:%d"},
-		{"wildcard and address", ":%d", "127.0.0.1:%d"},
-		{"address and IPv4 wildcard", "127.0.0.1:%d", "tcp4://:%d"},
-		{"udp", "udp://127.0.0.1:%d", "udp://127.0.0.1:%d"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			port := freePort(t)
-			tmp, env := cliTmp(t)
-			a, b := fmt.Sprintf(c.a, port), fmt.Sprintf(c.b, port)
-			p, out := cliRun(t, procOpts{Env: env}, 2, "-l", a, "-l", b, "--", demoBin)
-			checkOnlyMessage(t, out, strconv.Itoa(port), "overlaps", "once")
-			cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
-		})
-	}
-	t.Run("port 0 twice", func(t *testing.T) {
-		t.Parallel()
-		tmp, env := cliTmp(t)
-		p := startRelaunchOpts(t, procOpts{Env: env}, "-l", "127.0.0.1:0", "-l", "127.0.0.1:0", "--", demoBin)
-		p.WaitLog(t, "gen 1 (pid", cliStartTimeout)
-		p.WaitLog(t, "ready", cliStartTimeout)
-		cliStop(t, p)
-		cliCheckNothingLeft(t, p, tmp, nil, nil)
-	})
+	tmp, env := cliTmp(t)
+	p := startRelaunchOpts(t, procOpts{Env: env}, "-l", "127.0.0.1:0", "-l", "127.0.0.1:0", "--", demoBin)
+	p.WaitLog(t, "gen 1 (pid", cliStartTimeout)
+	p.WaitLog(t, "ready", cliStartTimeout)
+	cliStop(t, p)
+	cliCheckNothingLeft(t, p, tmp, nil, nil)
 }
 
 // Which pairs of addresses overlap.
