@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,14 +75,29 @@ func startProbed(t testing.TB, ln *os.File, env []string, argv ...string) *exec.
 	return cmd
 }
 
+// probePython3 returns the python3 interpreter itself: where python3 on
+// the PATH is a wrapper (pyenv's shim is a shell script that takes a second
+// or more to start), asking it once spares each test that start.
 func probePython3(t testing.TB) string {
 	t.Helper()
-	py, err := exec.LookPath("python3")
+	py, err := python3()
 	if err != nil {
 		t.Fatal("python3 is needed:", err)
 	}
 	return py
 }
+
+var python3 = sync.OnceValues(func() (string, error) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.Command(py, "-c", "import sys; print(sys.executable)").Output()
+	if exe := strings.TrimSpace(string(out)); err == nil && filepath.IsAbs(exe) {
+		return exe, nil
+	}
+	return py, nil
+})
 
 // waitAccepting scans every ms until the tree accepts on the socket.
 func waitAccepting(t testing.TB, p *Probe, pid int, within time.Duration) Result {
