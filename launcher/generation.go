@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"relaunch/internal/listenprobe"
 	"relaunch/sdlisten"
 )
 
@@ -38,7 +39,7 @@ type generation struct {
 	pid     int
 	path    string // the file that was exec'd
 	slot    int    // its slot in every steered pool; -1 without pools
-	probe   *listenProbe
+	probe   *listenprobe.Probe
 	bin     *os.File // the file it runs, kept open: a rollback runs it again
 	state   genState
 	started time.Time

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"relaunch/internal/listenprobe"
 	"relaunch/sdlisten"
 )
 
@@ -22,7 +23,7 @@ func (l *launcher) setupProbe() {
 	if !wantListen || len(l.cfg.Listeners) == 0 {
 		return
 	}
-	if !probeSupported() {
+	if !listenprobe.Supported() {
 		if l.cfg.Ready.Mode == ReadyListen {
 			l.log.Warn("--ready listen: this kernel does not show epoll targets in /proc (Linux ≥ 4.13 does); a generation is taken as ready after 2s alive")
 		}
@@ -32,12 +33,12 @@ func (l *launcher) setupProbe() {
 }
 
 // probeOf recognises the sockets one generation was given.
-func probeOf(socks []*sdlisten.Socket) *listenProbe {
+func probeOf(socks []*sdlisten.Socket) *listenprobe.Probe {
 	fds := make([]int, len(socks))
 	for i, s := range socks {
 		fds[i] = s.Fd()
 	}
-	return newListenProbe(fds)
+	return listenprobe.New(fds)
 }
 
 // waits says what a starting generation's readiness is taken from now.
@@ -123,7 +124,7 @@ func (l *launcher) scan(g *generation) {
 		}
 		return
 	}
-	r := g.probe.scan(g.pid)
+	r := g.probe.Scan(g.pid)
 	if r.OwnSocket != "" && !g.warnedOwn {
 		g.warnedOwn = true
 		l.log.Warn(fmt.Sprintf("%s: %s instead of using the socket relaunch passes as fd 3 (LISTEN_FDS): "+

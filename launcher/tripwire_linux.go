@@ -1,14 +1,11 @@
 package launcher
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"relaunch/internal/listenprobe"
 	"relaunch/sdlisten"
 )
 
@@ -54,12 +51,12 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 			ours[st.Ino] = s
 		}
 	}
-	listeners, port := tcpListeners(p.Slot(0).Fd())
+	listeners, port := listenprobe.Listeners(p.Slot(0).Fd())
 	var local string // our slots' local address, as /proc prints it
 	seen := map[int]bool{}
 	for _, ln := range listeners {
-		if s, ok := ours[ln.ino]; ok {
-			seen[s], local = true, ln.local
+		if s, ok := ours[ln.Inode]; ok {
+			seen[s], local = true, ln.Local
 		}
 	}
 	for s := range p.Members() {
@@ -68,8 +65,8 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 		}
 	}
 	for _, ln := range listeners {
-		if _, ok := ours[ln.ino]; !ok && ln.local == local {
-			return fmt.Sprintf("a socket relaunch does not hold listens on port %d too (inode %d): the app opened its own SO_REUSEPORT socket there", port, ln.ino)
+		if _, ok := ours[ln.Inode]; !ok && ln.Local == local {
+			return fmt.Sprintf("a socket relaunch does not hold listens on port %d too (inode %d): the app opened its own SO_REUSEPORT socket there", port, ln.Inode)
 		}
 	}
 	used := l.usedSlots()
@@ -85,60 +82,4 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 		}
 	}
 	return ""
-}
-
-type tcpListener struct {
-	local string // "0100007F:1F90"
-	ino   uint64
-}
-
-// tcpListeners lists the listening TCP sockets on fd's port, of fd's
-// family, in relaunch's network namespace: from sock_diag, or, where that
-// is missing (no tcp_diag module), from /proc/net/tcp or tcp6.
-func tcpListeners(fd int) ([]tcpListener, int) {
-	// Only the table of the socket's own family: reading one with no
-	// listener makes the kernel walk its whole connection table.
-	port, table, family := 0, "/proc/net/tcp", unix.AF_INET
-	switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		port = sa.Port
-	case *unix.SockaddrInet6:
-		port, table, family = sa.Port, "/proc/net/tcp6", unix.AF_INET6
-	}
-	if out, err := diagListeners(family, port); err == nil {
-		return out, port
-	}
-	return procListeners(table, port), port
-}
-
-// procListeners reads the listening sockets on port from table, a
-// /proc/net/tcp file.
-func procListeners(table string, port int) []tcpListener {
-	suffix := fmt.Sprintf(":%04X", port)
-	var out []tcpListener
-	{
-		f, err := os.Open(table)
-		if err != nil {
-			return nil
-		}
-		sc := bufio.NewScanner(f)
-		sc.Scan() // the header
-		for sc.Scan() {
-			fl := strings.Fields(sc.Text())
-			// The kernel lists listening sockets first: stop at the first
-			// other one, so that the table of a busy host's connections
-			// (slow to read, and read with the loop waiting) is not read.
-			if len(fl) < 10 || fl[3] != "0A" {
-				break
-			}
-			if !strings.HasSuffix(fl[1], suffix) {
-				continue
-			}
-			if ino, err := strconv.ParseUint(fl[9], 10, 64); err == nil {
-				out = append(out, tcpListener{local: fl[1], ino: ino})
-			}
-		}
-		f.Close()
-	}
-	return out
 }

@@ -1,5 +1,5 @@
 # A server that blocks in accept() on the socket it inherits as fd 3, for
-# listenprobe_test.go. With PROBE_STAMP set it writes the time (Unix ns)
+# probe_test.go. With PROBE_STAMP set it writes the time (Unix ns)
 # right before it first calls accept().
 import os
 import socket

@@ -1,4 +1,4 @@
-package launcher
+package listenprobe
 
 import (
 	"encoding/binary"
@@ -11,12 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The tripwire's list of listening TCP sockets, from the kernel's sock_diag
-// netlink interface (linux/inet_diag.h), asked for listening sockets only:
-// the kernel then walks only its table of listeners. /proc/net/tcp cannot be
-// asked that: to fill a read it goes on into the table of connections, and
-// finding their first one scans every bucket of it, a few milliseconds of
-// kernel time at each upgrade (measured with perf under `make bench`).
+// Listeners asks the kernel's sock_diag netlink interface
+// (linux/inet_diag.h) for listening sockets only: the kernel then walks only
+// its table of listeners. /proc/net/tcp cannot be asked that: to fill a read
+// it goes on into the table of connections, and finding their first one
+// scans every bucket of it, a few milliseconds of kernel time at each
+// upgrade (measured with perf under `make bench`).
 
 // inet_diag structures, as the kernel lays them out.
 const (
@@ -29,7 +29,7 @@ const (
 
 // diagListeners lists the listening TCP sockets of family (unix.AF_INET or
 // unix.AF_INET6) on port, in relaunch's network namespace.
-func diagListeners(family, port int) ([]tcpListener, error) {
+func diagListeners(family, port int) ([]Listener, error) {
 	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
@@ -49,7 +49,7 @@ func diagListeners(family, port int) ([]tcpListener, error) {
 		return nil, os.NewSyscallError("sendto", err)
 	}
 
-	var out []tcpListener
+	var out []Listener
 	buf := make([]byte, 32<<10)
 	for {
 		n, _, err := unix.Recvfrom(s, buf, 0)
@@ -84,7 +84,7 @@ func diagListeners(family, port int) ([]tcpListener, error) {
 				// 16 bytes of idiag_src (an IPv4 address in the first 4) and
 				// the port.
 				local := fmt.Sprintf("%s:%04X", hex.EncodeToString(id[4:20]), sport)
-				out = append(out, tcpListener{local: local, ino: uint64(ne.Uint32(m.Data[diagInoOff:]))})
+				out = append(out, Listener{Local: local, Inode: uint64(ne.Uint32(m.Data[diagInoOff:]))})
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package launcher
+package listenprobe
 
 import (
 	"bytes"
@@ -12,44 +12,44 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// listenProbe recognises relaunch's sockets in a process tree, from /proc
-// (NOTES.md §3): a process polls one when the socket's inode is in one of its
-// epoll sets (fdinfo of the epoll fd), or accepts on one when a thread sits
-// in accept(2) on an fd that is the socket. select/poll users and io_uring
+// Probe recognises relaunch's sockets in a process tree, from /proc: a
+// process polls one when the socket's inode is in one of its epoll sets
+// (fdinfo of the epoll fd), or accepts on one when a thread sits in
+// accept(2) on an fd that is the socket. select/poll users and io_uring
 // leave no trace there: the probe never sees them.
 //
 // One scan runs every few ms while a generation starts, so it reads only
 // what it must and reuses its buffers. Not safe for concurrent use.
-type listenProbe struct {
-	socks []probeSocket
+type Probe struct {
+	socks []socket
 
 	buf   []byte // file contents, dirents
 	pids  []int  // the tree, in the order walked
 	ints  []int  // fds or tids of one directory
 	epfds []int  // one process's epoll fds
-	held  []probeHeld
-	other []probeOther // the tree's TCP sockets that are not relaunch's
+	held  []heldSocket
+	other []otherSocket // the tree's TCP sockets that are not relaunch's
 }
 
-// probeSocket is one of relaunch's sockets.
-type probeSocket struct {
+// socket is one of relaunch's sockets.
+type socket struct {
 	ino  uint64
 	dev  uint64 // sockfs, encoded as the kernel prints it in fdinfo (sdev:)
 	fd   int    // the fd the children get it as: 3, 4, …
 	port int    // the local port of a TCP socket, 0 for any other
 }
 
-// probeHeld is one of relaunch's sockets as an fd of the process scanned.
-type probeHeld struct{ fd, sock int }
+// heldSocket is one of relaunch's sockets as an fd of the process scanned.
+type heldSocket struct{ fd, sock int }
 
-// probeOther is a TCP socket of the tree that is not one of relaunch's.
-type probeOther struct {
+// otherSocket is a TCP socket of the tree that is not one of relaunch's.
+type otherSocket struct {
 	pid int
 	ino uint64
 }
 
-// probeResult is what one scan saw.
-type probeResult struct {
+// Result is what one scan saw.
+type Result struct {
 	Accepting bool   // some process polls (epoll) or blocks in accept on one of the sockets
 	How       string // for the log: "pid 123 polls fd 3 (epoll)", "pid 123 blocks in accept on fd 3"
 	// OwnSocket is set when a process of the tree listens on a TCP socket
@@ -61,20 +61,20 @@ type probeResult struct {
 // Bounds against a runaway tree or a file that never ends; a generation
 // that starts has far less.
 const (
-	probeMaxPids  = 1024
-	probeMaxBytes = 1 << 20
+	maxPids  = 1024
+	maxBytes = 1 << 20
 )
 
-// newListenProbe takes the raw fds of relaunch's sockets, in the order the
-// children get them (fd 3, 4, …). A socket it cannot stat is never seen.
-func newListenProbe(fds []int) *listenProbe {
-	p := &listenProbe{buf: make([]byte, 16<<10)}
+// New takes the raw fds of relaunch's sockets, in the order the children
+// get them (fd 3, 4, …). A socket it cannot stat is never seen.
+func New(fds []int) *Probe {
+	p := &Probe{buf: make([]byte, 16<<10)}
 	for i, fd := range fds {
 		var st unix.Stat_t
 		if unix.Fstat(fd, &st) != nil {
 			continue
 		}
-		s := probeSocket{
+		s := socket{
 			ino: st.Ino,
 			dev: uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev)),
 			fd:  3 + i,
@@ -92,30 +92,30 @@ func newListenProbe(fds []int) *listenProbe {
 	return p
 }
 
-// scan walks root and all its descendants once. It stops at the first
+// Scan walks root and all its descendants once. It stops at the first
 // process seen polling or accepting. Any process that vanishes or cannot be
 // read is skipped.
-func (p *listenProbe) scan(root int) probeResult {
+func (p *Probe) Scan(root int) Result {
 	if root <= 0 || len(p.socks) == 0 {
-		return probeResult{}
+		return Result{}
 	}
 	p.pids = append(p.pids[:0], root)
 	p.other = p.other[:0]
-	for i := 0; i < len(p.pids) && i < probeMaxPids; i++ {
+	for i := 0; i < len(p.pids) && i < maxPids; i++ {
 		if how := p.scanProcess(p.pids[i]); how != "" {
-			return probeResult{Accepting: true, How: how}
+			return Result{Accepting: true, How: how}
 		}
 	}
 	if len(p.other) == 0 {
-		return probeResult{} // the cheap path: no socket of the app's own
+		return Result{} // the cheap path: no socket of the app's own
 	}
-	return probeResult{OwnSocket: p.ownListener()}
+	return Result{OwnSocket: p.ownListener()}
 }
 
 // scanProcess looks at one process and appends its children to p.pids.
 // Every path is opened relative to /proc/P, so a pid reused mid-scan
 // cannot mix two processes: the old directory then just fails to read.
-func (p *listenProbe) scanProcess(pid int) string {
+func (p *Probe) scanProcess(pid int) string {
 	dir, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return ""
@@ -154,7 +154,7 @@ func (p *listenProbe) scanProcess(pid int) string {
 		}
 		if b := p.readAt(dir, task+"children"); b != nil {
 			for f := range bytes.FieldsSeq(b) {
-				if c, ok := probeAtoi(f); ok && len(p.pids) < probeMaxPids && !slices.Contains(p.pids, c) {
+				if c, ok := atoi(f); ok && len(p.pids) < maxPids && !slices.Contains(p.pids, c) {
 					p.pids = append(p.pids, c)
 				}
 			}
@@ -164,7 +164,7 @@ func (p *listenProbe) scanProcess(pid int) string {
 }
 
 // classifyFd reads where one fd of pid points.
-func (p *listenProbe) classifyFd(pid, fdDir, fd int) {
+func (p *Probe) classifyFd(pid, fdDir, fd int) {
 	name := strconv.Itoa(fd)
 	n, err := unix.Readlinkat(fdDir, name, p.buf)
 	if err != nil {
@@ -182,7 +182,7 @@ func (p *listenProbe) classifyFd(pid, fdDir, fd int) {
 			return
 		}
 		if s := p.sockByIno(ino, 0); s >= 0 {
-			p.held = append(p.held, probeHeld{fd, s})
+			p.held = append(p.held, heldSocket{fd, s})
 			return
 		}
 		// Keep only TCP ones for the OwnSocket lookup: sockfs names the
@@ -192,7 +192,7 @@ func (p *listenProbe) classifyFd(pid, fdDir, fd int) {
 		var proto [16]byte
 		if m, err := unix.Getxattr("/proc/"+strconv.Itoa(pid)+"/fd/"+name, "system.sockprotoname", proto[:]); err == nil &&
 			(bytes.HasPrefix(proto[:m], []byte("TCP")) || bytes.HasPrefix(proto[:m], []byte("MPTCP"))) {
-			p.other = append(p.other, probeOther{pid, ino})
+			p.other = append(p.other, otherSocket{pid, ino})
 		}
 	}
 }
@@ -206,7 +206,7 @@ func (p *listenProbe) classifyFd(pid, fdDir, fd int) {
 // the process that added it, so the match is on the inode (hex here) and
 // the device, never on the number. It returns the socket's index and tfd, or
 // -1.
-func (p *listenProbe) epollTarget(dir, epfd int) (sock, tfd int) {
+func (p *Probe) epollTarget(dir, epfd int) (sock, tfd int) {
 	b := p.readAt(dir, "fdinfo/"+strconv.Itoa(epfd))
 	for len(b) > 0 {
 		var line []byte
@@ -215,17 +215,17 @@ func (p *listenProbe) epollTarget(dir, epfd int) (sock, tfd int) {
 		if !ok {
 			continue
 		}
-		ino, ok := probeHexField(rest, " ino:")
+		ino, ok := hexField(rest, " ino:")
 		if !ok {
 			continue
 		}
-		dev, ok := probeHexField(rest, " sdev:")
+		dev, ok := hexField(rest, " sdev:")
 		if !ok {
 			dev = 0 // not printed: trust the inode
 		}
 		if s := p.sockByIno(ino, dev); s >= 0 {
 			f := bytes.TrimLeft(rest, " \t")
-			n, _ := probeAtoi(f[:max(0, bytes.IndexAny(f, " \t"))])
+			n, _ := atoi(f[:max(0, bytes.IndexAny(f, " \t"))])
 			return s, n
 		}
 	}
@@ -236,10 +236,10 @@ func (p *listenProbe) epollTarget(dir, epfd int) (sock, tfd int) {
 // (the number, then the arguments in hex) while it is in a system call,
 // "running" otherwise. In accept or accept4 the first argument is the fd.
 // This sees any family, where wchan (inet_csk_accept) shows only TCP's.
-func (p *listenProbe) acceptTarget(dir int, path string) (sock, fd int) {
+func (p *Probe) acceptTarget(dir int, path string) (sock, fd int) {
 	b := p.readAt(dir, path)
 	nr, rest, _ := bytes.Cut(b, []byte{' '})
-	if n, ok := probeAtoi(nr); !ok || (n != unix.SYS_ACCEPT4 && n != probeSysAccept) {
+	if n, ok := atoi(nr); !ok || (n != unix.SYS_ACCEPT4 && n != sysAccept) {
 		return -1, 0
 	}
 	arg, _, _ := bytes.Cut(rest, []byte{' '})
@@ -255,9 +255,9 @@ func (p *listenProbe) acceptTarget(dir int, path string) (sock, fd int) {
 	return -1, 0
 }
 
-// probeSysAccept is accept(2)'s own number; -1 where libc reaches it only
+// sysAccept is accept(2)'s own number; -1 where libc reaches it only
 // through socketcall(2) (386, s390x), whose arguments /proc does not show.
-var probeSysAccept = func() int {
+var sysAccept = func() int {
 	switch runtime.GOARCH {
 	case "amd64":
 		return 43
@@ -279,7 +279,7 @@ var probeSysAccept = func() int {
 
 // fdName names relaunch's socket s by the fd the app got it as, and by the
 // app's own number when it dup'd it (Go's net.FileListener does).
-func (p *listenProbe) fdName(s, fd int, epoll bool) string {
+func (p *Probe) fdName(s, fd int, epoll bool) string {
 	name := "fd " + strconv.Itoa(p.socks[s].fd)
 	switch {
 	case epoll && fd != p.socks[s].fd:
@@ -294,7 +294,7 @@ func (p *listenProbe) fdName(s, fd int, epoll bool) string {
 
 // sockByIno returns the index of relaunch's socket with that inode (and
 // device, when known), or -1.
-func (p *listenProbe) sockByIno(ino, dev uint64) int {
+func (p *Probe) sockByIno(ino, dev uint64) int {
 	for i, s := range p.socks {
 		if s.ino == ino && (dev == 0 || s.dev == dev) {
 			return i
@@ -306,9 +306,9 @@ func (p *listenProbe) sockByIno(ino, dev uint64) int {
 // ownListener looks the tree's other TCP sockets up in their process's
 // /proc/P/net/tcp and tcp6 (its network namespace's tables) and names the
 // first that listens on one of relaunch's ports.
-func (p *listenProbe) ownListener() string {
+func (p *Probe) ownListener() string {
 	for i, o := range p.other {
-		if slices.ContainsFunc(p.other[:i], func(x probeOther) bool { return x.pid == o.pid }) {
+		if slices.ContainsFunc(p.other[:i], func(x otherSocket) bool { return x.pid == o.pid }) {
 			continue // that process's tables are read already
 		}
 		for _, table := range [...]string{"tcp", "tcp6"} {
@@ -328,7 +328,7 @@ func (p *listenProbe) ownListener() string {
 // pid's other sockets listening on one of relaunch's ports. The kernel lists
 // listening sockets first, so reading stops at the first line in another
 // state: a busy host's connections are never read.
-func (p *listenProbe) listenerIn(pid int, table string) string {
+func (p *Probe) listenerIn(pid int, table string) string {
 	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/net/"+table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return ""
@@ -379,17 +379,17 @@ func (p *listenProbe) listenerIn(pid int, table string) string {
 // ownAddr returns local ("0100007F:1F90") as an address when the socket
 // with inode ino is one of pid's other sockets and its port is one of
 // relaunch's.
-func (p *listenProbe) ownAddr(pid int, local, ino []byte) string {
+func (p *Probe) ownAddr(pid int, local, ino []byte) string {
 	hexAddr, hexPort, ok := bytes.Cut(local, []byte{':'})
 	if !ok {
 		return ""
 	}
 	port, err := strconv.ParseUint(string(hexPort), 16, 16)
-	if err != nil || !slices.ContainsFunc(p.socks, func(s probeSocket) bool { return s.port != 0 && s.port == int(port) }) {
+	if err != nil || !slices.ContainsFunc(p.socks, func(s socket) bool { return s.port != 0 && s.port == int(port) }) {
 		return ""
 	}
 	i, err := strconv.ParseUint(string(ino), 10, 64)
-	if err != nil || !slices.Contains(p.other, probeOther{pid, i}) {
+	if err != nil || !slices.Contains(p.other, otherSocket{pid, i}) {
 		return ""
 	}
 	// The address is printed as 32-bit words in the kernel's byte order.
@@ -413,7 +413,7 @@ func (p *listenProbe) ownAddr(pid int, local, ino []byte) string {
 
 // readAt reads a small /proc file relative to dir into p.buf; nil when it
 // cannot. The slice is valid until the next read.
-func (p *listenProbe) readAt(dir int, path string) []byte {
+func (p *Probe) readAt(dir int, path string) []byte {
 	fd, err := unix.Openat(dir, path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil
@@ -422,7 +422,7 @@ func (p *listenProbe) readAt(dir int, path string) []byte {
 	have := 0
 	for {
 		if have == len(p.buf) {
-			if len(p.buf) >= probeMaxBytes {
+			if len(p.buf) >= maxBytes {
 				return nil
 			}
 			p.buf = append(p.buf, make([]byte, len(p.buf))...)
@@ -440,7 +440,7 @@ func (p *listenProbe) readAt(dir int, path string) []byte {
 
 // readDirInts lists a /proc directory of numbers (fd/, task/) into dst,
 // from the raw dirents: no string per entry.
-func (p *listenProbe) readDirInts(dirfd int, dst []int) []int {
+func (p *Probe) readDirInts(dirfd int, dst []int) []int {
 	for {
 		n, err := unix.Getdents(dirfd, p.buf)
 		if err != nil || n <= 0 {
@@ -456,7 +456,7 @@ func (p *listenProbe) readDirInts(dirfd int, dst []int) []int {
 			if i := bytes.IndexByte(name, 0); i >= 0 {
 				name = name[:i]
 			}
-			if v, ok := probeAtoi(name); ok {
+			if v, ok := atoi(name); ok {
 				dst = append(dst, v)
 			}
 			b = b[reclen:]
@@ -464,8 +464,8 @@ func (p *listenProbe) readDirInts(dirfd int, dst []int) []int {
 	}
 }
 
-// probeAtoi parses a non-negative decimal number.
-func probeAtoi(b []byte) (int, bool) {
+// atoi parses a non-negative decimal number.
+func atoi(b []byte) (int, bool) {
 	if len(b) == 0 || len(b) > 9 {
 		return 0, false
 	}
@@ -479,8 +479,8 @@ func probeAtoi(b []byte) (int, bool) {
 	return v, true
 }
 
-// probeHexField finds key (" ino:") in line and parses the hex number after it.
-func probeHexField(line []byte, key string) (uint64, bool) {
+// hexField finds key (" ino:") in line and parses the hex number after it.
+func hexField(line []byte, key string) (uint64, bool) {
 	i := bytes.Index(line, []byte(key))
 	if i < 0 {
 		return 0, false
@@ -493,11 +493,11 @@ func probeHexField(line []byte, key string) (uint64, bool) {
 	return n, err == nil
 }
 
-// probeSupported reports whether this kernel shows epoll targets in fdinfo
+// Supported reports whether this kernel shows epoll targets in fdinfo
 // (Linux ≥ 4.13): relaunch watches a pipe of its own and looks, once.
-func probeSupported() bool { return probeSupportedOnce() }
+func Supported() bool { return supportedOnce() }
 
-var probeSupportedOnce = sync.OnceValue(func() bool {
+var supportedOnce = sync.OnceValue(func() bool {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return false
@@ -514,7 +514,7 @@ var probeSupportedOnce = sync.OnceValue(func() bool {
 		unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, pipe[0], &unix.EpollEvent{Events: unix.EPOLLIN}) != nil {
 		return false
 	}
-	p := &listenProbe{buf: make([]byte, 4096)}
+	p := &Probe{buf: make([]byte, 4096)}
 	self, err := unix.Open("/proc/self", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
@@ -525,7 +525,7 @@ var probeSupportedOnce = sync.OnceValue(func() bool {
 		var line []byte
 		line, b, _ = bytes.Cut(b, []byte{'\n'})
 		if rest, ok := bytes.CutPrefix(line, []byte("tfd:")); ok {
-			if ino, ok := probeHexField(rest, " ino:"); ok && ino == st.Ino {
+			if ino, ok := hexField(rest, " ino:"); ok && ino == st.Ino {
 				return true
 			}
 		}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package launcher
+package listenprobe
 
 import (
 	"net"
@@ -65,10 +65,10 @@ func TestDiagListeners(t *testing.T) {
 				want = append(want, st.Ino)
 			}
 			slices.Sort(want)
-			inos := func(ls []tcpListener) []uint64 {
+			inos := func(ls []Listener) []uint64 {
 				var s []uint64
 				for _, l := range ls {
-					s = append(s, l.ino)
+					s = append(s, l.Inode)
 				}
 				slices.Sort(s)
 				return s
@@ -84,8 +84,8 @@ func TestDiagListeners(t *testing.T) {
 			if got := inos(proc); !slices.Equal(got, want) {
 				t.Errorf("/proc lists inodes %v on port %d; want %v", got, port, want)
 			}
-			if len(diag) == 2 && diag[0].local != diag[1].local {
-				t.Errorf("sock_diag: two sockets on one address have local keys %q and %q", diag[0].local, diag[1].local)
+			if len(diag) == 2 && diag[0].Local != diag[1].Local {
+				t.Errorf("sock_diag: two sockets on one address have local keys %q and %q", diag[0].Local, diag[1].Local)
 			}
 		})
 	}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package launcher
+package listenprobe
 
 import (
 	"fmt"
@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,31 +75,36 @@ func startProbed(t testing.TB, ln *os.File, env []string, argv ...string) *exec.
 	return cmd
 }
 
-// buildProbeGo builds testdata/probego.
-func buildProbeGo(t testing.TB) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "probego")
-	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/probego").CombinedOutput(); err != nil {
-		t.Fatalf("go build ./testdata/probego: %v\n%s", err, out)
-	}
-	return bin
-}
-
+// probePython3 returns the python3 interpreter itself: where python3 on
+// the PATH is a wrapper (pyenv's shim is a shell script that takes a second
+// or more to start), asking it once spares each test that start.
 func probePython3(t testing.TB) string {
 	t.Helper()
-	py, err := exec.LookPath("python3")
+	py, err := python3()
 	if err != nil {
 		t.Fatal("python3 is needed:", err)
 	}
 	return py
 }
 
+var python3 = sync.OnceValues(func() (string, error) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.Command(py, "-c", "import sys; print(sys.executable)").Output()
+	if exe := strings.TrimSpace(string(out)); err == nil && filepath.IsAbs(exe) {
+		return exe, nil
+	}
+	return py, nil
+})
+
 // waitAccepting scans every ms until the tree accepts on the socket.
-func waitAccepting(t testing.TB, p *listenProbe, pid int, within time.Duration) probeResult {
+func waitAccepting(t testing.TB, p *Probe, pid int, within time.Duration) Result {
 	t.Helper()
-	var r probeResult
+	var r Result
 	for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(time.Millisecond) {
-		if r = p.scan(pid); r.Accepting {
+		if r = p.Scan(pid); r.Accepting {
 			return r
 		}
 	}
@@ -107,16 +113,16 @@ func waitAccepting(t testing.TB, p *listenProbe, pid int, within time.Duration) 
 }
 
 // neverAccepting scans for d and fails if the tree is ever seen accepting.
-func neverAccepting(t testing.TB, p *listenProbe, pid int, d time.Duration) {
+func neverAccepting(t testing.TB, p *Probe, pid int, d time.Duration) {
 	t.Helper()
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(time.Millisecond) {
-		if r := p.scan(pid); r.Accepting || r.OwnSocket != "" {
+		if r := p.Scan(pid); r.Accepting || r.OwnSocket != "" {
 			t.Fatalf("scan saw %+v", r)
 		}
 	}
 }
 
-func probeFor(ln *os.File) *listenProbe { return newListenProbe([]int{int(ln.Fd())}) }
+func probeFor(ln *os.File) *Probe { return New([]int{int(ln.Fd())}) }
 
 // probeWaitFile waits for a stamp file an app writes.
 func probeWaitFile(t testing.TB, path string, within time.Duration) string {
@@ -131,15 +137,15 @@ func probeWaitFile(t testing.TB, path string, within time.Duration) string {
 }
 
 func TestListenProbeSupported(t *testing.T) {
-	if !probeSupported() {
+	if !Supported() {
 		t.Fatal("this kernel (Linux ≥ 4.13 expected) shows no epoll targets in fdinfo")
 	}
 }
 
 func TestListenProbeGoEpoll(t *testing.T) {
-	bin := buildProbeGo(t)
+	t.Parallel()
 	ln, _ := probeListener(t)
-	cmd := startProbed(t, ln, nil, bin)
+	cmd := startProbed(t, ln, []string{goAppEnv}, goAppPath(t))
 	r := waitAccepting(t, probeFor(ln), cmd.Process.Pid, 10*time.Second)
 	// net.FileListener dups fd 3 before it adds it to epoll.
 	want := regexp.MustCompile(`^pid ` + strconv.Itoa(cmd.Process.Pid) + ` polls fd 3 \(epoll(, as its fd \d+)?\)$`)
@@ -150,6 +156,7 @@ func TestListenProbeGoEpoll(t *testing.T) {
 }
 
 func TestListenProbePythonAccept(t *testing.T) {
+	t.Parallel()
 	ln, _ := probeListener(t)
 	cmd := startProbed(t, ln, nil, probePython3(t), "testdata/probe_accept.py")
 	r := waitAccepting(t, probeFor(ln), cmd.Process.Pid, 10*time.Second)
@@ -161,6 +168,7 @@ func TestListenProbePythonAccept(t *testing.T) {
 // The listener is a grandchild of the root: sh does not exec the last
 // command when another follows it.
 func TestListenProbeTree(t *testing.T) {
+	t.Parallel()
 	ln, _ := probeListener(t)
 	cmd := startProbed(t, ln, nil, "sh", "-c", `"$0" testdata/probe_accept.py; exit $?`, probePython3(t))
 	root := cmd.Process.Pid
@@ -180,6 +188,7 @@ func TestListenProbeTree(t *testing.T) {
 }
 
 func TestListenProbeNode(t *testing.T) {
+	t.Parallel()
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatal("node is needed for this test:", err)
@@ -196,15 +205,23 @@ func TestListenProbeNode(t *testing.T) {
 
 // select() leaves no trace in /proc: such an app is never seen.
 func TestListenProbeSelectInvisible(t *testing.T) {
+	t.Parallel()
 	ln, _ := probeListener(t)
 	stamp := filepath.Join(t.TempDir(), "stamp")
 	cmd := startProbed(t, ln, []string{"PROBE_STAMP=" + stamp}, probePython3(t), "testdata/probe_select.py")
 	probeWaitFile(t, stamp, 10*time.Second)
-	neverAccepting(t, probeFor(ln), cmd.Process.Pid, time.Second)
+	// It writes the stamp right before its select(): a while of scans
+	// after that is enough.
+	watch := time.Second
+	if testing.Short() {
+		watch = 300 * time.Millisecond
+	}
+	neverAccepting(t, probeFor(ln), cmd.Process.Pid, watch)
 }
 
 // A process that holds fd 3 but does nothing with it.
 func TestListenProbeIdleHolder(t *testing.T) {
+	t.Parallel()
 	ln, _ := probeListener(t)
 	cmd := startProbed(t, ln, nil, "sleep", "30")
 	pid := cmd.Process.Pid
@@ -221,14 +238,16 @@ func TestListenProbeIdleHolder(t *testing.T) {
 
 // An app that binds its own socket on relaunch's port instead of using fd 3.
 func TestListenProbeOwnSocket(t *testing.T) {
+	t.Parallel()
 	for _, host := range []string{"127.0.0.2", "::1"} {
 		t.Run(host, func(t *testing.T) {
+			t.Parallel()
 			ln, port := probeListener(t)
 			cmd := startProbed(t, ln, nil, probePython3(t), "testdata/probe_own.py", host)
 			pid := cmd.Process.Pid
 			p := probeFor(ln)
 			want := fmt.Sprintf("pid %d listens on %s itself", pid, probeHostPort(host, port))
-			var r probeResult
+			var r Result
 			for end := time.Now().Add(10 * time.Second); r.OwnSocket == ""; time.Sleep(time.Millisecond) {
 				if time.Now().After(end) {
 					t.Fatalf("own socket not seen (last scan: %+v)", r)
@@ -239,7 +258,7 @@ func TestListenProbeOwnSocket(t *testing.T) {
 					}
 					t.Fatalf("probe_own.py exited: status %d", st)
 				}
-				r = p.scan(pid)
+				r = p.Scan(pid)
 			}
 			if r.OwnSocket != want || r.Accepting {
 				t.Errorf("scan = %+v, want OwnSocket %q and not Accepting", r, want)
@@ -253,29 +272,32 @@ func TestListenProbeOwnSocket(t *testing.T) {
 // probe, scanning every ms, sees it: the apps write a timestamp right before
 // they serve (Go) or accept (python).
 func TestListenProbeDetectionDelay(t *testing.T) {
-	bin := buildProbeGo(t)
+	if testing.Short() {
+		t.Skip("a measurement of 10 app starts: not in -short")
+	}
 	py := probePython3(t)
 	const runs = 5
 	for _, app := range []struct {
 		name  string
+		env   []string
 		argv  []string
 		stamp string // the line of the stamp file to measure from
 	}{
-		{"go net/http", []string{bin}, "serve"},
-		{"python accept", []string{py, "testdata/probe_accept.py"}, "accept"},
+		{"go net/http", []string{goAppEnv}, []string{goAppPath(t)}, "serve"},
+		{"python accept", nil, []string{py, "testdata/probe_accept.py"}, "accept"},
 	} {
 		var delays, sinceListener []time.Duration
 		for range runs {
 			ln, _ := probeListener(t)
 			stampFile := filepath.Join(t.TempDir(), "stamp")
-			cmd := startProbed(t, ln, []string{"PROBE_STAMP=" + stampFile}, app.argv...)
+			cmd := startProbed(t, ln, append([]string{"PROBE_STAMP=" + stampFile}, app.env...), app.argv...)
 			p := probeFor(ln)
 			var seen time.Time
 			for end := time.Now().Add(10 * time.Second); seen.IsZero(); time.Sleep(time.Millisecond) {
 				if time.Now().After(end) {
 					t.Fatalf("%s: not seen accepting", app.name)
 				}
-				if p.scan(cmd.Process.Pid).Accepting {
+				if p.Scan(cmd.Process.Pid).Accepting {
 					seen = time.Now()
 				}
 			}
@@ -297,12 +319,12 @@ func TestListenProbeDetectionDelay(t *testing.T) {
 func BenchmarkListenProbeScan(b *testing.B) {
 	b.Run("go-accepting", func(b *testing.B) {
 		ln, _ := probeListener(b)
-		cmd := startProbed(b, ln, nil, buildProbeGo(b))
+		cmd := startProbed(b, ln, []string{goAppEnv}, goAppPath(b))
 		p := probeFor(ln)
 		waitAccepting(b, p, cmd.Process.Pid, 10*time.Second)
 		b.ReportAllocs()
 		for b.Loop() {
-			if !p.scan(cmd.Process.Pid).Accepting {
+			if !p.Scan(cmd.Process.Pid).Accepting {
 				b.Fatal("no longer accepting")
 			}
 		}
@@ -317,7 +339,7 @@ func BenchmarkListenProbeScan(b *testing.B) {
 		p := probeFor(ln)
 		b.ReportAllocs()
 		for b.Loop() {
-			if p.scan(cmd.Process.Pid).Accepting {
+			if p.Scan(cmd.Process.Pid).Accepting {
 				b.Fatal("select() server seen accepting")
 			}
 		}

@@ -1,0 +1,26 @@
+//go:build !linux
+
+package listenprobe
+
+// Elsewhere there is no procfs to look in: the probe sees nothing, and
+// readiness falls back to a delay.
+
+// Probe recognises relaunch's sockets in a process tree; here it
+// cannot.
+type Probe struct{}
+
+// Result is what one scan saw.
+type Result struct {
+	Accepting bool
+	How       string
+	OwnSocket string
+}
+
+// New returns a probe that sees nothing.
+func New(fds []int) *Probe { return &Probe{} }
+
+// Scan sees nothing.
+func (p *Probe) Scan(root int) Result { return Result{} }
+
+// Supported reports false: nothing here shows what a process polls.
+func Supported() bool { return false }
