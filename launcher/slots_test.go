@@ -53,9 +53,7 @@ func newSlotRig(t *testing.T, rescue Rescue) *slotRig {
 		t.Fatal(err)
 	}
 	r := &slotRig{p: p, logs: &lockedBuffer{}, stop: make(chan struct{}), done: make(chan struct{})}
-	r.l = &launcher{cfg: Config{Listeners: []Listener{{Pool: p}}, Rescue: rescue},
-		log: NewLogger(r.logs, LogOptions{}), events: make(chan func(), 64), quit: make(chan struct{}),
-		awaySince: map[int]time.Time{}, held: map[int]time.Time{}, frozen: []int{-1}}
+	r.l = newLauncher(Config{Listeners: []Listener{{Pool: p}}, Rescue: rescue, Logger: NewLogger(r.logs, LogOptions{})}, osSystem())
 	go func() {
 		defer close(r.done)
 		for {
