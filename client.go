@@ -2,12 +2,12 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"relaunch/launcher"
 )
@@ -38,37 +38,55 @@ const statusTimeout = 5 * time.Second
 
 func runClient(args []string, stdout, stderr io.Writer) int {
 	cmd := args[1]
-	fs := flag.NewFlagSet("relaunch "+cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	control := fs.String("control", os.Getenv("RELAUNCH_CONTROL"), "the control socket of the relaunch to talk to")
-	pidfile := fs.String("pidfile", os.Getenv("RELAUNCH_PIDFILE"), "or its --pidfile: the socket is next to it")
-	asJSON := fs.Bool("json", false, "status: print JSON")
-	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the answer (upgrade, rollback, reexec: the outcome; status: 5s)")
 	usage := func(msg string) int {
 		fmt.Fprintf(stderr, "relaunch %s: %s\nusage: relaunch %s [--control PATH | --pidfile PATH] [--json] [--timeout D]\n", cmd, msg, cmd)
 		return 2
 	}
-	if err := fs.Parse(args[2:]); err != nil {
-		return usage(err.Error())
+	var control, pidfile string
+	var asJSON, timeoutSet bool
+	var timeout time.Duration
+	var extra string
+	app := &cli.App{
+		Name:      "relaunch " + cmd,
+		HideHelp:  true,
+		Writer:    io.Discard,
+		ErrWriter: io.Discard,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "control", EnvVars: []string{"RELAUNCH_CONTROL"}, Destination: &control,
+				Usage: "the control socket of the relaunch to talk to"},
+			&cli.StringFlag{Name: "pidfile", EnvVars: []string{"RELAUNCH_PIDFILE"}, Destination: &pidfile,
+				Usage: "or its --pidfile: the socket is next to it"},
+			&cli.BoolFlag{Name: "json", Destination: &asJSON, Usage: "status: print JSON"},
+			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Destination: &timeout,
+				Usage: "how long to wait for the answer (upgrade, rollback, reexec: the outcome; status: 5s)"},
+		},
+		OnUsageError:   func(_ *cli.Context, err error, _ bool) error { return err },
+		ExitErrHandler: func(*cli.Context, error) {},
+		Action: func(c *cli.Context) error {
+			timeoutSet = c.IsSet("timeout")
+			extra = c.Args().First()
+			return nil
+		},
 	}
-	if fs.NArg() > 0 {
-		return usage(fmt.Sprintf("unexpected %q", fs.Arg(0)))
+	if err := app.Run(append([]string{app.Name}, args[2:]...)); err != nil {
+		return usage(cliError(err))
+	}
+	if extra != "" {
+		return usage(fmt.Sprintf("unexpected %q", extra))
 	}
 	// status answers at once: a relaunch that does not is stuck, and
 	// whoever asked (a script, a health check) should hear it soon.
-	timeoutSet := false
-	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
 	if cmd == "status" && !timeoutSet {
-		*timeout = statusTimeout
+		timeout = statusTimeout
 	}
-	path := *control
-	if path == "" && *pidfile != "" {
-		path = controlPath(*pidfile)
+	path := control
+	if path == "" && pidfile != "" {
+		path = controlPath(pidfile)
 	}
 	if path == "" {
 		return usage("which relaunch? give --control PATH (or the --pidfile it was started with)")
 	}
-	ans, err := launcher.Ask(path, launcher.Request{Cmd: cmd}, *timeout)
+	ans, err := launcher.Ask(path, launcher.Request{Cmd: cmd}, timeout)
 	if err != nil {
 		fmt.Fprintln(stderr, "relaunch "+cmd+": "+err.Error())
 		return 1
@@ -78,7 +96,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	switch {
-	case ans.Status != nil && *asJSON:
+	case ans.Status != nil && asJSON:
 		b, _ := json.MarshalIndent(ans.Status, "", "  ")
 		fmt.Fprintln(stdout, string(b))
 	case ans.Status != nil:

@@ -165,7 +165,7 @@ func cliError(err error) string {
 		name = strings.TrimSuffix(name, ":")
 		what := "a valid value"
 		switch name {
-		case "ready-timeout", "drain-timeout", "stop-timeout":
+		case "ready-timeout", "drain-timeout", "stop-timeout", "timeout":
 			what = "a duration such as 30s, 5m or 1h30m"
 		case "max-draining":
 			what = "a whole number"
