@@ -1284,6 +1284,9 @@ func waitAccepted(t testing.TB, pid int, c net.Conn, timeout time.Duration) {
 func needCommand(t testing.TB, name, pkg string) string {
 	t.Helper()
 	if p, err := exec.LookPath(name); err == nil {
+		if name == "python3" {
+			return realPython(p)
+		}
 		return p
 	}
 	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
@@ -1294,6 +1297,26 @@ func needCommand(t testing.TB, name, pkg string) string {
 	t.Fatalf("%s is needed for this test: apt-get install %s (.ci/run installs it)", name, pkg)
 	return ""
 }
+
+// realPython is the interpreter py runs: where python3 on the PATH is a
+// wrapper (pyenv's shim is a shell script that takes a second or more to
+// start on a busy machine), an app's start-up would be mostly the wrapper's.
+var realPython = func() func(py string) string {
+	var once sync.Once
+	var exe string
+	return func(py string) string {
+		once.Do(func() {
+			out, err := exec.Command(py, "-c", "import sys; print(sys.executable)").Output()
+			if e := strings.TrimSpace(string(out)); err == nil && filepath.IsAbs(e) {
+				exe = e
+			}
+		})
+		if exe == "" {
+			return py
+		}
+		return exe
+	}
+}()
 
 func isExecutable(p string) bool {
 	fi, err := os.Stat(p)
