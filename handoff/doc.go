@@ -1,5 +1,5 @@
 // Package handoff moves live connections from a draining generation of an
-// app to the current one, through relaunch (SPEC §9). It is opt-in: an app
+// app to the current one, through relaunch. It is opt-in: an app
 // that never imports it drains as before.
 //
 // relaunch gives every generation RELAUNCH_HANDOFF, the path of a unix

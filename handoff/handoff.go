@@ -9,26 +9,15 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"relaunch/internal/wire"
 )
 
 // Env is the variable relaunch sets to the handoff socket's path.
 const Env = "RELAUNCH_HANDOFF"
 
 // MaxState is the largest state blob one connection may carry.
-const MaxState = 64 << 10
-
-// The message types and the protocol version (see the package doc).
-const (
-	msgHelloSend byte = 1
-	msgHelloRecv byte = 2
-	msgConn      byte = 3
-	msgEnd       byte = 4
-	msgOK        byte = 5
-	msgError     byte = 6
-	msgAck       byte = 7
-
-	version = 1
-)
+const MaxState = wire.MaxState
 
 // replyTimeout bounds the wait for relaunch's reply to a hello or to END.
 var replyTimeout = 10 * time.Second
@@ -70,7 +59,7 @@ func Dial() (*Sender, error) {
 
 // DialPath is Dial on the handoff socket at path.
 func DialPath(path string) (*Sender, error) {
-	c, err := hello(path, msgHelloSend)
+	c, err := hello(path, wire.HelloSend)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +91,7 @@ func (s *Sender) send(sc syscall.Conn, state []byte) error {
 		return fmt.Errorf("handoff: send: %w", err)
 	}
 	msg := make([]byte, 1+len(state))
-	msg[0] = msgConn
+	msg[0] = wire.Conn
 	copy(msg[1:], state)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -135,7 +124,7 @@ func (s *Sender) Done() error {
 	}
 	s.ended = true
 	defer s.c.Close()
-	if _, err := s.c.Write([]byte{msgEnd}); err != nil {
+	if _, err := s.c.Write([]byte{wire.End}); err != nil {
 		return fmt.Errorf("handoff: done: %w", err)
 	}
 	why, err := readReply(s.c, "done")
@@ -183,7 +172,7 @@ func Listen() (*Receiver, error) {
 
 // ListenPath is Listen on the handoff socket at path.
 func ListenPath(path string) (*Receiver, error) {
-	c, err := hello(path, msgHelloRecv)
+	c, err := hello(path, wire.HelloRecv)
 	if err != nil {
 		return nil, err
 	}
@@ -221,32 +210,32 @@ func (r *Receiver) ReceiveFile() (*os.File, []byte, error) {
 		return nil, nil, io.EOF
 	}
 	n, oobn, flags, _, err := r.c.ReadMsgUnix(r.buf, r.oob)
-	fds := rights(r.oob[:oobn])
+	fds := wire.Rights(r.oob[:oobn])
 	if errors.Is(err, io.EOF) || err == nil && n == 0 {
-		closeAll(fds)
+		wire.CloseAll(fds)
 		r.eof = true
 		r.c.Close()
 		return nil, nil, io.EOF
 	}
 	if err != nil {
-		closeAll(fds)
+		wire.CloseAll(fds)
 		return nil, nil, fmt.Errorf("handoff: receive: %w", err)
 	}
 	switch {
-	case r.buf[0] == msgEnd:
-		closeAll(fds)
+	case r.buf[0] == wire.End:
+		wire.CloseAll(fds)
 		r.eof = true
 		r.c.Close()
 		return nil, nil, io.EOF
-	case r.buf[0] != msgConn || len(fds) != 1 || flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0 || n > 1+MaxState:
-		closeAll(fds)
+	case r.buf[0] != wire.Conn || len(fds) != 1 || flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0 || n > 1+MaxState:
+		wire.CloseAll(fds)
 		return nil, nil, fmt.Errorf("handoff: receive: malformed message from relaunch (type %d, %d bytes, %d fds)", r.buf[0], n, len(fds))
 	}
 	// The fd is ours now: acknowledge before anything else can fail, so
 	// relaunch closes its copy. If the ACK cannot be sent, relaunch gives
 	// the connection to the next generation: drop ours.
-	if _, err := r.c.Write([]byte{msgAck}); err != nil {
-		closeAll(fds)
+	if _, err := r.c.Write([]byte{wire.Ack}); err != nil {
+		wire.CloseAll(fds)
 		return nil, nil, fmt.Errorf("handoff: receive: acknowledging: %w", err)
 	}
 	state := append([]byte(nil), r.buf[1:n]...)
@@ -264,7 +253,7 @@ func hello(path string, kind byte) (*net.UnixConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
-	if _, err := c.Write([]byte{kind, version}); err != nil {
+	if _, err := c.Write([]byte{kind, wire.Version}); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("handoff: hello: %w", err)
 	}
@@ -286,44 +275,19 @@ func readReply(c *net.UnixConn, what string) (why string, err error) {
 	buf := make([]byte, 4096)
 	oob := make([]byte, syscall.CmsgSpace(4*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-	closeAll(rights(oob[:oobn]))
+	wire.CloseAll(wire.Rights(oob[:oobn]))
 	switch {
 	case errors.Is(err, io.EOF) || err == nil && n == 0:
 		return "", fmt.Errorf("handoff: %s: relaunch closed the connection without a reply", what)
 	case err != nil:
 		return "", fmt.Errorf("handoff: %s: waiting for relaunch's reply: %w", what, err)
-	case buf[0] == msgOK && n == 1:
+	case buf[0] == wire.OK && n == 1:
 		return "", nil
-	case buf[0] == msgError:
+	case buf[0] == wire.Error:
 		if n == 1 {
 			return "no reason given", nil
 		}
 		return string(buf[1:n]), nil
 	}
 	return "", fmt.Errorf("handoff: %s: unexpected reply from relaunch (type %d, %d bytes)", what, buf[0], n)
-}
-
-// rights returns the fds passed in a control message; it never fails (a
-// control message it cannot parse has no fds it could close anyway).
-func rights(oob []byte) []int {
-	msgs, err := syscall.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var fds []int
-	for i := range msgs {
-		if msgs[i].Header.Level == syscall.SOL_SOCKET && msgs[i].Header.Type == syscall.SCM_RIGHTS {
-			f, err := syscall.ParseUnixRights(&msgs[i])
-			if err == nil {
-				fds = append(fds, f...)
-			}
-		}
-	}
-	return fds
-}
-
-func closeAll(fds []int) {
-	for _, fd := range fds {
-		syscall.Close(fd)
-	}
 }

@@ -14,12 +14,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"relaunch/internal/wire"
 )
 
 // The client against a fake relaunch written from the wire format in
 // doc.go, byte by byte, with real SEQPACKET sockets and real TCP
-// connections. (launcher/broker_test.go runs this client against the real
-// relaunch side.)
+// connections. (internal/broker/broker_test.go runs this client against
+// the real relaunch side.)
 
 // fake is relaunch's end of one handoff connection.
 type fake struct {
@@ -75,7 +77,7 @@ func (f *fake) read() ([]byte, []int) {
 	buf := make([]byte, 2+MaxState)
 	oob := make([]byte, syscall.CmsgSpace(4*8))
 	n, oobn, _, _, err := f.c.ReadMsgUnix(buf, oob)
-	fds := rights(oob[:oobn])
+	fds := wire.Rights(oob[:oobn])
 	if errors.Is(err, io.EOF) {
 		return nil, fds
 	}
@@ -156,7 +158,7 @@ func TestAvailable(t *testing.T) {
 	go func() {
 		f := <-ch
 		f.read()
-		f.write([]byte{msgOK})
+		f.write([]byte{wire.OK})
 	}()
 	s, err := Dial()
 	if err != nil {
@@ -186,8 +188,8 @@ func TestSenderWire(t *testing.T) {
 		done <- err
 	}()
 	f := next(t, ch)
-	f.expect(msgHelloSend, 1)
-	f.write([]byte{msgOK})
+	f.expect(wire.HelloSend, 1)
+	f.write([]byte{wire.OK})
 
 	msg, fds := f.read()
 	if string(msg) != "\x03counter=41" || len(fds) != 1 {
@@ -209,8 +211,8 @@ func TestSenderWire(t *testing.T) {
 		t.Fatalf("CONN with an empty state: %q, fds %v", msg, fds)
 	}
 	syscall.Close(fds[0])
-	f.expect(msgEnd)
-	f.write([]byte{msgOK})
+	f.expect(wire.End)
+	f.write([]byte{wire.OK})
 	if err := <-done; err != nil {
 		t.Fatalf("sender: %v", err)
 	}
@@ -224,7 +226,7 @@ func TestDialRefused(t *testing.T) {
 	go func() {
 		f := <-ch
 		f.read()
-		f.write(append([]byte{msgError}, "gen 3 is the current generation"...))
+		f.write(append([]byte{wire.Error}, "gen 3 is the current generation"...))
 		f.c.Close()
 	}()
 	_, err := DialPath(path)
@@ -242,13 +244,13 @@ func TestDoneRejected(t *testing.T) {
 	go func() {
 		f := <-ch
 		f.read()
-		f.write([]byte{msgOK})
+		f.write([]byte{wire.OK})
 		_, fds := f.read()
 		for _, fd := range fds {
 			syscall.Close(fd)
 		}
 		f.read()
-		f.write(append([]byte{msgError}, "1 of 1 messages rejected, the first: over the limit"...))
+		f.write(append([]byte{wire.Error}, "1 of 1 messages rejected, the first: over the limit"...))
 	}()
 	s, err := DialPath(path)
 	if err != nil {
@@ -274,7 +276,7 @@ func TestSendErrors(t *testing.T) {
 	go func() {
 		f := <-ch
 		f.read()
-		f.write([]byte{msgOK})
+		f.write([]byte{wire.OK})
 	}()
 	s, err := DialPath(path)
 	if err != nil {
@@ -333,15 +335,15 @@ func TestReceiverWire(t *testing.T) {
 		}
 	}()
 	f := next(t, ch)
-	f.expect(msgHelloRecv, 1)
-	f.write([]byte{msgOK})
+	f.expect(wire.HelloRecv, 1)
+	f.write([]byte{wire.OK})
 
 	client, server := tcpPair(t)
 	sf, _ := server.File()
 	f.write([]byte("\x03state-1"), int(sf.Fd()))
 	sf.Close()
 	server.Close() // the receiver holds the only server end now
-	f.expect(msgAck)
+	f.expect(wire.Ack)
 	g := <-gots
 	if g.err != nil || string(g.state) != "state-1" {
 		t.Fatalf("Receive: %q, %v", g.state, g.err)
@@ -368,8 +370,8 @@ func TestReceiverEnd(t *testing.T) {
 	go func() {
 		f := <-ch
 		f.read()
-		f.write([]byte{msgOK})
-		f.write([]byte{msgEnd})
+		f.write([]byte{wire.OK})
+		f.write([]byte{wire.End})
 	}()
 	r, err := ListenPath(path)
 	if err != nil {
@@ -388,7 +390,7 @@ func TestReceiverRelaunchGone(t *testing.T) {
 	go func() {
 		f := <-ch
 		f.read()
-		f.write([]byte{msgOK})
+		f.write([]byte{wire.OK})
 		f.c.Close()
 	}()
 	r, err := ListenPath(path)
@@ -406,7 +408,7 @@ func TestReceiverClose(t *testing.T) {
 	go func() {
 		f := <-ch
 		f.read()
-		f.write([]byte{msgOK})
+		f.write([]byte{wire.OK})
 	}()
 	r, err := ListenPath(path)
 	if err != nil {
@@ -459,17 +461,17 @@ func TestSenderConcurrent(t *testing.T) {
 		}
 	}()
 	f := next(t, ch)
-	f.expect(msgHelloSend, 1)
-	f.write([]byte{msgOK})
+	f.expect(wire.HelloSend, 1)
+	f.write([]byte{wire.OK})
 	seen := map[string]bool{}
 	for range n {
 		msg, fds := f.read()
-		if len(msg) != 4 || msg[0] != msgConn || len(fds) != 1 || seen[string(msg)] {
+		if len(msg) != 4 || msg[0] != wire.Conn || len(fds) != 1 || seen[string(msg)] {
 			t.Fatalf("message %q with %d fds", msg, len(fds))
 		}
 		seen[string(msg)] = true
 		syscall.Close(fds[0])
 	}
-	f.expect(msgEnd)
-	f.write([]byte{msgOK})
+	f.expect(wire.End)
+	f.write([]byte{wire.OK})
 }

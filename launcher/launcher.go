@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"relaunch/handoff"
+	"relaunch/internal/broker"
 	"relaunch/sdlisten"
 	"relaunch/watch"
 )
@@ -38,8 +40,8 @@ type launcher struct {
 	env     []string
 	stdin   int
 	runDir  *runDir
-	handoff *broker  // the connection handoff
-	roots   genRoots // the generations' root pids, for the handoff's genOf
+	handoff *broker.Broker // the connection handoff
+	roots   genRoots       // the generations' root pids, for the handoff's genOf
 
 	gens    []*generation // alive, oldest first
 	cur     *generation   // ready and serving; nil while none is
@@ -106,7 +108,7 @@ func newLauncher(cfg Config, sys system) *launcher {
 	if l.env == nil {
 		l.env = os.Environ()
 	}
-	l.env = withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), "RELAUNCH_HANDOFF") // a nested relaunch's own
+	l.env = withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), handoff.Env) // a nested relaunch's own
 	l.frozen = make([]int, len(cfg.Listeners))
 	for i := range l.frozen {
 		l.frozen[i] = -1
@@ -135,7 +137,7 @@ func Run(cfg Config) (int, error) {
 	if err != nil {
 		return 1, startupError(err)
 	}
-	defer l.handoff.close()
+	defer l.handoff.Close()
 	stdin, closeStdin := stdinFd()
 	defer closeStdin()
 	l.stdin = stdin
@@ -310,7 +312,7 @@ func (l *launcher) start(restart bool) error {
 	env := append(sdlisten.ChildEnv(l.env, socks),
 		"NOTIFY_SOCKET="+g.notify.Path(),
 		"RELAUNCH_GENERATION="+strconv.Itoa(g.id),
-		"RELAUNCH_HANDOFF="+l.handoff.path)
+		handoff.Env+"="+l.handoff.Path())
 	switch {
 	case kept != nil && kept == l.startFrom:
 		g.bin, l.startFrom = l.startFrom, nil
@@ -377,7 +379,7 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.reloading = false
 	l.outer.ready(fmt.Sprintf("%s serving", g))
 	l.cur, l.next, l.everUp = g, nil, true
-	l.handoff.setCurrent(g.id)
+	l.handoff.SetCurrent(g.id)
 	if g.usr1 {
 		l.sys.signal(g.pid, syscall.SIGUSR1)
 	}
@@ -468,7 +470,7 @@ func (l *launcher) stillServes() string {
 func (l *launcher) onExit(g *generation, st exitStatus) {
 	g.exited = true
 	l.roots.remove(g.id)
-	l.handoff.exited(g.id)
+	l.handoff.Exited(g.id)
 	for _, t := range g.timers {
 		t.Stop()
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"relaunch/internal/broker"
 	"relaunch/sdlisten"
 )
 
@@ -142,13 +143,13 @@ func newMachine(t *testing.T, cfg Config) *machine {
 	if m.l.runDir, err = makeRunDirIn(t.TempDir(), os.Geteuid()); err != nil {
 		t.Fatal(err)
 	}
-	if m.l.handoff, err = newBroker(m.l.runDir.at(handoffName), m.l.runDir.file(handoffName), m.l.log, m.l.roots.genOf); err != nil {
+	if m.l.handoff, err = broker.New(m.l.runDir.at(handoffName), m.l.runDir.file(handoffName), m.l.log, m.l.roots.genOf); err != nil {
 		t.Fatal(err)
 	}
 	m.l.outer = newOuterNotify(func(string) {})
 	t.Cleanup(func() {
 		close(m.l.quit)
-		m.l.handoff.close()
+		m.l.handoff.Close()
 		for _, g := range m.l.gens {
 			g.notify.Close()
 			closeFile(g.bin)

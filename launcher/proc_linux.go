@@ -3,8 +3,10 @@ package launcher
 import (
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -56,6 +58,49 @@ func inTree(pid, root int) bool {
 		pid = ppid
 	}
 	return false
+}
+
+// genRoots maps the live generations to their root pids, so that genOf can
+// tell which generation a process belongs to: the handoff broker asks it
+// who its peers are. The launcher's loop adds and removes; the broker's
+// goroutines read, hence the mutex. Its zero value is ready to use.
+type genRoots struct {
+	mu    sync.Mutex
+	roots map[int]int // gen → root pid
+}
+
+func (g *genRoots) add(gen, pid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.roots == nil {
+		g.roots = map[int]int{}
+	}
+	g.roots[gen] = pid
+}
+
+func (g *genRoots) remove(gen int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.roots, gen)
+}
+
+// genOf returns the generation whose process tree holds pid.
+func (g *genRoots) genOf(pid int) (int, bool) {
+	g.mu.Lock()
+	gens := make([]int, 0, len(g.roots))
+	roots := make(map[int]int, len(g.roots))
+	for gen, root := range g.roots {
+		gens = append(gens, gen)
+		roots[gen] = root
+	}
+	g.mu.Unlock()
+	sort.Sort(sort.Reverse(sort.IntSlice(gens))) // newest first: the likelier asker
+	for _, gen := range gens {
+		if inTree(pid, roots[gen]) {
+			return gen, true
+		}
+	}
+	return 0, false
 }
 
 // children lists relaunch's direct children (every thread's: Go forks from

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"relaunch/internal/broker"
 	"relaunch/sdlisten"
 )
 
@@ -96,7 +97,7 @@ type reexecState struct {
 	PrevBin       *keptFile         `json:"prev_bin,omitempty"`
 	CrashBin      *keptFile         `json:"crash_bin,omitempty"`
 	Handoff       int               `json:"handoff"`
-	Receivers     []keptRecv        `json:"receivers"`
+	Receivers     []broker.Kept     `json:"receivers"`
 	Control       int               `json:"control"` // -1: none
 	Clients       []int             `json:"clients"` // `relaunch reexec` connections waiting for the outcome
 	LastFailure   string            `json:"last_failure"`
@@ -245,7 +246,7 @@ func (l *launcher) reexecBlocker() string {
 			return fmt.Sprintf("gen %d is handing over", g.id)
 		}
 	}
-	if _, _, why := l.handoff.keep(); why != "" {
+	if _, _, why := l.handoff.Keep(); why != "" {
 		return why
 	}
 	return ""
@@ -337,7 +338,7 @@ func (l *launcher) describe() (st reexecState, keep []int, busy string) {
 	st.PrevBin = keepFile(l.prevBin)
 	st.CrashBin = keepFile(l.crashBin)
 	keep = append(keep, st.RunDirFd) // and with it, its flock
-	st.Handoff, st.Receivers, busy = l.handoff.keep()
+	st.Handoff, st.Receivers, busy = l.handoff.Keep()
 	keep = append(keep, st.Handoff)
 	for _, r := range st.Receivers {
 		keep = append(keep, r.Fd)
@@ -469,7 +470,7 @@ func (l *launcher) resume(r *Resume) error {
 		names = append(names, fmt.Sprintf("%s %s", g, g.state))
 	}
 	if l.cur != nil {
-		l.handoff.setCurrent(l.cur.id)
+		l.handoff.SetCurrent(l.cur.id)
 	}
 	if st.RestartIn >= 0 {
 		l.restartIn(st.RestartIn)
@@ -517,4 +518,13 @@ func waitPidErr(pid int) (syscall.WaitStatus, error) {
 			return ws, err
 		}
 	}
+}
+
+// rawFd is a socket's fd, or -1.
+func rawFd(c syscall.Conn) int {
+	fd := -1
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	return fd
 }

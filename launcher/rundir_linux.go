@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"relaunch/internal/broker"
 	"relaunch/sdlisten"
 )
 
@@ -335,7 +336,7 @@ func (l *launcher) openRunDir(rs *Resume) error {
 			return err
 		}
 		l.runDir.relisten = l.runDir.path != rs.st.RunDir
-		l.handoff, err = adoptBroker(filepath.Join(rs.st.RunDir, handoffName), rs.st.Handoff, rs.st.Receivers, l.log, l.roots.genOf)
+		l.handoff, err = broker.Adopt(filepath.Join(rs.st.RunDir, handoffName), rs.st.Handoff, rs.st.Receivers, l.log, l.roots.genOf)
 		return err
 	}
 	if l.runDir, err = newRunDir(l.log); err != nil {
@@ -344,7 +345,7 @@ func (l *launcher) openRunDir(rs *Resume) error {
 	if n := cleanLeftovers(l.runDir.base, os.Geteuid()); n > 0 {
 		l.log.Info(fmt.Sprintf("removed %d runtime director%s that relaunches which are gone left in %s", n, plural(n, "y", "ies"), l.runDir.base))
 	}
-	l.handoff, err = newBroker(l.runDir.at(handoffName), l.runDir.file(handoffName), l.log, l.roots.genOf)
+	l.handoff, err = broker.New(l.runDir.at(handoffName), l.runDir.file(handoffName), l.log, l.roots.genOf)
 	return err
 }
 
@@ -372,7 +373,7 @@ func (l *launcher) notifySocket(id int) (*sdlisten.NotifyListener, error) {
 			l.log.Warn(msg, "path", l.runDir.path)
 		}
 		if l.runDir.relisten {
-			if err := l.handoff.relisten(l.runDir.at(handoffName), l.runDir.file(handoffName)); err != nil {
+			if err := l.handoff.Relisten(l.runDir.at(handoffName), l.runDir.file(handoffName)); err != nil {
 				return nil, err
 			}
 			l.runDir.relisten = false

@@ -342,7 +342,7 @@ func (l *launcher) rescueConn(ln, fd, slot int) {
 		}()
 		l.rescueSaid = "relaunch relays them to " + l.curName()
 	case l.takesHandoffs():
-		if why := l.handoff.push(heldConn{fd: fd, msg: []byte{hoConn}}); why != "" {
+		if why := l.handoff.Push(fd); why != "" {
 			resetConn(fd)
 			l.rescued.Reset++
 			l.rescueSaid = "reset: " + why
@@ -370,7 +370,7 @@ func (l *launcher) takesHandoffs() bool {
 	if l.cur == nil || l.handoff == nil {
 		return false
 	}
-	cur, _, ok := l.handoff.receiving()
+	cur, _, ok := l.handoff.Receiving()
 	return ok && cur == l.cur.id
 }
 

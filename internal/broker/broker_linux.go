@@ -1,6 +1,6 @@
 //go:build linux
 
-package launcher
+package broker
 
 import (
 	"errors"
@@ -9,60 +9,39 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// The connection handoff (SPEC §9): relaunch's side of the protocol that
-// handoff/doc.go defines. A draining generation sends its live connections
-// (an fd and an opaque state each) to the broker, which forwards them, in
-// order, to the current generation's receiver, holding them while there is
-// none. It keeps its own reference to each fd until the receiver
-// acknowledges it, so a receiver that dies loses only what it took.
-//
-// The broker runs its own goroutines: one accepting, one per connection
-// reading, one per receiver writing. The launcher's loop calls its methods,
-// which never block (close excepted, at exit, briefly).
-
-// Message types and limits of the wire format (handoff/doc.go).
-const (
-	hoHelloSend byte = 1
-	hoHelloRecv byte = 2
-	hoConn      byte = 3
-	hoEnd       byte = 4
-	hoOK        byte = 5
-	hoError     byte = 6
-	hoAck       byte = 7
-
-	hoVersion   = 1
-	hoMaxState  = 64 << 10
-	hoMaxRights = 253 // SCM_MAX_FD: with room for all, no fd is lost to MSG_CTRUNC
+	"relaunch/internal/wire"
 )
 
 // Tunables; variables so that tests can lower them.
 var (
-	brokerMaxHeld   = 100_000          // fds held at once; fewer when RLIMIT_NOFILE is lower
-	brokerMaxBytes  = 256 << 20        // state bytes held at once
-	brokerWindow    = 256              // fds sent to a receiver and not yet acknowledged
-	brokerHelloWait = 10 * time.Second // a connection silent that long before its hello is dropped
-	brokerPidRetry  = 100 * time.Millisecond
-	brokerStopWait  = time.Second // close: time for senders' last messages
-	brokerLogCap    = 5           // rejections logged per connection; the rest are counted
+	defaultMaxHeld = 100_000          // fds held at once; fewer when RLIMIT_NOFILE is lower
+	maxBytes       = 256 << 20        // state bytes held at once
+	defaultWindow  = 256              // fds sent to a receiver and not yet acknowledged
+	helloWait      = 10 * time.Second // a connection silent that long before its hello is dropped
+	pidRetry       = 100 * time.Millisecond
+	stopWait       = time.Second // close: time for senders' last messages
+	defaultLogCap  = 5           // rejections logged per connection; the rest are counted
 )
 
-type broker struct {
+// Broker is the handoff broker of one relaunch. Its goroutines serve the
+// generations; the launcher's loop calls its methods, one at a time, and
+// none of them blocks (Close excepted, at exit, briefly).
+type Broker struct {
 	path    string
 	log     *slog.Logger
 	genOf   func(pid int) (gen int, ok bool)
 	ln      *net.UnixListener
-	maxHeld int // brokerMaxHeld, or less (RLIMIT_NOFILE)
-	window  int // brokerWindow
-	logCap  int // brokerLogCap
+	maxHeld int // defaultMaxHeld, or less (RLIMIT_NOFILE)
+	window  int // defaultWindow
+	logCap  int // defaultLogCap
 
 	mu        sync.Mutex
 	cond      sync.Cond // on mu: the queue, a window, a receiver, current or closed changed
@@ -70,7 +49,7 @@ type broker struct {
 	queue     []heldConn // not yet sent to a receiver, in order
 	held      int        // fds held: queued and sent but not acknowledged
 	heldBytes int
-	recvs     map[*brokerRecv]bool // connected receivers
+	recvs     map[*recvConn]bool // connected receivers
 	conns     map[*net.UnixConn]bool
 	closed    bool
 	lost      int // fds closed because relaunch stops
@@ -83,8 +62,8 @@ type heldConn struct {
 	msg []byte // the CONN message as it came: its type byte, then the state
 }
 
-// brokerRecv is a generation's receiving connection.
-type brokerRecv struct {
+// recvConn is a generation's receiving connection.
+type recvConn struct {
 	gen, pid int
 	c        *net.UnixConn
 	retired  bool // not (or no longer) the current generation's: gets END, nothing more
@@ -94,20 +73,20 @@ type brokerRecv struct {
 	taken    int
 }
 
-// newBroker listens on path (in relaunch's 0700 runtime directory), bound
+// New listens on path (in relaunch's 0700 runtime directory), bound
 // at bind: path itself, or path reached through the directory's fd. genOf
 // tells which generation a pid belongs to; it is called from the broker's
 // goroutines.
-func newBroker(bind, path string, log *slog.Logger, genOf func(pid int) (gen int, ok bool)) (*broker, error) {
+func New(bind, path string, log *slog.Logger, genOf func(pid int) (gen int, ok bool)) (*Broker, error) {
 	ln, err := listenHandoff(bind, path)
 	if err != nil {
 		return nil, err
 	}
 	if log == nil {
-		log = discardLogger()
+		log = slog.New(slog.DiscardHandler)
 	}
-	b := &broker{path: path, log: log, genOf: genOf, ln: ln, maxHeld: brokerMaxHeld, window: brokerWindow, logCap: brokerLogCap,
-		recvs: map[*brokerRecv]bool{}, conns: map[*net.UnixConn]bool{}}
+	b := &Broker{path: path, log: log, genOf: genOf, ln: ln, maxHeld: defaultMaxHeld, window: defaultWindow, logCap: defaultLogCap,
+		recvs: map[*recvConn]bool{}, conns: map[*net.UnixConn]bool{}}
 	b.cond.L = &b.mu
 	// Every fd held is one of relaunch's: stay clear of EMFILE, where the
 	// kernel would close what it cannot install.
@@ -131,10 +110,10 @@ func listenHandoff(bind, path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// relisten moves the listening socket to path (relaunch's runtime
+// Relisten moves the listening socket to path (relaunch's runtime
 // directory was removed and made again): the old socket's file went with
 // the old directory. The connections the broker holds stay.
-func (b *broker) relisten(bind, path string) error {
+func (b *Broker) Relisten(bind, path string) error {
 	ln, err := listenHandoff(bind, path)
 	if err != nil {
 		return err
@@ -147,9 +126,13 @@ func (b *broker) relisten(bind, path string) error {
 	return nil
 }
 
-// setCurrent makes gen the generation that receives from now on. The
+// Path is the listening socket's path, what generations get in
+// RELAUNCH_HANDOFF.
+func (b *Broker) Path() string { return b.path }
+
+// SetCurrent makes gen the generation that receives from now on. The
 // receivers of older generations get END.
-func (b *broker) setCurrent(gen int) {
+func (b *Broker) SetCurrent(gen int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.current = gen
@@ -161,11 +144,11 @@ func (b *broker) setCurrent(gen int) {
 	b.cond.Broadcast()
 }
 
-// exited says generation gen is gone. Its senders' connections are read to
+// Exited says generation gen is gone. Its senders' connections are read to
 // their end (what is queued there is not lost); its receiver gets nothing
 // more, and what it had not acknowledged goes back to the queue when its
 // connection closes.
-func (b *broker) exited(gen int) {
+func (b *Broker) Exited(gen int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for r := range b.recvs {
@@ -176,10 +159,10 @@ func (b *broker) exited(gen int) {
 	b.cond.Broadcast()
 }
 
-// close stops the broker when relaunch stops: it closes every fd it still
+// Close stops the broker when relaunch stops: it closes every fd it still
 // holds, logs how many, and returns that. It waits for the senders' last
-// messages (their processes are gone by then) for brokerStopWait at most.
-func (b *broker) close() (closedInFlight int) {
+// messages (their processes are gone by then) for stopWait at most.
+func (b *Broker) Close() (closedInFlight int) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -187,7 +170,7 @@ func (b *broker) close() (closedInFlight int) {
 	}
 	b.closed = true
 	b.cond.Broadcast()
-	deadline := time.Now().Add(brokerStopWait)
+	deadline := time.Now().Add(stopWait)
 	for c := range b.conns {
 		c.SetDeadline(deadline)
 	}
@@ -211,7 +194,7 @@ func (b *broker) close() (closedInFlight int) {
 	return n
 }
 
-func (b *broker) accept(ln *net.UnixListener) {
+func (b *Broker) accept(ln *net.UnixListener) {
 	defer b.wg.Done()
 	for {
 		c, err := ln.AcceptUnix()
@@ -237,7 +220,7 @@ func (b *broker) accept(ln *net.UnixListener) {
 }
 
 // session serves one connection: its hello, then its role.
-func (b *broker) session(c *net.UnixConn) {
+func (b *Broker) session(c *net.UnixConn) {
 	defer b.wg.Done()
 	defer func() {
 		b.mu.Lock()
@@ -246,11 +229,11 @@ func (b *broker) session(c *net.UnixConn) {
 		c.Close()
 	}()
 	pid := peerPid(c)
-	buf := make([]byte, 1+hoMaxState+1)
-	oob := make([]byte, unix.CmsgSpace(4*hoMaxRights))
-	c.SetReadDeadline(time.Now().Add(brokerHelloWait))
+	buf := make([]byte, 1+wire.MaxState+1)
+	oob := make([]byte, unix.CmsgSpace(4*wire.MaxRights))
+	c.SetReadDeadline(time.Now().Add(helloWait))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-	closeFds(parseRights(oob[:oobn])) // a hello carries none
+	wire.CloseAll(wire.Rights(oob[:oobn])) // a hello carries none
 	if err != nil || n == 0 {
 		return // gone, or silent
 	}
@@ -262,11 +245,11 @@ func (b *broker) session(c *net.UnixConn) {
 	who := fmt.Sprintf("pid %d", pid)
 	role := buf[0]
 	switch {
-	case n != 2 || role != hoHelloSend && role != hoHelloRecv:
-		b.refuse(c, who, fmt.Sprintf("the first message must be a hello (type %d or %d, then the version), not type %d of %d bytes", hoHelloSend, hoHelloRecv, role, n))
+	case n != 2 || role != wire.HelloSend && role != wire.HelloRecv:
+		b.refuse(c, who, fmt.Sprintf("the first message must be a hello (type %d or %d, then the version), not type %d of %d bytes", wire.HelloSend, wire.HelloRecv, role, n))
 		return
-	case buf[1] != hoVersion:
-		b.refuse(c, who, fmt.Sprintf("protocol version %d; relaunch speaks version %d", buf[1], hoVersion))
+	case buf[1] != wire.Version:
+		b.refuse(c, who, fmt.Sprintf("protocol version %d; relaunch speaks version %d", buf[1], wire.Version))
 		return
 	case pid <= 0:
 		b.refuse(c, "a process", "its pid is unknown (SO_PEERCRED; another pid namespace?)")
@@ -275,7 +258,7 @@ func (b *broker) session(c *net.UnixConn) {
 	gen, ok := b.genOf(pid)
 	// The launcher records a generation right after forking it; a process
 	// could in theory connect before that: ask again, briefly.
-	for t := time.Now(); !ok && time.Since(t) < brokerPidRetry; {
+	for t := time.Now(); !ok && time.Since(t) < pidRetry; {
 		time.Sleep(10 * time.Millisecond)
 		gen, ok = b.genOf(pid)
 	}
@@ -284,31 +267,33 @@ func (b *broker) session(c *net.UnixConn) {
 		return
 	}
 	who = fmt.Sprintf("gen %d (pid %d)", gen, pid)
-	if role == hoHelloSend {
+	if role == wire.HelloSend {
 		b.sender(c, gen, pid, who, buf, oob)
 	} else {
 		b.receiver(c, gen, pid, who, buf, oob)
 	}
 }
 
-// keptRecv is a receiver carried across relaunch's exec of itself.
-type keptRecv struct {
+// Kept is a receiver carried across relaunch's exec of itself. It goes in
+// the JSON state the old program hands the new one: its field names are
+// part of that format.
+type Kept struct {
 	Fd  int `json:"fd"`
 	Gen int `json:"gen"`
 	Pid int `json:"pid"`
 }
 
-// keep describes the broker for relaunch reexec: its listening socket and
+// Keep describes the broker for relaunch reexec: its listening socket and
 // its receivers, whose fds the caller keeps open through the exec. It
 // refuses (why != "") while it holds a connection or a sender is connected:
 // what is in flight would be lost.
-func (b *broker) keep() (ln int, recvs []keptRecv, why string) {
+func (b *Broker) Keep() (ln int, recvs []Kept, why string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.held > 0 || len(b.queue) > 0 {
 		return -1, nil, fmt.Sprintf("the handoff holds %s for the next generation", connections(max(b.held, len(b.queue))))
 	}
-	byConn := map[*net.UnixConn]*brokerRecv{}
+	byConn := map[*net.UnixConn]*recvConn{}
 	for r := range b.recvs {
 		byConn[r.c] = r
 	}
@@ -317,13 +302,14 @@ func (b *broker) keep() (ln int, recvs []keptRecv, why string) {
 		if r == nil || r.gone || r.broken {
 			return -1, nil, "a handoff is in progress"
 		}
-		recvs = append(recvs, keptRecv{Fd: rawFd(c), Gen: r.gen, Pid: r.pid})
+		recvs = append(recvs, Kept{Fd: rawFd(c), Gen: r.gen, Pid: r.pid})
 	}
 	return rawFd(b.ln), recvs, ""
 }
 
-// adoptBroker is newBroker for a kept broker, in the new program.
-func adoptBroker(path string, lnFd int, recvs []keptRecv, log *slog.Logger, genOf func(pid int) (int, bool)) (*broker, error) {
+// Adopt is New for a kept broker, in the new program after relaunch's exec
+// of itself: lnFd and recvs are what Keep returned in the old one.
+func Adopt(path string, lnFd int, recvs []Kept, log *slog.Logger, genOf func(pid int) (int, bool)) (*Broker, error) {
 	f := os.NewFile(uintptr(lnFd), path)
 	l, err := net.FileListener(f)
 	f.Close()
@@ -336,8 +322,8 @@ func adoptBroker(path string, lnFd int, recvs []keptRecv, log *slog.Logger, genO
 		return nil, fmt.Errorf("adopt the handoff socket: not a unix socket")
 	}
 	ln.SetUnlinkOnClose(true)
-	b := &broker{path: path, log: log, genOf: genOf, ln: ln, maxHeld: brokerMaxHeld, window: brokerWindow, logCap: brokerLogCap,
-		recvs: map[*brokerRecv]bool{}, conns: map[*net.UnixConn]bool{}}
+	b := &Broker{path: path, log: log, genOf: genOf, ln: ln, maxHeld: defaultMaxHeld, window: defaultWindow, logCap: defaultLogCap,
+		recvs: map[*recvConn]bool{}, conns: map[*net.UnixConn]bool{}}
 	b.cond.L = &b.mu
 	for _, k := range recvs {
 		f := os.NewFile(uintptr(k.Fd), "handoff receiver")
@@ -347,7 +333,7 @@ func adoptBroker(path string, lnFd int, recvs []keptRecv, log *slog.Logger, genO
 		if err != nil || !ok {
 			continue // the receiver sees its connection end
 		}
-		r := &brokerRecv{gen: k.Gen, pid: k.Pid, c: uc}
+		r := &recvConn{gen: k.Gen, pid: k.Pid, c: uc}
 		b.recvs[r], b.conns[uc] = true, true
 		b.wg.Add(1)
 		go func() {
@@ -359,7 +345,7 @@ func adoptBroker(path string, lnFd int, recvs []keptRecv, log *slog.Logger, genO
 				uc.Close()
 			}()
 			b.serveRecv(r, fmt.Sprintf("gen %d (pid %d)", k.Gen, k.Pid),
-				make([]byte, 1+hoMaxState+1), make([]byte, unix.CmsgSpace(4*hoMaxRights)))
+				make([]byte, 1+wire.MaxState+1), make([]byte, unix.CmsgSpace(4*wire.MaxRights)))
 		}()
 	}
 	b.wg.Add(1)
@@ -377,21 +363,21 @@ func rawFd(c syscall.Conn) int {
 }
 
 // refuse answers a hello with ERROR, logs it, and leaves the caller to close.
-func (b *broker) refuse(c *net.UnixConn, who, why string) {
+func (b *Broker) refuse(c *net.UnixConn, who, why string) {
 	b.log.Warn(fmt.Sprintf("handoff: refused %s: %s", who, why), "reason", why)
-	c.Write(append([]byte{hoError}, why...))
+	c.Write(append([]byte{wire.Error}, why...))
 }
 
 // refuseQuietly is refuse for what an app that opts in does at every stop
 // of relaunch: its current generation, told to drain, asks to hand over.
-func (b *broker) refuseQuietly(c *net.UnixConn, who, why string) {
+func (b *Broker) refuseQuietly(c *net.UnixConn, who, why string) {
 	b.log.Info(fmt.Sprintf("handoff: refused %s: %s", who, why), "reason", why)
-	c.Write(append([]byte{hoError}, why...))
+	c.Write(append([]byte{wire.Error}, why...))
 }
 
 // sender reads a draining generation's CONN messages into the queue until
 // END and the connection's end.
-func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []byte) {
+func (b *Broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []byte) {
 	b.mu.Lock()
 	cur, closed, logCap := b.current, b.closed, b.logCap
 	b.mu.Unlock()
@@ -406,7 +392,7 @@ func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []by
 		b.refuse(c, who, fmt.Sprintf("gen %d is still starting: only a draining generation hands connections over", gen))
 		return
 	}
-	if _, err := c.Write([]byte{hoOK}); err != nil {
+	if _, err := c.Write([]byte{wire.OK}); err != nil {
 		return
 	}
 	start := time.Now()
@@ -416,7 +402,7 @@ func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []by
 		ended                 bool
 	)
 	reject := func(fds []int, why string) {
-		closeFds(fds)
+		wire.CloseAll(fds)
 		rejected++
 		if firstWhy == "" {
 			firstWhy = why
@@ -432,12 +418,12 @@ func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []by
 	}
 	for {
 		n, oobn, flags, err := readPacket(c, buf, oob)
-		fds := parseRights(oob[:oobn])
+		fds := wire.Rights(oob[:oobn])
 		if errors.Is(err, io.EOF) && !peerGone(c) {
 			err, n = nil, 0 // an empty packet, not the end
 		}
 		if err != nil {
-			closeFds(fds)
+			wire.CloseAll(fds)
 			break
 		}
 		msgs++
@@ -445,14 +431,14 @@ func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []by
 		case ended:
 			reject(fds, "a message after END")
 		case flags&unix.MSG_CTRUNC != 0:
-			reject(fds, fmt.Sprintf("more than %d fds", hoMaxRights))
+			reject(fds, fmt.Sprintf("more than %d fds", wire.MaxRights))
 		case n == 0:
 			reject(fds, "an empty message")
-		case buf[0] == hoConn && (flags&unix.MSG_TRUNC != 0 || n > 1+hoMaxState):
-			reject(fds, fmt.Sprintf("a state over %d bytes", hoMaxState))
-		case buf[0] == hoConn && len(fds) != 1:
+		case buf[0] == wire.Conn && (flags&unix.MSG_TRUNC != 0 || n > 1+wire.MaxState):
+			reject(fds, fmt.Sprintf("a state over %d bytes", wire.MaxState))
+		case buf[0] == wire.Conn && len(fds) != 1:
 			reject(fds, fmt.Sprintf("a connection message with %d fds instead of 1", len(fds)))
-		case buf[0] == hoConn:
+		case buf[0] == wire.Conn:
 			if what := notSocket(fds[0]); what != "" {
 				reject(fds, "the fd is not a socket but "+what)
 			} else if why := b.push(heldConn{fd: fds[0], msg: append([]byte(nil), buf[:n]...)}); why != "" {
@@ -460,21 +446,21 @@ func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []by
 			} else {
 				taken++
 			}
-		case buf[0] == hoEnd && n == 1 && len(fds) == 0:
+		case buf[0] == wire.End && n == 1 && len(fds) == 0:
 			ended = true
 			d := time.Since(start)
 			attrs := []any{"generation", gen, "pid", pid, "connections", taken, "rejected", rejected, "ms", d.Milliseconds()}
 			line := fmt.Sprintf("handoff: %s handed over %s in %s", who, connections(taken), ms(d))
-			if cur, held, ok := b.receiving(); !ok && held > 0 {
+			if cur, held, ok := b.Receiving(); !ok && held > 0 {
 				line += fmt.Sprintf("; gen %d has no receiver: relaunch holds %s for the next one", cur, connections(held))
 			}
 			if rejected == 0 {
 				b.log.Info(line, attrs...)
-				c.Write([]byte{hoOK})
+				c.Write([]byte{wire.OK})
 				break
 			}
 			b.log.Warn(fmt.Sprintf("%s; rejected %d message(s)", line, rejected), attrs...)
-			c.Write(fmt.Appendf([]byte{hoError}, "%d of %d messages rejected (their fds closed; relaunch's log has each), the first: %s", rejected, msgs-1, firstWhy))
+			c.Write(fmt.Appendf([]byte{wire.Error}, "%d of %d messages rejected (their fds closed; relaunch's log has each), the first: %s", rejected, msgs-1, firstWhy))
 		default:
 			reject(fds, fmt.Sprintf("unknown message type %d from a sender", buf[0]))
 		}
@@ -492,9 +478,9 @@ func (b *broker) sender(c *net.UnixConn, gen, pid int, who string, buf, oob []by
 // taken; it is counted with those close closes.
 const errStopping = "relaunch is stopping"
 
-// receiving tells whether the current generation has a receiver that takes
+// Receiving tells whether the current generation has a receiver that takes
 // connections, and how many fds are held.
-func (b *broker) receiving() (current, held int, ok bool) {
+func (b *Broker) Receiving() (current, held int, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for r := range b.recvs {
@@ -505,8 +491,16 @@ func (b *broker) receiving() (current, held int, ok bool) {
 	return b.current, b.held, ok
 }
 
+// Push queues a connection relaunch itself took from a socket no generation
+// accepts on any more: the receiver gets it with an empty state, as a new
+// connection. "" means the broker holds fd now; otherwise Push says why it
+// does not, and the caller still owns fd.
+func (b *Broker) Push(fd int) (why string) {
+	return b.push(heldConn{fd: fd, msg: []byte{wire.Conn}})
+}
+
 // push queues a connection, or says why it does not; the caller closes it.
-func (b *broker) push(h heldConn) string {
+func (b *Broker) push(h heldConn) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
@@ -515,7 +509,7 @@ func (b *broker) push(h heldConn) string {
 		return errStopping
 	case b.held >= b.maxHeld:
 		return fmt.Sprintf("relaunch holds %d handed-over connections already, its limit", b.held)
-	case b.heldBytes+len(h.msg) > brokerMaxBytes:
+	case b.heldBytes+len(h.msg) > maxBytes:
 		return fmt.Sprintf("relaunch holds %d MiB of handed-over state already, its limit", b.heldBytes>>20)
 	}
 	b.queue = append(b.queue, h)
@@ -527,8 +521,8 @@ func (b *broker) push(h heldConn) string {
 
 // receiver registers a generation's receiver, starts its writer and reads
 // its ACKs until its connection ends.
-func (b *broker) receiver(c *net.UnixConn, gen, pid int, who string, buf, oob []byte) {
-	r := &brokerRecv{gen: gen, pid: pid, c: c}
+func (b *Broker) receiver(c *net.UnixConn, gen, pid int, who string, buf, oob []byte) {
+	r := &recvConn{gen: gen, pid: pid, c: c}
 	var why string
 	b.mu.Lock()
 	switch {
@@ -552,7 +546,7 @@ func (b *broker) receiver(c *net.UnixConn, gen, pid int, who string, buf, oob []
 		return
 	}
 	// OK goes out before the writer may send anything.
-	if _, err := c.Write([]byte{hoOK}); err == nil {
+	if _, err := c.Write([]byte{wire.OK}); err == nil {
 		b.serveRecv(r, who, buf, oob)
 		return
 	}
@@ -564,21 +558,21 @@ func (b *broker) receiver(c *net.UnixConn, gen, pid int, who string, buf, oob []
 
 // serveRecv runs a registered receiver: its writer, and its ACKs until its
 // connection ends; then it gives back what it had not taken.
-func (b *broker) serveRecv(r *brokerRecv, who string, buf, oob []byte) {
+func (b *Broker) serveRecv(r *recvConn, who string, buf, oob []byte) {
 	c, gen, pid := r.c, r.gen, r.pid
 	b.wg.Add(1)
 	go b.deliver(r)
 	for {
 		n, oobn, _, err := readPacket(c, buf, oob)
-		fds := parseRights(oob[:oobn])
-		closeFds(fds)
+		fds := wire.Rights(oob[:oobn])
+		wire.CloseAll(fds)
 		if errors.Is(err, io.EOF) && !peerGone(c) {
 			err, n = nil, 0
 		}
 		if err != nil {
 			break
 		}
-		if n == 1 && buf[0] == hoAck && len(fds) == 0 && b.ack(r) {
+		if n == 1 && buf[0] == wire.Ack && len(fds) == 0 && b.ack(r) {
 			continue
 		}
 		b.log.Warn(fmt.Sprintf("handoff: %s: ignored an unexpected message from a receiver (type %d, %d bytes, %d fds)", who, buf[0], n, len(fds)),
@@ -604,7 +598,7 @@ func (b *broker) serveRecv(r *brokerRecv, who string, buf, oob []byte) {
 }
 
 // ack: the receiver holds the oldest connection sent to it; drop ours.
-func (b *broker) ack(r *brokerRecv) bool {
+func (b *Broker) ack(r *recvConn) bool {
 	b.mu.Lock()
 	if len(r.unacked) == 0 {
 		b.mu.Unlock()
@@ -624,7 +618,7 @@ func (b *broker) ack(r *brokerRecv) bool {
 
 // deliver sends queued connections to r while its generation is current,
 // then END once it is retired.
-func (b *broker) deliver(r *brokerRecv) {
+func (b *Broker) deliver(r *recvConn) {
 	defer b.wg.Done()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -638,7 +632,7 @@ func (b *broker) deliver(r *brokerRecv) {
 		}
 		if r.retired {
 			b.mu.Unlock()
-			r.c.Write([]byte{hoEnd}) // it closes; the reader then gives back what it did not take
+			r.c.Write([]byte{wire.End}) // it closes; the reader then gives back what it did not take
 			b.mu.Lock()
 			return
 		}
@@ -723,30 +717,6 @@ func peerGone(c *net.UnixConn) bool {
 	return gone
 }
 
-// parseRights returns the fds a control message carries (received
-// close-on-exec: Go's ReadMsgUnix asks for MSG_CMSG_CLOEXEC).
-func parseRights(oob []byte) []int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var fds []int
-	for i := range msgs {
-		if msgs[i].Header.Level == unix.SOL_SOCKET && msgs[i].Header.Type == unix.SCM_RIGHTS {
-			if f, err := unix.ParseUnixRights(&msgs[i]); err == nil {
-				fds = append(fds, f...)
-			}
-		}
-	}
-	return fds
-}
-
-func closeFds(fds []int) {
-	for _, fd := range fds {
-		unix.Close(fd)
-	}
-}
-
 // notSocket says what fd is when it is not a socket, "" when it is one.
 func notSocket(fd int) string {
 	var st unix.Stat_t
@@ -768,48 +738,6 @@ func notSocket(fd int) string {
 	return fmt.Sprintf("a file of mode %#o", st.Mode&unix.S_IFMT)
 }
 
-// genRoots maps the live generations to their root pids, so that genOf can
-// tell which generation a process belongs to. The launcher's loop adds and
-// removes; the broker's goroutines read. Its zero value is ready to use.
-type genRoots struct {
-	mu    sync.Mutex
-	roots map[int]int // gen → root pid
-}
-
-func (g *genRoots) add(gen, pid int) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.roots == nil {
-		g.roots = map[int]int{}
-	}
-	g.roots[gen] = pid
-}
-
-func (g *genRoots) remove(gen int) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	delete(g.roots, gen)
-}
-
-// genOf returns the generation whose process tree holds pid.
-func (g *genRoots) genOf(pid int) (int, bool) {
-	g.mu.Lock()
-	gens := make([]int, 0, len(g.roots))
-	roots := make(map[int]int, len(g.roots))
-	for gen, root := range g.roots {
-		gens = append(gens, gen)
-		roots[gen] = root
-	}
-	g.mu.Unlock()
-	sort.Sort(sort.Reverse(sort.IntSlice(gens))) // newest first: the likelier asker
-	for _, gen := range gens {
-		if inTree(pid, roots[gen]) {
-			return gen, true
-		}
-	}
-	return 0, false
-}
-
 // errorText is err's message without the "op path:" prefix Go's net errors
 // carry, for log lines.
 func errorText(err error) string {
@@ -822,4 +750,12 @@ func errorText(err error) string {
 		return pe.Err.Error()
 	}
 	return strings.TrimSpace(err.Error())
+}
+
+// ms is d for a log line: "12ms", or "1.5s" from a second on.
+func ms(d time.Duration) string {
+	if d < time.Second {
+		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
+	}
+	return d.Round(10 * time.Millisecond).String()
 }

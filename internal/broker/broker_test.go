@@ -1,13 +1,15 @@
 //go:build linux
 
-package launcher
+package broker
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"relaunch/handoff"
+	"relaunch/internal/wire"
 )
 
 // The broker driven in-process, with real SEQPACKET and TCP sockets: the
@@ -61,7 +64,20 @@ func (g *testGens) setPid(pid, gen int) {
 	g.mu.Unlock()
 }
 
-// logLines collects the broker's log, one "relaunch: …" line per message.
+// msgLogger logs each message's text, one line each, on w.
+func msgLogger(w io.Writer) *slog.Logger { return slog.New(msgHandler{w}) }
+
+type msgHandler struct{ w io.Writer }
+
+func (h msgHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h msgHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h msgHandler) WithGroup(string) slog.Handler            { return h }
+func (h msgHandler) Handle(_ context.Context, r slog.Record) error {
+	_, err := io.WriteString(h.w, r.Message+"\n")
+	return err
+}
+
+// logLines collects the broker's log, one line per message.
 type logLines struct {
 	mu      sync.Mutex
 	buf     bytes.Buffer
@@ -111,7 +127,7 @@ func (l *logLines) wait(t testing.TB, substr string) string {
 }
 
 type brokerFixture struct {
-	b    *broker
+	b    *Broker
 	gens *testGens
 	log  *logLines
 	path string
@@ -125,12 +141,12 @@ func newTestBroker(t testing.TB) *brokerFixture {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	f := &brokerFixture{gens: &testGens{}, log: &logLines{}, path: dir + "/handoff.sock"}
-	f.b, err = newBroker(f.path, f.path, NewLogger(f.log, LogOptions{}), f.gens.genOf)
+	f.b, err = New(f.path, f.path, msgLogger(f.log), f.gens.genOf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		f.b.close()
+		f.b.Close()
 		if t.Failed() {
 			t.Logf("broker log:\n%s", f.log)
 		}
@@ -297,7 +313,7 @@ func states(prefix string, from, to int) []string {
 
 func TestBrokerHandsOver(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	r := f.receiver(t, 2)
 	ps := tcpPairs(t, 50)
 	s := f.sender(t, 1)
@@ -331,7 +347,7 @@ func equal(a, b []string) bool {
 
 func TestBrokerQueuesUntilReceiver(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	ps := tcpPairs(t, 10)
 	s := f.sender(t, 1)
 	sendAll(t, s, ps, "q")
@@ -359,7 +375,7 @@ func TestBrokerQueuesUntilReceiver(t *testing.T) {
 // once it is current, and the previous current's receiver gets END.
 func TestBrokerStartingReceiver(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	r2 := f.receiver(t, 2)
 	r3 := f.receiver(t, 3) // gen 3 is starting
 	ps := tcpPairs(t, 6)
@@ -369,7 +385,7 @@ func TestBrokerStartingReceiver(t *testing.T) {
 	if !equal(got, states("a", 0, 3)) {
 		t.Fatalf("gen 2 got %q", got)
 	}
-	f.b.setCurrent(3)
+	f.b.SetCurrent(3)
 	if _, _, err := r2.Receive(); err != io.EOF {
 		t.Fatalf("gen 2's receiver after gen 3 became current: %v, want io.EOF", err)
 	}
@@ -391,7 +407,7 @@ func TestBrokerStartingReceiver(t *testing.T) {
 
 func TestBrokerRefusals(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(5)
+	f.b.SetCurrent(5)
 	f.receiver(t, 5)
 	cases := []struct {
 		name string
@@ -424,13 +440,13 @@ func TestBrokerRefusals(t *testing.T) {
 		msg []byte
 		why string
 	}{
-		{[]byte{hoHelloSend, 9}, "protocol version 9; relaunch speaks version 1"},
-		{[]byte{hoConn, 'x'}, "the first message must be a hello"},
+		{[]byte{wire.HelloSend, 9}, "protocol version 9; relaunch speaks version 1"},
+		{[]byte{wire.Conn, 'x'}, "the first message must be a hello"},
 	} {
 		f.gens.set(4)
 		conn := rawDial(t, f.path)
 		conn.Write(c.msg)
-		if typ, text := rawRead(t, conn); typ != hoError || !strings.Contains(text, c.why) {
+		if typ, text := rawRead(t, conn); typ != wire.Error || !strings.Contains(text, c.why) {
 			t.Errorf("hello %v: reply %d %q; want an ERROR saying %q", c.msg, typ, text, c.why)
 		}
 		if typ, _ := rawRead(t, conn); typ != 0 {
@@ -453,10 +469,10 @@ func rawDial(t testing.TB, path string) *net.UnixConn {
 func rawRead(t testing.TB, c *net.UnixConn) (byte, string) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 1+hoMaxState)
+	buf := make([]byte, 1+wire.MaxState)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-	closeFds(parseRights(oob[:oobn]))
+	wire.CloseAll(wire.Rights(oob[:oobn]))
 	if errors.Is(err, io.EOF) || n == 0 {
 		return 0, ""
 	}
@@ -471,10 +487,10 @@ func rawHello(t testing.TB, f *brokerFixture, gen int, kind byte) *net.UnixConn 
 	t.Helper()
 	f.gens.set(gen)
 	c := rawDial(t, f.path)
-	if _, err := c.Write([]byte{kind, hoVersion}); err != nil {
+	if _, err := c.Write([]byte{kind, wire.Version}); err != nil {
 		t.Fatal(err)
 	}
-	if typ, text := rawRead(t, c); typ != hoOK {
+	if typ, text := rawRead(t, c); typ != wire.OK {
 		t.Fatalf("hello: reply %d %q", typ, text)
 	}
 	return c
@@ -496,7 +512,7 @@ func rawSend(t testing.TB, c *net.UnixConn, msg []byte, fds ...int) {
 func heldFromGen1(t testing.TB, n int) (*brokerFixture, []*tcpPair) {
 	t.Helper()
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	ps := tcpPairs(t, n)
 	s := f.sender(t, 1)
 	sendAll(t, s, ps, "c")
@@ -513,8 +529,8 @@ func TestBrokerReceiverGoesAway(t *testing.T) {
 
 	// A raw receiver takes 5 (ACKs them), reads 2 more without an ACK,
 	// then disconnects as a process that dies does.
-	raw := rawHello(t, f, 2, hoHelloRecv)
-	buf := make([]byte, 1+hoMaxState)
+	raw := rawHello(t, f, 2, wire.HelloRecv)
+	buf := make([]byte, 1+wire.MaxState)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	var took []int
 	for i := range 7 {
@@ -522,12 +538,12 @@ func TestBrokerReceiverGoesAway(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fds := parseRights(oob[:oobn])
-		if buf[0] != hoConn || len(fds) != 1 || string(buf[1:n]) != "c"+strconv.Itoa(i) {
+		fds := wire.Rights(oob[:oobn])
+		if buf[0] != wire.Conn || len(fds) != 1 || string(buf[1:n]) != "c"+strconv.Itoa(i) {
 			t.Fatalf("message %d: type %d state %q fds %v", i, buf[0], buf[1:n], fds)
 		}
 		if i < 5 {
-			raw.Write([]byte{hoAck})
+			raw.Write([]byte{wire.Ack})
 			took = append(took, fds[0])
 		} else {
 			unix.Close(fds[0]) // died before acknowledging
@@ -560,7 +576,7 @@ func TestBrokerReceiverGoesAway(t *testing.T) {
 // they go to the next current generation.
 func TestBrokerReceiverClosesThenNextGeneration(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	r2 := f.receiver(t, 2)
 	ps := tcpPairs(t, 30)
 	s := f.sender(t, 1)
@@ -571,8 +587,8 @@ func TestBrokerReceiverClosesThenNextGeneration(t *testing.T) {
 	receiveN(t, r2, 10)
 	f.waitHeld(t, 20) // 20 sent to it or queued, none acknowledged
 	r2.Close()
-	f.b.exited(2)
-	f.b.setCurrent(3)
+	f.b.Exited(2)
+	f.b.SetCurrent(3)
 	r3 := f.receiver(t, 3)
 	conns, got := receiveN(t, r3, 20)
 	if want := states("s", 10, 30); !equal(got, want) {
@@ -586,9 +602,9 @@ func TestBrokerReceiverClosesThenNextGeneration(t *testing.T) {
 // waits for the next current generation.
 func TestBrokerCurrentExits(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	r2 := f.receiver(t, 2)
-	f.b.exited(2)
+	f.b.Exited(2)
 	if _, _, err := r2.Receive(); err != io.EOF {
 		t.Fatalf("receiver of an exited generation: %v, want io.EOF", err)
 	}
@@ -597,7 +613,7 @@ func TestBrokerCurrentExits(t *testing.T) {
 	sendAll(t, s, ps, "e")
 	s.Done()
 	f.waitHeld(t, 4)
-	f.b.setCurrent(3)
+	f.b.SetCurrent(3)
 	r3 := f.receiver(t, 3)
 	_, got := receiveN(t, r3, 4)
 	if !equal(got, states("e", 0, 4)) {
@@ -605,25 +621,25 @@ func TestBrokerCurrentExits(t *testing.T) {
 	}
 }
 
-// The window: a receiver that does not acknowledge gets brokerWindow
+// The window: a receiver that does not acknowledge gets defaultWindow
 // connections and no more until it does.
 func TestBrokerWindow(t *testing.T) {
 	f := newTestBroker(t)
 	f.b.mu.Lock()
 	f.b.window = 3
 	f.b.mu.Unlock()
-	f.b.setCurrent(2)
-	raw := rawHello(t, f, 2, hoHelloRecv)
+	f.b.SetCurrent(2)
+	raw := rawHello(t, f, 2, wire.HelloRecv)
 	ps := tcpPairs(t, 5)
 	s := f.sender(t, 1)
 	sendAll(t, s, ps, "w")
 	s.Done()
-	buf := make([]byte, 1+hoMaxState)
+	buf := make([]byte, 1+wire.MaxState)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	read := func() string {
 		raw.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		n, oobn, _, _, err := raw.ReadMsgUnix(buf, oob)
-		closeFds(parseRights(oob[:oobn]))
+		wire.CloseAll(wire.Rights(oob[:oobn]))
 		if err != nil {
 			return ""
 		}
@@ -637,7 +653,7 @@ func TestBrokerWindow(t *testing.T) {
 	if got := read(); got != "" {
 		t.Fatalf("a 4th message %q beyond the window of 3", got)
 	}
-	raw.Write([]byte{hoAck})
+	raw.Write([]byte{wire.Ack})
 	if got := read(); got != "w3" {
 		t.Fatalf("after an ACK: %q, want w3", got)
 	}
@@ -650,10 +666,10 @@ func TestBrokerMalformed(t *testing.T) {
 	f.b.mu.Lock()
 	f.b.logCap = 20
 	f.b.mu.Unlock()
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	r := f.receiver(t, 2)
 	ps := tcpPairs(t, 2)
-	c := rawHello(t, f, 1, hoHelloSend)
+	c := rawHello(t, f, 1, wire.HelloSend)
 
 	conn := func(p *tcpPair) int {
 		file, err := p.server.File()
@@ -666,7 +682,7 @@ func TestBrokerMalformed(t *testing.T) {
 		return fd
 	}
 	// The first good one.
-	rawSend(t, c, []byte{hoConn, 'g', '0'}, conn(ps[0]))
+	rawSend(t, c, []byte{wire.Conn, 'g', '0'}, conn(ps[0]))
 
 	var pipe [2]int
 	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
@@ -685,21 +701,21 @@ func TestBrokerMalformed(t *testing.T) {
 	keepB, sendB := pair()
 	keepC, sendC := pair()
 	keepD, sendD := pair()
-	rawSend(t, c, []byte{0x7f, 1, 2})                                           // unknown type
-	rawSend(t, c, []byte{hoConn, 'n', 'o', 'f', 'd'})                           // no fd
-	rawSend(t, c, []byte{hoConn, 'p'}, pipe[1])                                 // not a socket
-	rawSend(t, c, []byte{hoConn, 't', 'w', 'o'}, sendA, sendB)                  // two fds
-	rawSend(t, c, append([]byte{hoConn}, make([]byte, hoMaxState+1)...), sendC) // state too big
-	rawSend(t, c, []byte{})                                                     // empty
-	rawSend(t, c, []byte{hoAck}, sendD)                                         // an ACK, from a sender
+	rawSend(t, c, []byte{0x7f, 1, 2})                                                 // unknown type
+	rawSend(t, c, []byte{wire.Conn, 'n', 'o', 'f', 'd'})                              // no fd
+	rawSend(t, c, []byte{wire.Conn, 'p'}, pipe[1])                                    // not a socket
+	rawSend(t, c, []byte{wire.Conn, 't', 'w', 'o'}, sendA, sendB)                     // two fds
+	rawSend(t, c, append([]byte{wire.Conn}, make([]byte, wire.MaxState+1)...), sendC) // state too big
+	rawSend(t, c, []byte{})                                                           // empty
+	rawSend(t, c, []byte{wire.Ack}, sendD)                                            // an ACK, from a sender
 	for _, fd := range []int{pipe[1], sendA, sendB, sendC, sendD} {
 		unix.Close(fd) // relaunch holds the only copies now
 	}
 	// The second good one, after all that.
-	rawSend(t, c, []byte{hoConn, 'g', '1'}, conn(ps[1]))
-	rawSend(t, c, []byte{hoEnd})
+	rawSend(t, c, []byte{wire.Conn, 'g', '1'}, conn(ps[1]))
+	rawSend(t, c, []byte{wire.End})
 	typ, text := rawRead(t, c)
-	if typ != hoError || !strings.Contains(text, "7 of 9 messages rejected") || !strings.Contains(text, "unknown message type 127") {
+	if typ != wire.Error || !strings.Contains(text, "7 of 9 messages rejected") || !strings.Contains(text, "unknown message type 127") {
 		t.Errorf("reply to END: %d %q; want an ERROR: 7 of 9 rejected, the first an unknown type", typ, text)
 	}
 
@@ -753,7 +769,7 @@ func TestBrokerLimit(t *testing.T) {
 	f.b.mu.Lock()
 	f.b.maxHeld = 5
 	f.b.mu.Unlock()
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	ps := tcpPairs(t, 8)
 	s := f.sender(t, 1)
 	sendAll(t, s, ps, "l")
@@ -775,14 +791,14 @@ func TestBrokerLimit(t *testing.T) {
 // When relaunch stops, what no generation took is closed and counted.
 func TestBrokerClose(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	ps := tcpPairs(t, 7)
 	s := f.sender(t, 1)
 	sendAll(t, s, ps, "z")
 	s.Close() // no END: kept anyway
 	f.log.wait(t, "went away without END after handing over 7 connections")
 	f.waitHeld(t, 7)
-	if n := f.b.close(); n != 7 {
+	if n := f.b.Close(); n != 7 {
 		t.Fatalf("close() = %d, want 7", n)
 	}
 	f.log.wait(t, "relaunch stops holding 7 connections that no generation took: closed")
@@ -792,7 +808,7 @@ func TestBrokerClose(t *testing.T) {
 	if _, err := os.Stat(f.path); !os.IsNotExist(err) {
 		t.Errorf("the socket file is still there after close: %v", err)
 	}
-	if n := f.b.close(); n != 0 {
+	if n := f.b.Close(); n != 0 {
 		t.Errorf("a second close() = %d", n)
 	}
 }
@@ -801,15 +817,15 @@ func TestBrokerClose(t *testing.T) {
 // are closed and counted too.
 func TestBrokerCloseCountsUnacknowledged(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
-	raw := rawHello(t, f, 2, hoHelloRecv)
+	f.b.SetCurrent(2)
+	raw := rawHello(t, f, 2, wire.HelloRecv)
 	ps := tcpPairs(t, 3)
 	s := f.sender(t, 1)
 	sendAll(t, s, ps, "u")
 	s.Done()
 	f.waitHeld(t, 3)
 	_ = raw // never reads nor acknowledges
-	if n := f.b.close(); n != 3 {
+	if n := f.b.Close(); n != 3 {
 		t.Fatalf("close() = %d, want 3", n)
 	}
 }
@@ -817,7 +833,7 @@ func TestBrokerCloseCountsUnacknowledged(t *testing.T) {
 // Two senders at once (two draining generations): each one's order is kept.
 func TestBrokerTwoSenders(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(3)
+	f.b.SetCurrent(3)
 	r := f.receiver(t, 3)
 	a, b := tcpPairs(t, 40), tcpPairs(t, 40)
 	sa, sb := f.sender(t, 1), f.sender(t, 2)
@@ -854,7 +870,7 @@ func TestBrokerTwoSenders(t *testing.T) {
 // delivered, what it had not sent dies with it.
 func TestBrokerSenderDies(t *testing.T) {
 	f := newTestBroker(t)
-	f.b.setCurrent(2)
+	f.b.SetCurrent(2)
 	r := f.receiver(t, 2)
 	ps := tcpPairs(t, 10)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestBrokerHelperProcess$")
@@ -926,64 +942,6 @@ func TestBrokerHelperProcess(t *testing.T) {
 	select {}
 }
 
-func TestGenRoots(t *testing.T) {
-	var g genRoots
-	start := func(script string) *exec.Cmd {
-		cmd := exec.Command("/bin/sh", "-c", script)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		out, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			cmd.Wait()
-		})
-		bufio.NewReader(out).ReadString('\n') // started
-		return cmd
-	}
-	// Each prints its child's pid: a descendant of the generation.
-	a := start("sleep 60 & echo $!; wait")
-	b := start("sleep 60 & echo $!; wait")
-	g.add(1, a.Process.Pid)
-	g.add(2, b.Process.Pid)
-	for _, c := range []struct {
-		pid  int
-		gen  int
-		want bool
-	}{
-		{a.Process.Pid, 1, true},
-		{b.Process.Pid, 2, true},
-		{os.Getpid(), 0, false},
-		{1, 0, false},
-	} {
-		if gen, ok := g.genOf(c.pid); ok != c.want || gen != c.gen {
-			t.Errorf("genOf(%d) = %d, %v; want %d, %v", c.pid, gen, ok, c.gen, c.want)
-		}
-	}
-	kids := procKids(a.Process.Pid)
-	if len(kids) != 1 {
-		t.Fatalf("children of %d: %v", a.Process.Pid, kids)
-	}
-	if gen, ok := g.genOf(kids[0]); !ok || gen != 1 {
-		t.Errorf("genOf(a descendant of gen 1) = %d, %v", gen, ok)
-	}
-	g.remove(1)
-	if _, ok := g.genOf(a.Process.Pid); ok {
-		t.Errorf("genOf finds a removed generation")
-	}
-}
-
-func procKids(pid int) []int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	var kids []int
-	for _, f := range strings.Fields(string(b)) {
-		k, _ := strconv.Atoi(f)
-		kids = append(kids, k)
-	}
-	return kids
-}
-
 // BenchmarkBroker: one op hands N TCP connections from a sender to a
 // receiver through the broker, in-process. The test process holds both ends
 // of every connection: N = 10 000 needs RLIMIT_NOFILE above 20 000.
@@ -992,7 +950,7 @@ func BenchmarkBroker(b *testing.B) {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			needNofile(b, uint64(2*n+1000))
 			f := newTestBroker(b)
-			f.b.setCurrent(2)
+			f.b.SetCurrent(2)
 			r := f.receiver(b, 2)
 			var total time.Duration
 			for b.Loop() {
@@ -1060,16 +1018,16 @@ func needNofile(t testing.TB, n uint64) {
 func TestBrokerReceiverAcksThenDies(t *testing.T) {
 	for round := range 20 {
 		f, _ := heldFromGen1(t, 20)
-		raw := rawHello(t, f, 2, hoHelloRecv)
-		buf := make([]byte, 1+hoMaxState)
+		raw := rawHello(t, f, 2, wire.HelloRecv)
+		buf := make([]byte, 1+wire.MaxState)
 		oob := make([]byte, unix.CmsgSpace(4*4))
 		for range 5 {
 			_, oobn, _, _, err := raw.ReadMsgUnix(buf, oob)
 			if err != nil {
 				t.Fatal(err)
 			}
-			closeFds(parseRights(oob[:oobn]))
-			raw.Write([]byte{hoAck})
+			wire.CloseAll(wire.Rights(oob[:oobn]))
+			raw.Write([]byte{wire.Ack})
 		}
 		raw.Close() // at once: relaunch may not have read the ACKs yet, and more CONNs wait unread
 		line := f.log.wait(t, fmt.Sprintf("handoff: gen 2 (pid %d) took", os.Getpid()))
