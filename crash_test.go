@@ -3,7 +3,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,29 +11,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"relaunch/launcher"
 )
 
 // Crash restarts run the binary the crashed generation ran, from the file
 // relaunch kept open, whatever happened to its path; apps that daemonize.
 
-// crashStatus asks relaunch at sock for its status.
-func crashStatus(t *testing.T, sock string) launcher.Status {
-	t.Helper()
-	code, out := client(t, sock, "status", "--json")
-	var st launcher.Status
-	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
-		t.Fatalf("status --json: exit %d, %v\n%s", code, err, out)
-	}
-	return st
-}
-
 // crashCheckCurrent checks that relaunch at sock runs generation gen alone,
 // current and alive.
 func crashCheckCurrent(t *testing.T, sock string, gen int) {
 	t.Helper()
-	st := crashStatus(t, sock)
+	st := statusOf(t, sock)
 	if len(st.Generations) != 1 || st.Generations[0].Generation != gen || st.Generations[0].State != "current" ||
 		!processAlive(st.Generations[0].Pid) {
 		t.Errorf("status: generations %+v; want gen %d alone, current and running", st.Generations, gen)
@@ -248,7 +234,7 @@ func TestDaemonizingUpgrade(t *testing.T) {
 	waitHTTP(t, addr, "gen=1", time.Second)
 	stopLoad(t, load)
 	crashCheckCurrent(t, sock, 1)
-	if st := crashStatus(t, sock); !strings.Contains(st.LastFailure, "daemonized") {
+	if st := statusOf(t, sock); !strings.Contains(st.LastFailure, "daemonized") {
 		t.Errorf("status: last failure %q; want it to say the app daemonized", st.LastFailure)
 	}
 }

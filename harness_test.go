@@ -21,6 +21,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,6 +45,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"relaunch/internal/loadtest"
+	"relaunch/launcher"
 	"relaunch/sdlisten"
 )
 
@@ -1579,4 +1581,22 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// tryStatus asks the relaunch at the control socket sock for `status
+// --json`; ok is false when it does not answer or the answer does not parse.
+func tryStatus(t *testing.T, sock string) (st launcher.Status, out string, ok bool) {
+	t.Helper()
+	code, out := client(t, sock, "status", "--json")
+	return st, out, code == 0 && json.Unmarshal([]byte(out), &st) == nil
+}
+
+// statusOf is tryStatus, failing the test when there is no answer.
+func statusOf(t *testing.T, sock string) launcher.Status {
+	t.Helper()
+	st, out, ok := tryStatus(t, sock)
+	if !ok {
+		t.Fatalf("relaunch status --json: %s", out)
+	}
+	return st
 }

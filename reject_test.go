@@ -3,15 +3,12 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"relaunch/launcher"
 )
 
 // deployFile deploys data with mode at dst the way deploys must: a
@@ -56,14 +53,7 @@ func TestBadDeploysEachSaid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lastFailure := func() string {
-		code, out := client(t, sock, "status", "--json")
-		var st launcher.Status
-		if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
-			t.Fatalf("status --json: exit %d, %v\n%s", code, err, out)
-		}
-		return st.LastFailure
-	}
+	lastFailure := func() string { return statusOf(t, sock).LastFailure }
 
 	// Rejected by the watcher: nothing is started.
 	const rejected = "warning: rejected the new binary " // + app + ": reason; ...

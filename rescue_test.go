@@ -3,7 +3,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -13,23 +12,11 @@ import (
 	"time"
 
 	"relaunch/internal/loadtest"
-	"relaunch/launcher"
 )
 
 // What relaunch does for its sockets between generations: connections
 // stranded on a slot no generation receives on, and listeners an app shut
-// down. The mechanisms' fine cases are launcher/slots_test.go's.
-
-// statusOf reads `relaunch status --json` from the control socket sock.
-func statusOf(t testing.TB, sock string) launcher.Status {
-	t.Helper()
-	code, out := client(t.(*testing.T), sock, "status", "--json")
-	var st launcher.Status
-	if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
-		t.Fatalf("relaunch status --json: exit %d: %s", code, out)
-	}
-	return st
-}
+// down. The mechanisms' fine cases are launcher/slots_linux_test.go's.
 
 // startStranding starts the demo with --max-draining 0 (gen 1 is killed
 // at the switch), stops gen 1 and queues 3 requests on its slot: once gen

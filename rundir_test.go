@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"relaunch/handoff"
-	"relaunch/launcher"
 )
 
 // relaunch's runtime directory (its notify and handoff sockets) is never
@@ -73,10 +71,8 @@ func currentGen(t *testing.T, sock string, gen int) int {
 	t.Helper()
 	pid, last := 0, ""
 	waitUntil(10*time.Second, 20*time.Millisecond, func() bool {
-		var code int
-		code, last = client(t, sock, "status", "--json")
-		var st launcher.Status
-		if code != 0 || json.Unmarshal([]byte(last), &st) != nil {
+		st, out, ok := tryStatus(t, sock)
+		if last = out; !ok {
 			return false
 		}
 		for _, g := range st.Generations {

@@ -210,9 +210,8 @@ func TestSecurityStderrReaderGone(t *testing.T) {
 	r.Close() // the reader goes away
 
 	current := func() (gen, pid int) {
-		code, out := client(t, sock, "status", "--json")
-		var st launcher.Status
-		if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+		st, _, ok := tryStatus(t, sock)
+		if !ok {
 			return 0, 0
 		}
 		for _, g := range st.Generations {
