@@ -28,7 +28,7 @@ demo: build
 # The handover benchmark (~3 minutes, on the machine at hand): relaunch's
 # upgrades against a naive stop-then-start restart of the same app under the
 # same load; writes bench/results.md (also printed) and bench/latency.png,
-# which the README quotes. `make bench BENCHFLAGS=-quick` is a smoke test.
+# which docs/performance.md quotes. `make bench BENCHFLAGS=-quick` is a smoke test.
 # Not part of `make test`.
 .PHONY: bench
 bench:

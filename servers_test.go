@@ -16,7 +16,7 @@ import (
 	"relaunch/internal/loadtest"
 )
 
-// Real servers we did not write, under relaunch (README "Works with"): each
+// Real servers we did not write, under relaunch (docs/apps.md, "Works with"): each
 // takes its listener from fd 3 its own way, drains on its own graceful
 // signal, and goes through 5 upgrades (SIGUSR2) under load. Every upgrade
 // must make the next generation ready, the old one must exit by itself with

@@ -126,7 +126,7 @@ func (l *launcher) scan(g *generation) {
 	if r.OwnSocket != "" && !g.warnedOwn {
 		g.warnedOwn = true
 		l.log.Warn(fmt.Sprintf("%s: %s instead of using the socket relaunch passes as fd 3 (LISTEN_FDS): "+
-			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see the README's \"Works with\")", g, r.OwnSocket), "generation", g.id, "pid", g.pid)
+			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see docs/apps.md, \"Works with\")", g, r.OwnSocket), "generation", g.id, "pid", g.pid)
 	}
 	if r.Accepting {
 		if l.cfg.Ready.Mode == ReadyAuto && !l.learnedListen && !l.learnedNotify {

@@ -1,6 +1,6 @@
 // Command bench measures relaunch's handover against a naive stop-then-start
 // restart of the same app under the same load, and writes the figures the
-// README quotes: OUT/results.md (also printed) and OUT/latency.png.
+// docs/performance.md quotes: OUT/results.md (also printed) and OUT/latency.png.
 //
 //	make bench                                  # go run ./internal/bench -out bench: ~3 minutes
 //	go run ./internal/bench -out /tmp/b -quick  # smoke test: under a minute
