@@ -9,7 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"relaunch/launcher"
+	"github.com/relaunch/relaunch/launcher"
 )
 
 // The control socket's client: relaunch status | upgrade | rollback | reexec.

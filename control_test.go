@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/launcher"
+	"github.com/relaunch/relaunch/launcher"
 )
 
 // The control socket: relaunch status | upgrade | rollback.

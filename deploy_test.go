@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 const (

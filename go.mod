@@ -1,4 +1,4 @@
-module relaunch
+module github.com/relaunch/relaunch
 
 go 1.26.0
 

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/handoff"
+	"github.com/relaunch/relaunch/handoff"
 )
 
 // End-to-end tests of the connection handoff with

@@ -44,9 +44,9 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
-	"relaunch/internal/loadtest"
-	"relaunch/launcher"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/launcher"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // The binaries TestMain builds, all in e2eDir.

@@ -17,9 +17,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"relaunch/launcher"
-	"relaunch/sdlisten"
-	"relaunch/watch"
+	"github.com/relaunch/relaunch/launcher"
+	"github.com/relaunch/relaunch/sdlisten"
+	"github.com/relaunch/relaunch/watch"
 )
 
 var version = "0.1.0-dev" // set with -ldflags "-X main.version=…"

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 // What relaunch does for its sockets between generations: connections

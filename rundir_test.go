@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/handoff"
+	"github.com/relaunch/relaunch/handoff"
 )
 
 // relaunch's runtime directory (its notify and handoff sockets) is never

@@ -24,8 +24,8 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/launcher"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/launcher"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // procStatusField returns a field of /proc/PID/status ("VmHWM", "SigIgn").

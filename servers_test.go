@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 // Real servers we did not write, under relaunch (docs/apps.md, "Works with"): each

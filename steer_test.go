@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 // End-to-end tests of the steered handover: per TCP

@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 // End-to-end tests of upgrades, readiness, draining and crash restarts

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"relaunch/handoff"
+	"github.com/relaunch/relaunch/handoff"
 )
 
 // A line-protocol server whose connections carry a counter. On the drain

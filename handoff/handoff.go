@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"relaunch/internal/wire"
+	"github.com/relaunch/relaunch/internal/wire"
 )
 
 // Env is the variable relaunch sets to the handoff socket's path.

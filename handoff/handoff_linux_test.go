@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/internal/wire"
+	"github.com/relaunch/relaunch/internal/wire"
 )
 
 // The client against a fake relaunch written from the wire format in

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"relaunch/watch"
+	"github.com/relaunch/relaunch/watch"
 )
 
 // The development loop (--build): a change under --watch runs the build;

@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/sdlisten"
-	"relaunch/watch"
+	"github.com/relaunch/relaunch/sdlisten"
+	"github.com/relaunch/relaunch/watch"
 )
 
 // ErrStartup is in the chain of every error that makes relaunch give up at

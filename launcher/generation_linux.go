@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/internal/listenprobe"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/internal/listenprobe"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 type genState int

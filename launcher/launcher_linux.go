@@ -12,10 +12,10 @@ import (
 	"syscall"
 	"time"
 
-	"relaunch/handoff"
-	"relaunch/internal/broker"
-	"relaunch/sdlisten"
-	"relaunch/watch"
+	"github.com/relaunch/relaunch/handoff"
+	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/sdlisten"
+	"github.com/relaunch/relaunch/watch"
 )
 
 // Restart back-off.

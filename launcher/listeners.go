@@ -5,7 +5,7 @@ import (
 	"log/slog"
 	"strings"
 
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // Handover says how a listening address is handed from one generation to

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"relaunch/internal/broker"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // The state machine, in-process: the loop runs on the test's goroutine

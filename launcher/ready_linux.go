@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"time"
 
-	"relaunch/internal/listenprobe"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/internal/listenprobe"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // Readiness of a starting generation: READY=1 from its processes,

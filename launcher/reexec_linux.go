@@ -19,8 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/internal/broker"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // relaunch reexec: relaunch execs its own binary anew, as nginx's master

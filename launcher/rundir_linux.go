@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/internal/broker"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // relaunch's runtime directory holds the generations' notify sockets and

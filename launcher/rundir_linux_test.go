@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 func mkdirMode(t *testing.T, path string, mode os.FileMode) string {

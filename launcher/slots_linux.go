@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // The slots' care: what relaunch does for listening sockets between the

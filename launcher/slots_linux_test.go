@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // slotRig is a launcher with one steered pool and no generation, its loop

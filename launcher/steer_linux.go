@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // Steered handover. Each generation takes a slot of

@@ -5,7 +5,7 @@ import (
 	"syscall"
 	"time"
 
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // system is what the loop does to the world around it: start a

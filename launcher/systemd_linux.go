@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // outerNotify speaks sd_notify to the service manager that started relaunch

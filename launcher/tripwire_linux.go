@@ -5,8 +5,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/internal/listenprobe"
-	"relaunch/sdlisten"
+	"github.com/relaunch/relaunch/internal/listenprobe"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // The tripwire: a child can disturb a steered group, by opening its own

@@ -14,7 +14,7 @@ import (
 
 	"gonum.org/v1/plot"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 // These test the bench's arithmetic and drawing only; the benchmark itself

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 // steadyGap is the least steady load between the end of an upgrade window

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"relaunch/internal/loadtest"
+	"github.com/relaunch/relaunch/internal/loadtest"
 )
 
 // report turns the measurements into results.md.

@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/internal/wire"
+	"github.com/relaunch/relaunch/internal/wire"
 )
 
 // Tunables; variables so that tests can lower them.

@@ -20,8 +20,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/handoff"
-	"relaunch/internal/wire"
+	"github.com/relaunch/relaunch/handoff"
+	"github.com/relaunch/relaunch/internal/wire"
 )
 
 // The broker driven in-process, with real SEQPACKET and TCP sockets: the

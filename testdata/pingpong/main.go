@@ -1,6 +1,6 @@
 // Command pingpong is a long-connection TCP server that survives upgrades by
 // handing its connections over (relaunch's connection handoff, package
-// relaunch/handoff). It is the demo of the handoff and the app of its
+// github.com/relaunch/relaunch/handoff). It is the demo of the handoff and the app of its
 // end-to-end tests.
 //
 // Protocol, one line each way: the client sends "ping\n", the server answers
@@ -42,7 +42,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"relaunch/handoff"
+	"github.com/relaunch/relaunch/handoff"
 )
 
 var (
