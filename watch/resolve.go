@@ -29,6 +29,19 @@ func Resolve(cmd string) (string, error) {
 	return res.path, res.err
 }
 
+// Lookup finds cmd as Resolve does, with the same errors, but returns the
+// path as the command names it, symlinks not followed: cmd itself when it
+// holds a slash, else the PATH entry joined with it. It is what exec runs,
+// and what a user recognises in a log line.
+func Lookup(cmd string) (string, error) {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("%q: cannot resolve: %w", cmd, err)
+	}
+	res := resolveCmd(cmd, cwd, os.Getenv("PATH"))
+	return res.named, res.err
+}
+
 // watchSpec is one name in one directory to watch: the directory is watched,
 // events for other names in it are ignored.
 type watchSpec struct {
@@ -39,6 +52,7 @@ type watchSpec struct {
 // change.
 type resolution struct {
 	path    string      // the executable, absolute and physical; "" when err != nil
+	named   string      // the same as the command names it (Lookup); "" when err != nil
 	watches []watchSpec // directories (physical paths) and names whose change may change path
 	err     error
 }
@@ -77,7 +91,7 @@ func resolveCmd(cmd, cwd, pathEnv string) resolution {
 			res.err = execError(cmd, target, err)
 			return res
 		}
-		res.path = target
+		res.path, res.named = target, cmd
 		return res
 	}
 
@@ -106,7 +120,7 @@ func resolveCmd(cmd, cwd, pathEnv string) resolution {
 			}
 			continue
 		}
-		res.path = target
+		res.path, res.named = target, filepath.Join(dir, cmd)
 		return res
 	}
 	if notExec != "" {

@@ -111,3 +111,30 @@ func TestWalkChain(t *testing.T) {
 		t.Fatalf("Resolve(loop): %v", err)
 	}
 }
+
+// Lookup names the file as the command does: the command itself with a
+// slash, the PATH entry joined with it without; symlinks are not followed.
+func TestLookup(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	real := filepath.Join(dir, "real")
+	if err := os.WriteFile(real, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(bin, "app")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin)
+	t.Chdir(dir)
+	for cmd, want := range map[string]string{"app": filepath.Join(bin, "app"), "./bin/app": "./bin/app", real: real} {
+		if got, err := Lookup(cmd); err != nil || got != want {
+			t.Errorf("Lookup(%q) = %q, %v; want %q", cmd, got, err, want)
+		}
+	}
+	if _, err := Lookup("nothere"); !errors.Is(err, exec.ErrNotFound) {
+		t.Errorf("Lookup of a missing command: %v; want exec.ErrNotFound", err)
+	}
+}
