@@ -176,18 +176,31 @@ func scriptFreePort(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(args[0], strconv.Itoa(port))
 }
 
-// listen NETWORK ADDR [VAR] listens on ADDR (tcp or unix) until the script
-// ends, accepting nothing; VAR gets the address bound (for port 0).
+// listen NETWORK ADDR [VAR] listens on ADDR (tcp or unix; udp: is bound
+// to it) until the script ends, accepting nothing; VAR gets the address
+// bound (for port 0), VAR_PORT its port.
 func scriptListen(ts *testscript.TestScript, neg bool, args []string) {
 	noNeg(ts, neg, "listen")
 	if len(args) != 2 && len(args) != 3 {
 		ts.Fatalf("usage: listen NETWORK ADDR [VAR]")
 	}
-	l, err := net.Listen(args[0], args[1])
-	ts.Check(err)
-	ts.Defer(func() { l.Close() })
+	var addr net.Addr
+	if strings.HasPrefix(args[0], "udp") {
+		c, err := net.ListenPacket(args[0], args[1])
+		ts.Check(err)
+		ts.Defer(func() { c.Close() })
+		addr = c.LocalAddr()
+	} else {
+		l, err := net.Listen(args[0], args[1])
+		ts.Check(err)
+		ts.Defer(func() { l.Close() })
+		addr = l.Addr()
+	}
 	if len(args) == 3 {
-		ts.Setenv(args[2], l.Addr().String())
+		ts.Setenv(args[2], addr.String())
+		if _, port, err := net.SplitHostPort(addr.String()); err == nil {
+			ts.Setenv(args[2]+"_PORT", port)
+		}
 	}
 }
 

@@ -587,8 +587,9 @@ func TestSteerTripwire(t *testing.T) {
 	load := startLoadConfig(t, steerMixedClients(addr))
 	upgradeAndWait(t, p, 3, 20*time.Second)
 	line := p.WaitLog(t, "steering tcp://"+addr+" stopped", 5*time.Second)
-	if !strings.Contains(line, "a socket relaunch does not hold listens on port") {
-		t.Errorf("the warning %q should name the foreign socket", line)
+	if !strings.Contains(line, "a socket relaunch does not hold listens on port") ||
+		!strings.Contains(line, fmt.Sprintf("held by pid %d (", genPids(p)[2])) {
+		t.Errorf("the warning %q should name the foreign socket and gen 2, its holder", line)
 	}
 	for g := 4; g <= 6; g++ {
 		upgradeAndWait(t, p, g, 20*time.Second)

@@ -56,6 +56,13 @@ func OpenListeners(addrs []sdlisten.Addr, mode Handover, slots int, log *slog.Lo
 			log.Info(s)
 		}
 	}()
+	// Nobody else may listen where relaunch binds: a steered pool would
+	// join their SO_REUSEPORT group (same user) and never get a connection.
+	for _, a := range addrs {
+		if err := exclusive(a); err != nil {
+			return nil, err
+		}
+	}
 	inherited, err := sdlisten.Inherited()
 	if err != nil {
 		return nil, err

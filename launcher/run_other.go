@@ -5,6 +5,8 @@ package launcher
 import (
 	"errors"
 	"io"
+
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // Run needs Linux: the exec helper, child subreaping, SCM_CREDENTIALS and
@@ -27,3 +29,6 @@ const ReexecCheckEnv = "RELAUNCH_REEXEC_CHECK"
 
 // CheckState accepts anything: there is no re-exec elsewhere.
 func CheckState(io.Reader) error { return nil }
+
+// exclusive cannot tell who listens: binding decides.
+func exclusive(sdlisten.Addr) error { return nil }

@@ -66,7 +66,14 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 	}
 	for _, ln := range listeners {
 		if _, ok := ours[ln.Inode]; !ok && ln.Local == local {
-			return fmt.Sprintf("a socket relaunch does not hold listens on port %d too (inode %d): the app opened its own SO_REUSEPORT socket there", port, ln.Inode)
+			who := "a process relaunch cannot see (another user's?)"
+			if h := listenprobe.Whose(ln.Inode); h.Pid != 0 {
+				who = h.String()
+				if g := l.genOfPid(h.Pid); g != nil {
+					who += ", " + g.String() + "'s"
+				}
+			}
+			return fmt.Sprintf("a socket relaunch does not hold listens on port %d too (inode %d, held by %s): it opened its own SO_REUSEPORT socket there", port, ln.Inode, who)
 		}
 	}
 	used := l.usedSlots()
@@ -82,4 +89,14 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 		}
 	}
 	return ""
+}
+
+// genOfPid is the generation whose process tree pid is in, or nil.
+func (l *launcher) genOfPid(pid int) *generation {
+	for _, g := range l.gens {
+		if inTree(pid, g.pid) {
+			return g
+		}
+	}
+	return nil
 }

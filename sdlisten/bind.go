@@ -442,3 +442,32 @@ func fileKind(fi fs.FileInfo) string {
 		return "mode " + t.String()
 	}
 }
+
+// Endpoint is the IP and port an inet address binds, as Bind would bind
+// it (a host name resolved), and whether the socket would be dual-stack
+// (the IPv6 wildcard that also takes IPv4). ok is false for unix addresses.
+func (a Addr) Endpoint() (ap netip.AddrPort, dual bool, err error) {
+	if a.Network == "unix" {
+		return ap, false, errors.New("a unix address has no IP endpoint")
+	}
+	hp, err := parseHostPort(a.Network, a.Address)
+	if err != nil {
+		return ap, false, err
+	}
+	host, ps, _ := net.SplitHostPort(hp)
+	port, _ := strconv.Atoi(ps)
+	var ip netip.Addr
+	switch last := a.Network[len(a.Network)-1]; {
+	case host == "" && last == '4':
+		ip = netip.IPv4Unspecified()
+	case host == "" && last == '6':
+		ip = netip.IPv6Unspecified()
+	case host == "":
+		ip, dual = netip.IPv6Unspecified(), true
+	default:
+		if ip, err = resolve(a.Network, host); err != nil {
+			return ap, false, err
+		}
+	}
+	return netip.AddrPortFrom(ip, uint16(port)), dual, nil
+}

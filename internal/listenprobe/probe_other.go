@@ -2,6 +2,8 @@
 
 package listenprobe
 
+import "net/netip"
+
 // Elsewhere there is no procfs to look in: the probe sees nothing, and
 // readiness falls back to a delay.
 
@@ -24,3 +26,9 @@ func (p *Probe) Scan(root int) Result { return Result{} }
 
 // Supported reports false: nothing here shows what a process polls.
 func Supported() bool { return false }
+
+// InUse sees nothing: binding tells.
+func InUse(udp bool, ap netip.AddrPort, dual bool) ([]Holder, error) { return nil, nil }
+
+// Whose sees nothing.
+func Whose(inode uint64) Holder { return Holder{Inode: inode} }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"syscall"
 
@@ -30,6 +31,26 @@ const (
 // diagListeners lists the listening TCP sockets of family (unix.AF_INET or
 // unix.AF_INET6) on port, in relaunch's network namespace.
 func diagListeners(family, port int) ([]Listener, error) {
+	socks, err := diagSockets(family, unix.IPPROTO_TCP, 1<<tcpListenSt, port)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Listener, len(socks))
+	for i, s := range socks {
+		out[i] = s.Listener
+	}
+	return out, nil
+}
+
+// diagSocket is one socket sock_diag lists.
+type diagSocket struct {
+	Listener
+	IP netip.Addr // the local address it is bound to
+}
+
+// diagSockets lists the sockets of family and proto (unix.IPPROTO_TCP or
+// IPPROTO_UDP) in the states of the mask (1<<state) bound to port.
+func diagSockets(family, proto int, states uint32, port int) ([]diagSocket, error) {
 	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
@@ -43,13 +64,13 @@ func diagListeners(family, port int) ([]Listener, error) {
 	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	ne.PutUint32(req[8:], 1) // sequence number
 	r := req[unix.SizeofNlMsghdr:]
-	r[0], r[1] = byte(family), unix.IPPROTO_TCP
-	ne.PutUint32(r[4:], 1<<tcpListenSt)
+	r[0], r[1] = byte(family), byte(proto)
+	ne.PutUint32(r[4:], states)
 	if err := unix.Sendto(s, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, os.NewSyscallError("sendto", err)
 	}
 
-	var out []Listener
+	var out []diagSocket
 	buf := make([]byte, 32<<10)
 	for {
 		n, _, err := unix.Recvfrom(s, buf, 0)
@@ -84,7 +105,11 @@ func diagListeners(family, port int) ([]Listener, error) {
 				// 16 bytes of idiag_src (an IPv4 address in the first 4) and
 				// the port.
 				local := fmt.Sprintf("%s:%04X", hex.EncodeToString(id[4:20]), sport)
-				out = append(out, Listener{Local: local, Inode: uint64(ne.Uint32(m.Data[diagInoOff:]))})
+				ip, _ := netip.AddrFromSlice(id[4:20])
+				if family == unix.AF_INET {
+					ip, _ = netip.AddrFromSlice(id[4:8])
+				}
+				out = append(out, diagSocket{Listener{Local: local, Inode: uint64(ne.Uint32(m.Data[diagInoOff:]))}, ip})
 			}
 		}
 	}
