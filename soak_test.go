@@ -47,7 +47,8 @@ func BenchmarkSoak(b *testing.B) {
 	}
 	b.StopTimer()
 	res := stopLoad(b, load)
-	b.Logf("%d upgrades: load %s", n, res)
+	b.Logf("%d upgrades: %d requests in %s under load, %d failed, %d retried (keep-alive closed by a draining app); p99 %s",
+		n, res.Total, res.Elapsed.Round(time.Second), res.Failed(), res.Retried, res.Percentile(99))
 	b.Logf("%10s %6s %10s %8s", "upgrades", "fds", "RSS", "zombies")
 	for _, s := range samples {
 		b.Logf("%10d %6d %7.1f MiB %8d", s.upgrades, s.fds, float64(s.rssKB)/1024, s.zombies)
@@ -59,7 +60,9 @@ func BenchmarkSoak(b *testing.B) {
 	if res.Failed() != 0 {
 		b.Errorf("%d requests failed over %d upgrades: %v", res.Failed(), n, res.ErrorMessages)
 	}
-	if last.fds > first.fds {
+	// One fd more or less is what an upgrade in flight holds (the exec
+	// helper's pipe); a leak of one per upgrade would show hundreds.
+	if last.fds > first.fds+2 {
 		b.Errorf("relaunch's fds grew from %d to %d", first.fds, last.fds)
 	}
 	if z := zombieChildren(p.Pid()); len(z) > 0 {
