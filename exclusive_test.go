@@ -20,7 +20,7 @@ import (
 // checkRefused runs a second relaunch with args, which must exit 1 at
 // once with one line naming holder (a pid) and leave nothing running or
 // bound.
-func checkRefused(t *testing.T, holder int, args ...string) {
+func checkRefused(t *testing.T, holder int, args ...string) string {
 	t.Helper()
 	start := time.Now()
 	q, out := cliRun(t, procOpts{}, 1, args...)
@@ -31,6 +31,7 @@ func checkRefused(t *testing.T, holder int, args ...string) {
 		t.Errorf("the second relaunch started its app:\n%s", out)
 	}
 	cliCheckNothingLeft(t, q, "", nil, nil)
+	return out
 }
 
 func lastLine(out string) string {
@@ -49,7 +50,10 @@ func TestSecondRelaunchRefused(t *testing.T) {
 			p, addr := startServing(t, "--handover", mode, "--", demoBin)
 			before := tcpListeners(addrPort(t, addr))
 			load := startLoad(t, addr)
-			checkRefused(t, p.Pid(), "-l", addr, "--handover", mode, "--", demoBin)
+			out := checkRefused(t, p.Pid(), "-l", addr, "--handover", mode, "--", demoBin)
+			if !strings.Contains(out, "another relaunch") {
+				t.Errorf("the message does not say another relaunch holds the address: %s", out)
+			}
 			// The same port on the wildcard overlaps too.
 			checkRefused(t, p.Pid(), "-l", ":"+strconv.Itoa(addrPort(t, addr)), "--", demoBin)
 			waitLoadOK(t, load, 200, 10*time.Second)

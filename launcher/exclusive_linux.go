@@ -37,6 +37,8 @@ func exclusive(a sdlisten.Addr) error {
 		s := h.String()
 		if gen := orphanGeneration(h.Pid); gen != "" {
 			s += ": generation " + gen
+		} else if h.Pid > 0 && isRelaunch(h.Pid) {
+			s += ": another relaunch"
 		}
 		who = append(who, s)
 	}
@@ -72,10 +74,12 @@ func orphanGeneration(pid int) string {
 	return ""
 }
 
-// isRelaunch says whether pid runs relaunch (its binary's name starts so).
+// isRelaunch says whether pid runs relaunch: its binary is called
+// relaunch, or relaunch-SOMETHING (a versioned copy), deleted or not.
 func isRelaunch(pid int) bool {
 	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-	return err == nil && strings.HasPrefix(filepath.Base(exe), "relaunch")
+	base := strings.TrimSuffix(filepath.Base(exe), " (deleted)")
+	return err == nil && (base == "relaunch" || strings.HasPrefix(base, "relaunch-"))
 }
 
 // readBounded reads at most n bytes of path.
