@@ -35,6 +35,7 @@ import (
 type outerMsg struct {
 	Fields []string // its KEY=VALUE lines, in order
 	Pid    int      // the sender, from SCM_CREDENTIALS
+	Fds    []int    // passed with it (FDSTORE=1), open until the test ends
 	At     time.Time
 }
 
@@ -60,8 +61,10 @@ type notifySink struct {
 	path  string
 	conn  *net.UnixConn
 	ch    chan outerMsg
-	all   []outerMsg // every datagram received, in order
-	queue []outerMsg // state messages received by collect, not yet taken by nextState
+	done  chan struct{} // the reader ended
+	fds   []int         // every fd received, the reader's
+	all   []outerMsg    // every datagram received, in order
+	queue []outerMsg    // state messages received by collect, not yet taken by nextState
 }
 
 func newNotifySink(t testing.TB, dir string) *notifySink {
@@ -71,7 +74,6 @@ func newNotifySink(t testing.TB, dir string) *notifySink {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -82,15 +84,23 @@ func newNotifySink(t testing.TB, dir string) *notifySink {
 	}); err != nil || serr != nil {
 		t.Fatalf("SO_PASSCRED: %v %v", err, serr)
 	}
-	s := &notifySink{t: t, path: path, conn: conn, ch: make(chan outerMsg, 4096)}
+	s := &notifySink{t: t, path: path, conn: conn, ch: make(chan outerMsg, 4096), done: make(chan struct{})}
+	t.Cleanup(func() {
+		conn.Close()
+		<-s.done
+		for _, fd := range s.fds {
+			syscall.Close(fd)
+		}
+	})
 	go s.read()
 	return s
 }
 
 func (s *notifySink) read() {
 	defer close(s.ch)
+	defer close(s.done)
 	buf := make([]byte, 4096)
-	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
+	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred)+syscall.CmsgSpace(16*4))
 	for {
 		n, oobn, _, _, err := s.conn.ReadMsgUnix(buf, oob)
 		if err != nil {
@@ -101,6 +111,13 @@ func (s *notifySink) read() {
 			for i := range cmsgs {
 				if cred, err := syscall.ParseUnixCredentials(&cmsgs[i]); err == nil {
 					m.Pid = int(cred.Pid)
+				}
+				if fds, err := syscall.ParseUnixRights(&cmsgs[i]); err == nil {
+					for _, fd := range fds {
+						syscall.CloseOnExec(fd)
+					}
+					s.fds = append(s.fds, fds...) // closed when the reader ends
+					m.Fds = append(m.Fds, fds...)
 				}
 			}
 		}

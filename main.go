@@ -140,6 +140,8 @@ func flags() []cli.Flag {
 			Usage: "development: run `CMD` (with /bin/sh) on every change under --watch, and at start; a success upgrades, a failure keeps the current generation"},
 		&cli.StringSliceFlag{Name: "ignore", EnvVars: env("IGNORE"),
 			Usage: "changes under --watch matching `GLOB` (a name or an absolute path) do not count; repeatable"},
+		&cli.BoolFlag{Name: "fdstore", EnvVars: env("FDSTORE"),
+			Usage: "under systemd: keep the sockets in its fd store (FDSTORE=1; the unit needs FileDescriptorStoreMax=), so a restarted relaunch takes the very same sockets back; automatic where systemd sets $FDSTORE"},
 		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
 			Usage: "write relaunch's pid to `PATH` (atomically); removed at exit"},
 		&cli.StringFlag{Name: "control", EnvVars: env("CONTROL"),
@@ -247,6 +249,7 @@ func config(c *cli.Context) (launcher.Config, error) {
 		StopTimeout:  c.Duration("stop-timeout"),
 		Settle:       c.Duration("settle"),
 		PIDFile:      c.String("pidfile"),
+		FDStore:      c.Bool("fdstore"),
 		Control:      c.String("control"),
 		Version:      version,
 	}

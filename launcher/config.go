@@ -53,6 +53,10 @@ type Config struct {
 	// watched paths, and once before the first start; a success upgrades.
 	Build string
 
+	// FDStore stores the sockets in the service manager's fd store
+	// (FDSTORE=1), also done when systemd sets $FDSTORE.
+	FDStore bool
+
 	PIDFile string
 	Control string       // the control socket's path; "" = none
 	Logger  *slog.Logger // nil discards
@@ -67,6 +71,11 @@ type Config struct {
 type Listener struct {
 	Socket *sdlisten.Socket // shared, when Pool is nil
 	Pool   *sdlisten.Pool
+	// Stored: the very sockets an earlier relaunch bound, kept for it by
+	// the service manager (FDSTORE=1) and passed back at this start.
+	Stored bool
+	// Activated: a socket systemd passed relaunch (socket activation).
+	Activated bool
 }
 
 // ReadyMode says how a new generation proves it is ready.

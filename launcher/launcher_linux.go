@@ -157,6 +157,9 @@ func Run(cfg Config) (int, error) {
 	}
 
 	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
+	if rs == nil && l.outer.on && storeWanted(cfg.FDStore) {
+		l.storeListeners()
+	}
 	if cfg.Control != "" {
 		kept := -1
 		if rs != nil {
@@ -191,6 +194,7 @@ func Run(cfg Config) (int, error) {
 	if rs != nil {
 		err = l.resume(rs)
 	} else {
+		l.steerSlot = l.storedSteerSlot()
 		err = l.start(false)
 	}
 	if err != nil {

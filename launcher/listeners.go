@@ -56,22 +56,45 @@ func OpenListeners(addrs []sdlisten.Addr, mode Handover, slots int, log *slog.Lo
 			log.Info(s)
 		}
 	}()
-	// Nobody else may listen where relaunch binds: a steered pool would
-	// join their SO_REUSEPORT group (same user) and never get a connection.
-	for _, a := range addrs {
-		if err := exclusive(a); err != nil {
-			return nil, err
-		}
-	}
 	inherited, err := sdlisten.Inherited()
 	if err != nil {
 		return nil, err
 	}
+	// The sockets an earlier relaunch stored in systemd's fd store come
+	// back named: they are taken back, not passed on.
+	stored, inherited := storedListeners(inherited, addrs, log)
+	defer func() {
+		for _, l := range stored {
+			if !l.taken {
+				CloseListeners([]Listener{l.Listener})
+			}
+		}
+	}()
+	// Nobody else may listen where relaunch binds: a steered pool would
+	// join their SO_REUSEPORT group (same user) and never get a connection.
+	for i, a := range addrs {
+		if _, ok := stored[i]; ok {
+			continue
+		}
+		if err := exclusive(a); err != nil {
+			return nil, err
+		}
+	}
 	for _, s := range inherited {
-		ls = append(ls, Listener{Socket: s})
+		ls = append(ls, Listener{Socket: s, Activated: true})
 		said = append(said, fmt.Sprintf("listening on %s (fd %d, passed on from systemd; shared handover)", s.Addr(), 2+len(ls)))
 	}
-	for _, a := range addrs {
+	for i, a := range addrs {
+		if st, ok := stored[i]; ok {
+			st.taken = true
+			ls = append(ls, st.Listener)
+			if st.Pool != nil {
+				said = append(said, fmt.Sprintf("listening on %s (fd %d, steered handover: %d slots, taken back from the service manager's fd store)", st.Pool.Addr(), 2+len(ls), st.Pool.Len()))
+			} else {
+				said = append(said, fmt.Sprintf("listening on %s (fd %d, taken back from the service manager's fd store)", st.Socket.Addr(), 2+len(ls)))
+			}
+			continue
+		}
 		if mode != HandoverShared && Steerable(a) == "" {
 			p, err := sdlisten.BindPool(a, slots)
 			if err != nil {
@@ -112,4 +135,11 @@ func CloseListeners(ls []Listener) {
 			l.Socket.Close()
 		}
 	}
+}
+
+// storedListener is a listener taken back from the service manager's fd
+// store; taken once OpenListeners uses it (else it is closed).
+type storedListener struct {
+	Listener
+	taken bool
 }

@@ -5,6 +5,7 @@ package launcher
 import (
 	"errors"
 	"io"
+	"log/slog"
 
 	"github.com/relaunch/relaunch/sdlisten"
 )
@@ -32,3 +33,8 @@ func CheckState(io.Reader) error { return nil }
 
 // exclusive cannot tell who listens: binding decides.
 func exclusive(sdlisten.Addr) error { return nil }
+
+// storedListeners: there is no fd store to take sockets back from.
+func storedListeners(inherited []*sdlisten.Socket, _ []sdlisten.Addr, _ *slog.Logger) (map[int]*storedListener, []*sdlisten.Socket) {
+	return nil, inherited
+}

@@ -2,7 +2,6 @@ package sdlisten
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -76,18 +75,4 @@ func splitFields(b []byte) []string {
 // datagram to this process's own $NOTIFY_SOCKET, the one systemd gave
 // relaunch; "@name" is an abstract socket. Without NOTIFY_SOCKET it does
 // nothing and returns nil.
-func Notify(state string) error {
-	path := os.Getenv("NOTIFY_SOCKET")
-	if path == "" {
-		return nil
-	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return fmt.Errorf("sd_notify to NOTIFY_SOCKET=%s: %w", path, err)
-	}
-	defer conn.Close()
-	if _, err := conn.Write([]byte(state)); err != nil {
-		return fmt.Errorf("sd_notify to NOTIFY_SOCKET=%s: %w", path, err)
-	}
-	return nil
-}
+func Notify(state string) error { return NotifyFds(state, nil) }

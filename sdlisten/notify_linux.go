@@ -90,3 +90,26 @@ func parseControl(oob []byte) NotifyMessage {
 	}
 	return m
 }
+
+// NotifyFds is Notify with fds passed along (SCM_RIGHTS), as FDSTORE=1
+// wants: the service manager keeps its own copies.
+func NotifyFds(state string, fds []int) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return nil
+	}
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("sd_notify: %w", os.NewSyscallError("socket", err))
+	}
+	defer unix.Close(s)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	// A leading @ is an abstract address: x/sys/unix maps it.
+	if err := unix.Sendmsg(s, []byte(state), oob, &unix.SockaddrUnix{Name: path}, 0); err != nil {
+		return fmt.Errorf("sd_notify to NOTIFY_SOCKET=%s: %w", path, os.NewSyscallError("sendmsg", err))
+	}
+	return nil
+}

@@ -84,3 +84,20 @@ func (p *Pool) Close() error {
 	}
 	return err
 }
+
+// PoolFrom makes a pool of sockets that already form a SO_REUSEPORT group
+// in this order, spare last (nil for none): sockets a service manager kept
+// for relaunch (FDSTORE) and passed back. They must all be bound to one
+// TCP address.
+func PoolFrom(slots []*Socket, spare *Socket) (*Pool, error) {
+	if len(slots) == 0 {
+		return nil, errors.New("a pool needs at least one slot")
+	}
+	p := &Pool{addr: slots[0].addr, slots: slots, spare: spare}
+	for _, s := range p.Members() {
+		if !strings.HasPrefix(s.addr.Network, "tcp") || s.addr.Address != p.addr.Address {
+			return nil, fmt.Errorf("pool of %s: a member is bound to %s", p.addr, s.addr)
+		}
+	}
+	return p, nil
+}

@@ -1,0 +1,106 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The service manager's fd store: relaunch under systemd stores every
+// socket it binds (FDSTORE=1, named by its place); when relaunch dies and
+// systemd starts it again (its app killed with it: KillMode=control-group),
+// it gets them back in LISTEN_FDS and takes the very same sockets back.
+// Connections made while nothing ran waited in their queues and are
+// served; none is refused. The test's own notify socket plays systemd.
+func TestFDStore(t *testing.T) {
+	t.Parallel()
+	sink := newNotifySink(t, shortTempDir(t))
+	addr := freeAddr(t)
+	a := startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path, "FDSTORE=32"}},
+		"-l", addr, "--no-watch-binary", "--", demoBin)
+	var names []string
+	var files []*os.File
+	for {
+		m, ok := sink.recv(20 * time.Second)
+		if !ok {
+			t.Fatalf("no READY=1 from relaunch; stored so far %v\n%s", names, a.Stderr())
+		}
+		if v, _ := m.get("FDSTORE"); v == "1" {
+			name, _ := m.get("FDNAME")
+			if p, _ := m.get("FDPOLL"); p != "0" || len(m.Fds) != 1 {
+				t.Errorf("%v: want FDPOLL=0 and one fd, got %d fds", m.Fields, len(m.Fds))
+				continue
+			}
+			if sa, err := syscall.Getsockname(m.Fds[0]); err != nil || sa.(*syscall.SockaddrInet4).Port != addrPort(t, addr) {
+				t.Errorf("%s is not a socket on %s: %v %v", name, addr, sa, err)
+			}
+			names = append(names, name)
+			dup, err := syscall.Dup(m.Fds[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			files = append(files, os.NewFile(uintptr(dup), name))
+			continue
+		}
+		if len(m.Fields) > 0 && m.Fields[0] == "READY=1" {
+			break
+		}
+	}
+	t.Cleanup(func() {
+		for _, f := range files {
+			f.Close()
+		}
+	})
+	want := []string{}
+	for s := range 8 {
+		want = append(want, fmt.Sprintf("relaunch.L0.S%d", s))
+	}
+	want = append(want, "relaunch.L0.spare")
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Fatalf("stored %v; want %v", names, want)
+	}
+
+	// relaunch dies, and systemd kills what is left of the service.
+	load := startLoad(t, addr)
+	waitLoadOK(t, load, 100, 10*time.Second)
+	gen1 := waitPid(t, a, 1)
+	a.Signal(syscall.SIGKILL)
+	kill := time.Now() // the app's death is what cuts requests
+	syscall.Kill(gen1, syscall.SIGKILL)
+	a.MustWait(10 * time.Second)
+	// Clients keep connecting meanwhile: they wait in the stored queues.
+	time.Sleep(300 * time.Millisecond) // the restart delay of systemd's Restart=, as a stimulus
+
+	b := startRelaunchOpts(t, procOpts{ExtraFiles: files, Activation: true, FdNames: names},
+		"-l", addr, "--no-watch-binary", "--", demoBin)
+	b.WaitLog(t, "taken back from the service manager's fd store", 10*time.Second)
+	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	res := load.Stop()
+	t.Logf("load: %s", res)
+	checkOnlyHeldFailed(t, res, []time.Time{kill})
+	if strings.Contains(b.Stderr(), "in use") {
+		t.Errorf("the restarted relaunch found its own sockets in use:\n%s", b.Stderr())
+	}
+	// The new generation's fd 3 is one of the stored sockets, and the app
+	// got no other (its fd table as main began).
+	_, fds := fdsAtStart(t, addr)
+	stored := map[uint64]bool{}
+	for _, f := range files {
+		var st syscall.Stat_t
+		syscall.Fstat(int(f.Fd()), &st)
+		stored[st.Ino] = true
+	}
+	if ino := socketInode(fds[3]); !stored[ino] {
+		t.Errorf("gen 1's fd 3 is %q, none of the stored sockets", fds[3])
+	}
+	for fd, target := range fds {
+		if fd > 3 && strings.HasPrefix(target, "socket:") {
+			t.Errorf("gen 1 got another socket, fd %d: %v", fd, fds)
+		}
+	}
+}
