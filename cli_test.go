@@ -329,6 +329,10 @@ func TestCLIChildFds(t *testing.T) {
 		if code := p.MustWait(cliExitTimeout); code != 128+int(syscall.SIGTERM) {
 			t.Errorf("relaunch exited with %d after SIGTERM, want %d (sleep killed by SIGTERM)", code, 128+int(syscall.SIGTERM))
 		}
+		// With FDSTORE set, relaunch stored its sockets in the outer
+		// manager's fd store: this socket's unread datagrams hold them,
+		// as systemd would until the unit stops.
+		oc.Close()
 		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
 	})
 }
