@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,6 +24,53 @@ func TestFDStore(t *testing.T) {
 	addr := freeAddr(t)
 	a := startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path, "FDSTORE=32"}},
 		"-l", addr, "--no-watch-binary", "--", demoBin)
+	names, files := storedBy(t, sink, a, addr)
+
+	// relaunch dies, and systemd kills what is left of the service.
+	load := startLoad(t, addr)
+	waitLoadOK(t, load, 100, 10*time.Second)
+	gen1 := waitPid(t, a, 1)
+	a.Signal(syscall.SIGKILL)
+	kill := time.Now() // the app's death is what cuts requests
+	syscall.Kill(gen1, syscall.SIGKILL)
+	a.MustWait(10 * time.Second)
+	// Clients keep connecting meanwhile: they wait in the stored queues.
+	time.Sleep(300 * time.Millisecond) // the restart delay of systemd's Restart=, as a stimulus
+
+	b := startRelaunchOpts(t, procOpts{ExtraFiles: files, Activation: true, FdNames: names},
+		"-l", addr, "--no-watch-binary", "--", demoBin)
+	b.WaitLog(t, "taken back from the service manager's fd store", 10*time.Second)
+	waitHTTP(t, addr, "gen=1", 10*time.Second)
+	res := load.Stop()
+	t.Logf("load: %s", res)
+	checkOnlyHeldFailed(t, res, []time.Time{kill})
+	if strings.Contains(b.Stderr(), "in use") {
+		t.Errorf("the restarted relaunch found its own sockets in use:\n%s", b.Stderr())
+	}
+	// The new generation's fd 3 is one of the stored sockets, and the app
+	// got no other (its fd table as main began).
+	_, fds := fdsAtStart(t, addr)
+	stored := map[uint64]bool{}
+	for _, f := range files {
+		var st syscall.Stat_t
+		syscall.Fstat(int(f.Fd()), &st)
+		stored[st.Ino] = true
+	}
+	if ino := socketInode(fds[3]); !stored[ino] {
+		t.Errorf("gen 1's fd 3 is %q, none of the stored sockets", fds[3])
+	}
+	for fd, target := range fds {
+		if fd > 3 && strings.HasPrefix(target, "socket:") {
+			t.Errorf("gen 1 got another socket, fd %d: %v", fd, fds)
+		}
+	}
+}
+
+// storedBy collects what relaunch a stores in the fd store (sink plays
+// systemd) until its READY=1: the names and a dup of each fd, in order. It
+// checks they are every slot of addr's pool and its spare.
+func storedBy(t *testing.T, sink *notifySink, a *relaunchProc, addr string) ([]string, []*os.File) {
+	t.Helper()
 	var names []string
 	var files []*os.File
 	for {
@@ -65,42 +113,45 @@ func TestFDStore(t *testing.T) {
 		t.Fatalf("stored %v; want %v", names, want)
 	}
 
-	// relaunch dies, and systemd kills what is left of the service.
+	return names, files
+}
+
+// Adoption: systemd with KillMode=process lets the app outlive relaunch.
+// While relaunch is dead, the group keeps every member (the store holds
+// them), so steering still sends everything to gen 1, which serves on: no
+// error. relaunch started again takes the sockets back, adopts gen 1 as
+// current (no new generation), and the next upgrade drains it.
+func TestFDStoreAdopts(t *testing.T) {
+	t.Parallel()
+	sink := newNotifySink(t, shortTempDir(t))
+	addr := freeAddr(t)
+	a := startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path, "FDSTORE=32"}},
+		"-l", addr, "--no-watch-binary", "--", demoBin)
+	names, files := storedBy(t, sink, a, addr)
 	load := startLoad(t, addr)
-	waitLoadOK(t, load, 100, 10*time.Second)
 	gen1 := waitPid(t, a, 1)
 	a.Signal(syscall.SIGKILL)
-	kill := time.Now() // the app's death is what cuts requests
-	syscall.Kill(gen1, syscall.SIGKILL)
 	a.MustWait(10 * time.Second)
-	// Clients keep connecting meanwhile: they wait in the stored queues.
-	time.Sleep(300 * time.Millisecond) // the restart delay of systemd's Restart=, as a stimulus
+	waitLoadOK(t, load, 200, 10*time.Second) // served by the orphan alone
 
+	sock := filepath.Join(shortTempDir(t), "ctl.sock")
 	b := startRelaunchOpts(t, procOpts{ExtraFiles: files, Activation: true, FdNames: names},
-		"-l", addr, "--no-watch-binary", "--", demoBin)
-	b.WaitLog(t, "taken back from the service manager's fd store", 10*time.Second)
-	waitHTTP(t, addr, "gen=1", 10*time.Second)
-	res := load.Stop()
-	t.Logf("load: %s", res)
-	checkOnlyHeldFailed(t, res, []time.Time{kill})
-	if strings.Contains(b.Stderr(), "in use") {
-		t.Errorf("the restarted relaunch found its own sockets in use:\n%s", b.Stderr())
+		"-l", addr, "--no-watch-binary", "--control", sock, "--", demoBin)
+	b.WaitLog(t, fmt.Sprintf("adopted gen 1 (pid %d), current", gen1), 10*time.Second)
+	st := statusOf(t, sock)
+	if len(st.Generations) != 1 || st.Generations[0].Pid != gen1 || st.Generations[0].State != "current" || !st.Generations[0].Adopted {
+		t.Fatalf("status after adoption: %+v; want gen 1 (pid %d), current, adopted", st.Generations, gen1)
 	}
-	// The new generation's fd 3 is one of the stored sockets, and the app
-	// got no other (its fd table as main began).
-	_, fds := fdsAtStart(t, addr)
-	stored := map[uint64]bool{}
-	for _, f := range files {
-		var st syscall.Stat_t
-		syscall.Fstat(int(f.Fd()), &st)
-		stored[st.Ino] = true
+	if strings.Contains(b.Stderr(), "started:") {
+		t.Errorf("adoption started a generation:\n%s", b.Stderr())
 	}
-	if ino := socketInode(fds[3]); !stored[ino] {
-		t.Errorf("gen 1's fd 3 is %q, none of the stored sockets", fds[3])
-	}
-	for fd, target := range fds {
-		if fd > 3 && strings.HasPrefix(target, "socket:") {
-			t.Errorf("gen 1 got another socket, fd %d: %v", fd, fds)
-		}
+	b.Signal(syscall.SIGUSR2)
+	b.WaitLog(t, "gen 2 (pid", 10*time.Second)
+	b.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited", gen1), 20*time.Second)
+	waitHTTP(t, addr, "gen=2", 10*time.Second)
+	stopLoad(t, load)
+	st = statusOf(t, sock)
+	if len(st.Generations) != 1 || st.Generations[0].Generation != 2 || st.Generations[0].Adopted {
+		t.Errorf("status after the upgrade: %+v; want gen 2 alone", st.Generations)
 	}
 }

@@ -44,7 +44,8 @@ type GenStatus struct {
 	State      string    `json:"state"`
 	Since      time.Time `json:"since"`
 	Path       string    `json:"path"`
-	Slot       int       `json:"slot"` // -1 without steered listeners
+	Slot       int       `json:"slot"`              // -1 without steered listeners
+	Adopted    bool      `json:"adopted,omitempty"` // started by a relaunch that died, taken over
 }
 
 // Status is what `relaunch status` shows.
@@ -106,8 +107,12 @@ func (s *Status) Text() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "relaunch %s pid %d: %s\nreadiness: %s\n", s.Version, s.Pid, strings.Join(s.Command, " "), s.Readiness)
 	for _, g := range s.Generations {
-		fmt.Fprintf(&b, "gen %d  pid %d  %-9s since %s (%s ago)  %s\n", g.Generation, g.Pid, g.State,
-			g.Since.Format(time.RFC3339), time.Since(g.Since).Round(time.Second), g.Path)
+		adopted := ""
+		if g.Adopted {
+			adopted = "  (adopted)"
+		}
+		fmt.Fprintf(&b, "gen %d  pid %d  %-9s since %s (%s ago)  %s%s\n", g.Generation, g.Pid, g.State,
+			g.Since.Format(time.RFC3339), time.Since(g.Since).Round(time.Second), g.Path, adopted)
 	}
 	if len(s.Generations) == 0 {
 		b.WriteString("no generation running\n")

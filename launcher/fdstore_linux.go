@@ -212,3 +212,13 @@ func (l *launcher) storedSteerSlot() int {
 	}
 	return best
 }
+
+// hasStored says whether a listener was taken back from the fd store.
+func (l *launcher) hasStored() bool {
+	for _, ln := range l.cfg.Listeners {
+		if ln.Stored {
+			return true
+		}
+	}
+	return false
+}

@@ -51,6 +51,7 @@ type generation struct {
 	exited     bool
 	warnedOwn  bool // said that it listens on a socket of its own
 	usr1       bool // a USR1 came while it was starting: passed on once it is ready
+	adopted    bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
 
 	startTicks uint64 // when it started, in /proc's clock ticks: what it forked started later
 }

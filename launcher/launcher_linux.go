@@ -191,11 +191,19 @@ func Run(cfg Config) (int, error) {
 	if len(cfg.Listeners) > 0 {
 		defer l.watchSlots()()
 	}
-	if rs != nil {
+	switch adopted := false; {
+	case rs != nil:
 		err = l.resume(rs)
-	} else {
+	default:
 		l.steerSlot = l.storedSteerSlot()
-		err = l.start(false)
+		if l.hasStored() {
+			if found := l.findAdoptable(); len(found) > 0 {
+				adopted, err = l.adopt(found)
+			}
+		}
+		if err == nil && !adopted {
+			err = l.start(false)
+		}
 	}
 	if err != nil {
 		return 1, startupError(err)

@@ -118,6 +118,7 @@ type keptGen struct {
 	NotifyPath string    `json:"notify_path"`
 	Bin        *keptFile `json:"bin,omitempty"`
 	FailReason string    `json:"fail_reason"`
+	Adopted    bool      `json:"adopted,omitempty"` // not relaunch's child: its exit is seen through a pidfd
 }
 
 type keptFile struct {
@@ -331,7 +332,7 @@ func (l *launcher) describe() (st reexecState, keep []int, busy string) {
 	for _, g := range l.gens {
 		k := keptGen{ID: g.id, Pid: g.pid, Path: g.path, Slot: g.slot, State: g.state, Started: g.started,
 			ReadyAt: g.readyAt, DrainAt: g.drainAt, Notify: g.notify.Fd(), NotifyPath: g.notify.Path(),
-			Bin: keepFile(g.bin), FailReason: g.failReason}
+			Bin: keepFile(g.bin), FailReason: g.failReason, Adopted: g.adopted}
 		keep = append(keep, k.Notify)
 		st.Gens = append(st.Gens, k)
 	}
@@ -444,7 +445,7 @@ func (l *launcher) resume(r *Resume) error {
 	var names []string
 	for _, k := range st.Gens {
 		g := &generation{id: k.ID, pid: k.Pid, path: k.Path, slot: k.Slot, state: k.State, started: k.Started,
-			readyAt: k.ReadyAt, drainAt: k.DrainAt, bin: adoptFile(k.Bin), failReason: k.FailReason}
+			readyAt: k.ReadyAt, drainAt: k.DrainAt, bin: adoptFile(k.Bin), failReason: k.FailReason, adopted: k.Adopted}
 		var err error
 		if g.notify, err = sdlisten.AdoptNotify(k.Notify, k.NotifyPath); err != nil {
 			return err
@@ -453,6 +454,14 @@ func (l *launcher) resume(r *Resume) error {
 		l.roots.add(g.id, g.pid)
 		if g.id == st.Cur {
 			l.cur = g
+		}
+		if g.adopted {
+			if err := l.watchAdopted(g); err != nil {
+				return err
+			}
+			go l.readNotify(g)
+			names = append(names, fmt.Sprintf("%s %s (adopted)", g, g.state))
+			continue
 		}
 		go func() {
 			ws, err := waitPidErr(g.pid)

@@ -1,0 +1,179 @@
+package launcher
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Adoption: relaunch taken back its sockets from the service manager's fd
+// store (fdstore_linux.go) after its own death, and the generations it had
+// started outlived it (systemd's KillMode=process). They still serve on
+// those sockets: relaunch finds them (processes that hold one of its
+// sockets and carry RELAUNCH_GENERATION, each generation by its main
+// process, the leader of its process group), and manages them as its own.
+// The newest is current: it keeps serving until the next trigger. The
+// others were draining: their --drain-timeout counts from now (when they
+// were told is lost with the relaunch that told them). Their exits are
+// seen through pidfds (they are not relaunch's children), with an unknown
+// status, taken as a failure.
+
+// adoptable is a generation found holding relaunch's sockets.
+type adoptable struct {
+	id, pid, slot int
+	path          string
+}
+
+// findAdoptable lists the generations of an earlier relaunch that hold
+// the sockets of relaunch's listeners, newest first.
+func (l *launcher) findAdoptable() []adoptable {
+	inodes := map[uint64]int{} // socket inode → slot (-1: a shared socket)
+	for _, ln := range l.cfg.Listeners {
+		switch {
+		case ln.Pool != nil:
+			for s := range ln.Pool.Len() {
+				inodes[fdInode(ln.Pool.Slot(s).Fd())] = s
+			}
+		case ln.Socket != nil:
+			inodes[fdInode(ln.Socket.Fd())] = -1
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	var found []adoptable
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if _, pgrp, ok := procStat(pid); !ok || pgrp != pid {
+			continue // a generation is its main process, its group's leader
+		}
+		slot, holds := -2, false
+		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
+		for _, fd := range fds {
+			link, _ := os.Readlink(filepath.Join("/proc", p.Name(), "fd", fd.Name()))
+			s, ok := strings.CutPrefix(link, "socket:[")
+			if !ok {
+				continue
+			}
+			ino, _ := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+			if sl, ok := inodes[ino]; ok {
+				holds = true
+				if sl >= 0 {
+					slot = sl
+				}
+			}
+		}
+		if !holds {
+			continue
+		}
+		env, err := readBounded("/proc/"+p.Name()+"/environ", 1<<20)
+		if err != nil {
+			continue
+		}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "RELAUNCH_GENERATION="); ok {
+				if id, err := strconv.Atoi(v); err == nil && id > 0 {
+					if slot == -2 {
+						slot = -1
+					}
+					exe, _ := os.Readlink("/proc/" + p.Name() + "/exe")
+					found = append(found, adoptable{id: id, pid: pid, slot: slot, path: strings.TrimSuffix(exe, " (deleted)")})
+				}
+			}
+		}
+	}
+	slices.SortFunc(found, func(a, b adoptable) int { return b.id - a.id })
+	return found
+}
+
+func fdInode(fd int) uint64 {
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	return st.Ino
+}
+
+// adopt makes the generations found relaunch's own: the newest current,
+// the others draining. It says whether there was a current one.
+func (l *launcher) adopt(found []adoptable) (bool, error) {
+	now := l.sys.now()
+	for i, a := range found {
+		g := &generation{id: a.id, pid: a.pid, path: a.path, slot: a.slot, started: now, readyAt: now, adopted: true}
+		if l.hasPools() && g.slot < 0 {
+			g.slot = l.steerSlot
+		}
+		var err error
+		if g.notify, err = l.notifySocket(g.id); err != nil {
+			return false, err
+		}
+		if err := l.watchAdopted(g); err != nil {
+			g.notify.Close()
+			return false, err
+		}
+		l.gens = append(l.gens, g)
+		l.roots.add(g.id, g.pid)
+		l.lastID = max(l.lastID, g.id)
+		if i == 0 {
+			g.state = current
+			l.cur, l.everUp = g, true
+			if g.slot >= 0 {
+				l.steerTo(g.slot)
+			}
+			l.handoff.SetCurrent(g.id)
+		} else {
+			g.state, g.drainAt = draining, now
+			if l.cfg.DrainTimeout > 0 {
+				l.drainTimer(g, l.cfg.DrainTimeout)
+			}
+		}
+		l.log.Info(fmt.Sprintf("adopted %s, %s, which outlived the relaunch that started it", g, g.state),
+			"generation", g.id, "pid", g.pid, "state", g.state.String())
+	}
+	l.armSlots()
+	if l.cur != nil {
+		l.outer.ready(fmt.Sprintf("%s serving (adopted)", l.cur))
+	}
+	return l.cur != nil, nil
+}
+
+// watchAdopted posts g's exit when its process exits, seen through a
+// pidfd: it is not relaunch's child, so wait4 cannot see it.
+func (l *launcher) watchAdopted(g *generation) error {
+	pfd, err := unix.PidfdOpen(g.pid, 0)
+	if err != nil {
+		return fmt.Errorf("cannot watch %s, which outlived the relaunch that started it: pidfd_open: %v", g, err)
+	}
+	go func() {
+		waitPidfd(pfd)
+		l.post(func() {
+			// Its status is not relaunch's to read: a failure, unless
+			// relaunch is stopping it.
+			ws := syscall.WaitStatus(1 << 8)
+			if l.stopping {
+				ws = 0
+			} else if g.failReason == "" {
+				g.failReason = "its exit status is unknown (adopted: not relaunch's child)"
+			}
+			l.onExit(g, exitStatus{ws})
+		})
+	}()
+	return nil
+}
+
+// waitPidfd blocks until the process of pidfd exits, then closes it.
+func waitPidfd(pidfd int) {
+	defer unix.Close(pidfd)
+	for {
+		_, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, -1)
+		if !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
+}
