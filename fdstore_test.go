@@ -20,11 +20,7 @@ import (
 // served; none is refused. The test's own notify socket plays systemd.
 func TestFDStore(t *testing.T) {
 	t.Parallel()
-	sink := newNotifySink(t, shortTempDir(t))
-	addr := freeAddr(t)
-	a := startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path, "FDSTORE=32"}},
-		"-l", addr, "--no-watch-binary", "--", demoBin)
-	names, files := storedBy(t, sink, a, addr)
+	a, addr, names, files := startStoring(t)
 
 	// relaunch dies, and systemd kills what is left of the service.
 	load := startLoad(t, addr)
@@ -64,6 +60,19 @@ func TestFDStore(t *testing.T) {
 			t.Errorf("gen 1 got another socket, fd %d: %v", fd, fds)
 		}
 	}
+}
+
+// startStoring starts relaunch on a free address under a service manager
+// (the test's notify socket) that keeps an fd store, and returns what it
+// stored once it is ready (storedBy).
+func startStoring(t *testing.T) (a *relaunchProc, addr string, names []string, files []*os.File) {
+	t.Helper()
+	sink := newNotifySink(t, shortTempDir(t))
+	addr = freeAddr(t)
+	a = startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path, "FDSTORE=32"}},
+		"-l", addr, "--no-watch-binary", "--", demoBin)
+	names, files = storedBy(t, sink, a, addr)
+	return a, addr, names, files
 }
 
 // storedBy collects what relaunch a stores in the fd store (sink plays
@@ -123,11 +132,7 @@ func storedBy(t *testing.T, sink *notifySink, a *relaunchProc, addr string) ([]s
 // current (no new generation), and the next upgrade drains it.
 func TestFDStoreAdopts(t *testing.T) {
 	t.Parallel()
-	sink := newNotifySink(t, shortTempDir(t))
-	addr := freeAddr(t)
-	a := startRelaunchOpts(t, procOpts{Env: []string{"NOTIFY_SOCKET=" + sink.path, "FDSTORE=32"}},
-		"-l", addr, "--no-watch-binary", "--", demoBin)
-	names, files := storedBy(t, sink, a, addr)
+	a, addr, names, files := startStoring(t)
 	load := startLoad(t, addr)
 	gen1 := waitPid(t, a, 1)
 	a.Signal(syscall.SIGKILL)
