@@ -46,10 +46,7 @@ func crashKill(t *testing.T, p *relaunchProc, gen int) time.Time {
 func TestCrashAfterBinaryDeleted(t *testing.T) {
 	needE2E(t)
 	t.Parallel()
-	dir := shortTempDir(t)
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	sock := filepath.Join(dir, "ctl.sock")
+	_, app, sock := appCopy(t)
 	p, addr := startServing(t, "--control", sock, "--", app, "-init-delay", "50ms")
 	load := startLoad(t, addr)
 	if err := os.Remove(app); err != nil {
@@ -80,10 +77,7 @@ func TestCrashAfterBinaryDeleted(t *testing.T) {
 func TestCrashAfterBinaryReplaced(t *testing.T) {
 	needE2E(t, "relaunch", "demo", "demo-v2")
 	t.Parallel()
-	dir := shortTempDir(t)
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	sock := filepath.Join(dir, "ctl.sock")
+	dir, app, sock := appCopy(t)
 	addr := freeAddr(t)
 	p := startRelaunch(t, "--listen", addr, "--control", sock, "--", app)
 	waitHTTP(t, addr, "gen=1", 10*time.Second)
@@ -111,10 +105,7 @@ func TestCrashAfterBinaryReplaced(t *testing.T) {
 func TestRollbackPathGone(t *testing.T) {
 	needE2E(t, "relaunch", "demo", "demo-v2")
 	t.Parallel()
-	dir := shortTempDir(t)
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	sock := filepath.Join(dir, "ctl.sock")
+	_, app, sock := appCopy(t)
 	_, addr := startServing(t, "--control", sock, "--", app)
 	copyBinary(t, demoV2Bin, app)
 	if code, out := client(t, sock, "upgrade"); code != 0 {

@@ -190,6 +190,16 @@ func copyBinary(t testing.TB, src, dst string) {
 	}
 }
 
+// appCopy is a new short directory holding a copy of the demo app, "app",
+// and the path of a control socket next to it, "ctl.sock".
+func appCopy(t testing.TB) (dir, app, sock string) {
+	t.Helper()
+	dir = shortTempDir(t)
+	app = filepath.Join(dir, "app")
+	copyBinary(t, demoBin, app)
+	return dir, app, filepath.Join(dir, "ctl.sock")
+}
+
 // buildDemo builds testdata/demo into dst (written in place by the go tool)
 // with version as the answer's default version.
 func buildDemo(t testing.TB, dst, version string) {

@@ -41,10 +41,7 @@ func deployFile(t testing.TB, dst string, data []byte, mode os.FileMode) {
 func TestBadDeploysEachSaid(t *testing.T) {
 	needE2E(t, "relaunch", "demo", "demo-v2")
 	t.Parallel()
-	dir := shortTempDir(t)
-	app := filepath.Join(dir, "app")
-	copyBinary(t, demoBin, app)
-	sock := filepath.Join(dir, "ctl.sock")
+	_, app, sock := appCopy(t)
 	addr := freeAddr(t)
 	p := startRelaunch(t, "--listen", addr, "--control", sock, "--ready-timeout", "3s", "--", app)
 	waitHTTP(t, addr, "gen=1", 10*time.Second)

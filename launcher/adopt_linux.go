@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relaunch/relaunch/internal/listenprobe"
 )
 
 // Adoption: relaunch taken back its sockets from the service manager's fd
@@ -34,17 +35,7 @@ type adoptable struct {
 // findAdoptable lists the generations of an earlier relaunch that hold
 // the sockets of relaunch's listeners, newest first.
 func (l *launcher) findAdoptable() []adoptable {
-	inodes := map[uint64]int{} // socket inode → slot (-1: a shared socket)
-	for _, ln := range l.cfg.Listeners {
-		switch {
-		case ln.Pool != nil:
-			for s := range ln.Pool.Len() {
-				inodes[fdInode(ln.Pool.Slot(s).Fd())] = s
-			}
-		case ln.Socket != nil:
-			inodes[fdInode(ln.Socket.Fd())] = -1
-		}
-	}
+	slots := l.listenerSlots()
 	procs, _ := os.ReadDir("/proc")
 	var found []adoptable
 	for _, p := range procs {
@@ -55,49 +46,56 @@ func (l *launcher) findAdoptable() []adoptable {
 		if _, pgrp, ok := procStat(pid); !ok || pgrp != pid {
 			continue // a generation is its main process, its group's leader
 		}
-		slot, holds := -2, false
-		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
-		for _, fd := range fds {
-			link, _ := os.Readlink(filepath.Join("/proc", p.Name(), "fd", fd.Name()))
-			s, ok := strings.CutPrefix(link, "socket:[")
-			if !ok {
-				continue
-			}
-			ino, _ := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
-			if sl, ok := inodes[ino]; ok {
+		slot, holds := -1, false
+		for _, ino := range listenprobe.SocketInodes(pid) {
+			if s, ok := slots[ino]; ok {
 				holds = true
-				if sl >= 0 {
-					slot = sl
-				}
+				slot = max(slot, s)
 			}
 		}
 		if !holds {
 			continue
 		}
-		env, err := readBounded("/proc/"+p.Name()+"/environ", 1<<20)
-		if err != nil {
-			continue
-		}
-		for _, kv := range strings.Split(string(env), "\x00") {
-			if v, ok := strings.CutPrefix(kv, "RELAUNCH_GENERATION="); ok {
-				if id, err := strconv.Atoi(v); err == nil && id > 0 {
-					if slot == -2 {
-						slot = -1
-					}
-					exe, _ := os.Readlink("/proc/" + p.Name() + "/exe")
-					found = append(found, adoptable{id: id, pid: pid, slot: slot, path: strings.TrimSuffix(exe, " (deleted)")})
-				}
-			}
+		if id := generationOf(pid); id > 0 {
+			exe, _ := os.Readlink("/proc/" + p.Name() + "/exe")
+			found = append(found, adoptable{id: id, pid: pid, slot: slot, path: strings.TrimSuffix(exe, " (deleted)")})
 		}
 	}
 	slices.SortFunc(found, func(a, b adoptable) int { return b.id - a.id })
 	return found
 }
 
-func fdInode(fd int) uint64 {
-	var st unix.Stat_t
-	unix.Fstat(fd, &st)
-	return st.Ino
+// listenerSlots maps the inode of every socket relaunch hands out to its
+// slot (-1: a shared socket).
+func (l *launcher) listenerSlots() map[uint64]int {
+	slots := map[uint64]int{}
+	for _, ln := range l.cfg.Listeners {
+		switch {
+		case ln.Pool != nil:
+			for s := range ln.Pool.Len() {
+				slots[fdInode(ln.Pool.Slot(s).Fd())] = s
+			}
+		case ln.Socket != nil:
+			slots[fdInode(ln.Socket.Fd())] = -1
+		}
+	}
+	return slots
+}
+
+// generationOf is the RELAUNCH_GENERATION of pid's environment, 0 when it
+// has none (not an app a relaunch started) or it cannot be read.
+func generationOf(pid int) int {
+	env, err := readBounded("/proc/"+strconv.Itoa(pid)+"/environ", 1<<20)
+	if err != nil {
+		return 0
+	}
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "RELAUNCH_GENERATION="); ok {
+			id, _ := strconv.Atoi(v)
+			return id
+		}
+	}
+	return 0
 }
 
 // adopt makes the generations found relaunch's own: the newest current,
@@ -176,4 +174,10 @@ func waitPidfd(pidfd int) {
 			return
 		}
 	}
+}
+
+func fdInode(fd int) uint64 {
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	return st.Ino
 }

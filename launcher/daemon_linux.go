@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/relaunch/relaunch/internal/listenprobe"
 )
 
 // An app that daemonizes forks, its child calls setsid (leaving the
@@ -23,7 +25,7 @@ const daemonGrace = time.Second
 // left running when its main process exited. Only g can have handed them
 // the sockets, since other generations' orphans started before it.
 func (l *launcher) leftovers(g *generation) []int {
-	var inodes map[uint64]bool
+	var slots map[uint64]int
 	var pids []int
 	for _, pid := range children() {
 		if l.owns(pid) {
@@ -32,60 +34,17 @@ func (l *launcher) leftovers(g *generation) []int {
 		if t, ok := procStartTicks(pid); !ok || t < g.startTicks {
 			continue
 		}
-		if inodes == nil {
-			inodes = l.listenerInodes()
+		if slots == nil {
+			slots = l.listenerSlots()
 		}
-		if holdsSocket(pid, inodes) {
-			pids = append(pids, pid)
+		for _, ino := range listenprobe.SocketInodes(pid) {
+			if _, ok := slots[ino]; ok {
+				pids = append(pids, pid)
+				break
+			}
 		}
 	}
 	return pids
-}
-
-// listenerInodes returns the inodes of every listening socket relaunch
-// holds, every slot of every pool included.
-func (l *launcher) listenerInodes() map[uint64]bool {
-	inodes := map[uint64]bool{}
-	add := func(fd int) {
-		var st syscall.Stat_t
-		if syscall.Fstat(fd, &st) == nil {
-			inodes[st.Ino] = true
-		}
-	}
-	for _, ln := range l.cfg.Listeners {
-		if ln.Pool != nil {
-			for i := range ln.Pool.Len() {
-				add(ln.Pool.Slot(i).Fd())
-			}
-		} else if ln.Socket != nil {
-			add(ln.Socket.Fd())
-		}
-	}
-	return inodes
-}
-
-// holdsSocket says whether one of pid's fds is a socket with one of inodes.
-func holdsSocket(pid int, inodes map[uint64]bool) bool {
-	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
-	f, err := os.Open(dir)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	for {
-		names, err := f.Readdirnames(256)
-		for _, n := range names {
-			link, _ := os.Readlink(dir + n)
-			if s, ok := strings.CutPrefix(link, "socket:["); ok {
-				if ino, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64); err == nil && inodes[ino] {
-					return true
-				}
-			}
-		}
-		if err != nil {
-			return false
-		}
-	}
 }
 
 // stopLeftovers stops pids, relaunch's children: SIGTERM, then SIGKILL

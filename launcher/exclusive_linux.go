@@ -56,22 +56,17 @@ func exclusive(a sdlisten.Addr) error {
 // relaunch started it: "3 of relaunch pid 4200", or "3 of a relaunch that is
 // gone" when it outlived it (it was reparented); "" otherwise.
 func orphanGeneration(pid int) string {
-	if pid <= 0 {
+	id := 0
+	if pid > 0 {
+		id = generationOf(pid)
+	}
+	if id == 0 {
 		return ""
 	}
-	env, err := readBounded("/proc/"+strconv.Itoa(pid)+"/environ", 1<<20)
-	if err != nil {
-		return ""
+	if ppid, _, ok := procStat(pid); ok && isRelaunch(ppid) {
+		return strconv.Itoa(id) + " of relaunch pid " + strconv.Itoa(ppid)
 	}
-	for _, kv := range strings.Split(string(env), "\x00") {
-		if g, ok := strings.CutPrefix(kv, "RELAUNCH_GENERATION="); ok {
-			if ppid, _, ok := procStat(pid); ok && isRelaunch(ppid) {
-				return g + " of relaunch pid " + strconv.Itoa(ppid)
-			}
-			return g + " of a relaunch that is gone"
-		}
-	}
-	return ""
+	return strconv.Itoa(id) + " of a relaunch that is gone"
 }
 
 // isRelaunch says whether pid runs relaunch: its binary is called

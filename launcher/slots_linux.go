@@ -247,14 +247,15 @@ func (l *launcher) saidRevived(a sdlisten.Addr, what string, n int) {
 // holds.
 func (l *launcher) rescue(ln, slot int) {
 	p := l.cfg.Listeners[ln].Pool
-	if n, err := p.Queued(slot); err != nil || n == 0 {
+	queued, err := p.Queued(slot)
+	if err != nil || queued == 0 {
 		return
 	}
 	if l.cfg.Rescue == RescueAuto && !l.takesHandoffs() {
 		// Kept, queue and all, for the next generation; reset if none
 		// comes in time.
 		l.held[slot] = l.sys.now()
-		n, _ := p.Queued(slot)
+		n := queued
 		l.rescued.Held += n
 		l.log.Warn(fmt.Sprintf("%d connection(s) were left queued on %s slot %d, which no generation receives on: kept for the next generation to start (at most %s), then reset. "+
 			"An app that takes handoffs gets them at once; --rescue relay relays them (the app then sees them from 127.0.0.1)",

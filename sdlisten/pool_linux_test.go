@@ -25,32 +25,7 @@ func TestPoolSteer(t *testing.T) {
 			t.Fatalf("slot %d on %s, slot 0 on %s", i, p.Slot(i).Addr(), p.Slot(0).Addr())
 		}
 	}
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	connect := func(n int) {
-		for range n {
-			c, err := net.DialTimeout("tcp", p.Addr().Address, time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conns = append(conns, c)
-		}
-	}
-	queued := func() []int {
-		var q []int
-		for i := range p.Len() {
-			n, err := p.Queued(i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			q = append(q, n)
-		}
-		return q
-	}
+	connect, queued := poolProbes(t, p)
 	if err := p.Steer(1); err != nil {
 		t.Fatal(err)
 	}
@@ -90,34 +65,7 @@ func TestPoolRevive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	connect := func(n int) {
-		t.Helper()
-		for range n {
-			c, err := net.DialTimeout("tcp", p.Addr().Address, time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conns = append(conns, c)
-		}
-	}
-	queued := func() []int {
-		t.Helper()
-		var q []int
-		for i := range p.Len() {
-			n, err := p.Queued(i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			q = append(q, n)
-		}
-		return q
-	}
+	connect, queued := poolProbes(t, p)
 	shutdown := func(i int) {
 		t.Helper()
 		if err := unix.Shutdown(p.Slot(i).Fd(), unix.SHUT_RD); err != nil {
@@ -217,4 +165,32 @@ func TestRelistenKeepsPort(t *testing.T) {
 		t.Fatalf("connect to %s after Relisten: %v", s.Addr(), err)
 	}
 	c.Close()
+}
+
+// poolProbes gives a test of p connect (n new connections to its address,
+// closed when the test ends) and queued (every slot's queue length).
+func poolProbes(t *testing.T, p *Pool) (connect func(n int), queued func() []int) {
+	connect = func(n int) {
+		t.Helper()
+		for range n {
+			c, err := net.DialTimeout("tcp", p.Addr().Address, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	queued = func() []int {
+		t.Helper()
+		var q []int
+		for i := range p.Len() {
+			n, err := p.Queued(i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			q = append(q, n)
+		}
+		return q
+	}
+	return connect, queued
 }

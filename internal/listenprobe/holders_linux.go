@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -143,18 +142,11 @@ func findHolders(hs []Holder) {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		dir := filepath.Join("/proc", p.Name(), "fd")
-		fds, _ := os.ReadDir(dir)
-		for _, fd := range fds {
-			if walked++; walked > maxFdsWalked {
-				return
-			}
-			link, err := os.Readlink(filepath.Join(dir, fd.Name()))
-			s, ok := strings.CutPrefix(link, "socket:[")
-			if err != nil || !ok {
-				continue
-			}
-			ino, _ := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+		inodes, n := socketInodes(pid, maxFdsWalked-walked)
+		if walked += n; walked >= maxFdsWalked {
+			return
+		}
+		for _, ino := range inodes {
 			for _, i := range want[ino] {
 				if hs[i].Pid == 0 {
 					hs[i].Pid, hs[i].Cmd = pid, command(pid)
@@ -185,4 +177,39 @@ func Whose(inode uint64) Holder {
 	h := []Holder{{Inode: inode}}
 	findHolders(h)
 	return h[0]
+}
+
+// SocketInodes lists the inodes of the sockets pid has open (an fd's
+// /proc link "socket:[N]"), from at most its first 65536 fds.
+func SocketInodes(pid int) []uint64 {
+	inodes, _ := socketInodes(pid, 1<<16)
+	return inodes
+}
+
+// socketInodes reads at most max of pid's fds and says how many it read.
+func socketInodes(pid, max int) ([]uint64, int) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, 0
+	}
+	defer f.Close()
+	var inodes []uint64
+	read := 0
+	for read < max {
+		names, err := f.Readdirnames(256)
+		for _, n := range names {
+			read++
+			link, _ := os.Readlink(dir + n)
+			if s, ok := strings.CutPrefix(link, "socket:["); ok {
+				if ino, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64); err == nil {
+					inodes = append(inodes, ino)
+				}
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	return inodes, read
 }
