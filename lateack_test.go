@@ -91,13 +91,23 @@ func lateACKSockets(t *testing.T, pid int) (raw, capture int) {
 		raw, capture int
 		err          error
 	}
+	before, _ := os.Readlink("/proc/self/ns/net")
 	ch := make(chan result)
 	go func() {
-		// This thread enters the namespace and dies with the goroutine,
-		// locked: it never runs other goroutines.
+		// The thread goes back to the test's namespace before it is
+		// unlocked: a thread left in relaunch's would, if it were the main
+		// thread (Go never ends that one), move /proc/self/net for every
+		// later test of this process. A socket keeps the namespace it was
+		// made in.
 		runtime.LockOSThread()
 		var r result
 		defer func() { ch <- r }()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			r.err = err
+			return
+		}
+		defer unix.Close(home)
 		ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			r.err = err
@@ -107,22 +117,45 @@ func lateACKSockets(t *testing.T, pid int) (raw, capture int) {
 		if r.err = unix.Setns(ns, unix.CLONE_NEWNET); r.err != nil {
 			return
 		}
-		if r.raw, r.err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); r.err != nil {
+		r.raw, r.capture, r.err = rawAndCapture()
+		if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
+			// Stay locked: the thread ends with the goroutine.
+			r.err = errors.Join(r.err, fmt.Errorf("back to the test's namespace: %w", err))
 			return
 		}
-		r.capture, r.err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
-		if r.err == nil {
-			// lo is the first interface of a new namespace: index 1.
-			r.err = unix.Bind(r.capture, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: 1})
-		}
+		runtime.UnlockOSThread()
 	}()
 	r := <-ch
 	if r.err != nil {
 		t.Fatalf("sockets in relaunch's network namespace: %v", r.err)
 	}
+	if after, _ := os.Readlink("/proc/self/ns/net"); after != before {
+		t.Fatalf("the test process's network namespace moved: %s, was %s", after, before)
+	}
 	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
 	unix.SetsockoptTimeval(r.capture, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	return r.raw, r.capture
+}
+
+// rawAndCapture makes lateACKSockets' two sockets in the calling thread's
+// network namespace.
+func rawAndCapture() (raw, capture int, err error) {
+	if raw, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+		return -1, -1, err
+	}
+	capture, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
+	if err == nil {
+		// lo is the first interface of a new namespace: index 1.
+		err = unix.Bind(capture, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: 1})
+	}
+	if err != nil {
+		unix.Close(raw)
+		if capture >= 0 {
+			unix.Close(capture)
+		}
+		return -1, -1, err
+	}
+	return raw, capture, nil
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
