@@ -62,8 +62,12 @@ func exited(pid int, within time.Duration) bool {
 		return true
 	}
 	defer unix.Close(pfd)
-	n, _ := unix.Poll([]unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}, int(within.Milliseconds()))
-	return n > 0
+	for end := time.Now().Add(within); ; {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}, int(time.Until(end).Milliseconds()))
+		if !errors.Is(err, unix.EINTR) || time.Now().After(end) {
+			return n > 0
+		}
+	}
 }
 
 func start(t *testing.T) *Client {
