@@ -14,6 +14,7 @@ import (
 
 	"github.com/relaunch/relaunch/handoff"
 	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/internal/keeper"
 	"github.com/relaunch/relaunch/sdlisten"
 	"github.com/relaunch/relaunch/watch"
 )
@@ -67,8 +68,12 @@ type launcher struct {
 	restartTimer timer
 	restartAt    time.Time
 
-	outer     *outerNotify // systemd's NOTIFY_SOCKET, when relaunch has one
-	reloading bool         // the outer manager was told RELOADING=1
+	outer      *outerNotify   // systemd's NOTIFY_SOCKET, when relaunch has one
+	keeper     *keeper.Client // holds the sockets past relaunch's death (keeper_linux.go); nil under the fd store
+	state      *savedState    // what a relaunch that died saved, for adoption; nil when none
+	stateFd    int            // the memfd the state is saved in; -1: none
+	stateSaved []byte         // what it holds
+	reloading  bool           // the outer manager was told RELOADING=1
 
 	buildPid   int           // the build running, 0 when none
 	buildAgain bool          // sources changed during it
@@ -98,7 +103,7 @@ type launcher struct {
 // directory, no broker yet.
 func newLauncher(cfg Config, sys system) *launcher {
 	l := &launcher{cfg: cfg, sys: sys, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin,
-		awaySince: map[int]time.Time{}, held: map[int]time.Time{}}
+		awaySince: map[int]time.Time{}, held: map[int]time.Time{}, stateFd: -1}
 	if l.log == nil {
 		l.log = discardLogger()
 	}
@@ -157,9 +162,10 @@ func Run(cfg Config) (int, error) {
 	}
 
 	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
-	if rs == nil && l.outer.on && storeWanted(cfg.FDStore) {
-		l.storeListeners()
+	if rs == nil {
+		l.setUpStore()
 	}
+	defer l.closeStore()
 	if cfg.Control != "" {
 		kept := -1
 		if rs != nil {
@@ -223,6 +229,7 @@ func Run(cfg Config) (int, error) {
 			}
 			l.onChange(c)
 		}
+		l.saveState()
 	}
 	if l.fatal != nil {
 		return 1, startupError(l.fatal)

@@ -20,9 +20,10 @@ import (
 // Client is relaunch's end of its keeper. Its methods may be called from
 // any goroutine.
 type Client struct {
-	mu   sync.Mutex
-	conn int // -1 once closed
-	pid  int // the keeper's
+	mu     sync.Mutex
+	conn   int           // -1 once closed
+	pid    int           // the keeper's
+	exited chan struct{} // closed when the keeper is gone (seen from here)
 }
 
 // Start starts a keeper: relaunch's own build (/proc/self/exe: the very
@@ -30,7 +31,7 @@ type Client struct {
 // in a session of its own, so that no terminal's signal reaches it, with
 // /dev/null for stdio, so that it holds no pipe of relaunch's. gone is
 // called, from another goroutine, when the keeper exits before Close.
-func Start(gone func(error)) (*Client, error) {
+func Start(gone func(pid int, err error)) (*Client, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("keeper: %w", os.NewSyscallError("socketpair", err))
@@ -51,7 +52,7 @@ func Start(gone func(error)) (*Client, error) {
 		unix.Close(pair[0])
 		return nil, fmt.Errorf("keeper: %w", err)
 	}
-	c := &Client{conn: pair[0], pid: cmd.Process.Pid}
+	c := &Client{conn: pair[0], pid: cmd.Process.Pid, exited: make(chan struct{})}
 	go func() { c.gone(cmd.Wait(), gone) }()
 	return c, nil
 }
@@ -71,24 +72,25 @@ func keeperEnv(env []string) []string {
 	return out
 }
 
-func (c *Client) gone(err error, report func(error)) {
+func (c *Client) gone(err error, report func(int, error)) {
 	c.mu.Lock()
 	closed := c.conn < 0
 	c.mu.Unlock()
+	close(c.exited)
 	if !closed && report != nil {
 		if err == nil {
 			err = errors.New("it exited")
 		}
-		report(err)
+		report(c.pid, err)
 	}
 }
 
 // Resume takes back the keeper relaunch started before it re-executed
 // itself: conn its end (kept open through the exec), pid the keeper,
 // still relaunch's child.
-func Resume(conn, pid int, gone func(error)) *Client {
+func Resume(conn, pid int, gone func(pid int, err error)) *Client {
 	unix.CloseOnExec(conn)
-	c := &Client{conn: conn, pid: pid}
+	c := &Client{conn: conn, pid: pid, exited: make(chan struct{})}
 	go func() {
 		var ws syscall.WaitStatus
 		_, err := syscall.Wait4(pid, &ws, 0, nil)
@@ -105,8 +107,12 @@ func Resume(conn, pid int, gone func(error)) *Client {
 
 // Conn is the connection's fd (to keep it through relaunch's re-exec);
 // Pid the keeper's.
-func (c *Client) Conn() int { return c.conn }
-func (c *Client) Pid() int  { return c.pid }
+func (c *Client) Conn() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn
+}
+func (c *Client) Pid() int { return c.pid }
 
 // Store hands the keeper a copy of fd, under name (replacing one stored
 // under that name).
@@ -132,17 +138,35 @@ func (c *Client) send(msg string, fd int) error {
 }
 
 // Close tells the keeper relaunch exits cleanly: it closes everything it
-// holds and exits.
+// holds and exits. Close waits for that, a second at most, so that no
+// keeper outlives a relaunch that exited.
 func (c *Client) Close() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.conn < 0 {
+		c.mu.Unlock()
 		return nil
 	}
 	err := send(c.conn, "BYE", -1)
 	unix.Close(c.conn)
 	c.conn = -1
+	c.mu.Unlock()
+	select {
+	case <-c.exited:
+	case <-time.After(time.Second):
+	}
 	return err
+}
+
+// Release lets go of the keeper without BYE, as relaunch's death would:
+// it keeps the sockets for as long as a generation serves on them, for
+// the next relaunch to take.
+func (c *Client) Release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn >= 0 {
+		unix.Close(c.conn)
+		c.conn = -1
+	}
 }
 
 // Find says which of pids is a keeper (the first one), and the name of
@@ -189,7 +213,7 @@ func (e *BusyError) Error() string {
 // now answers to the returned Client. The keeper is checked to be pid
 // (SO_PEERCRED), so a socket of that name opened by anyone else is not
 // trusted.
-func Take(pid int, name string, gone func(error)) (*Client, []Received, error) {
+func Take(pid int, name string, gone func(pid int, err error)) (*Client, []Received, error) {
 	conn, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, os.NewSyscallError("socket", err)
@@ -203,7 +227,7 @@ func Take(pid int, name string, gone func(error)) (*Client, []Received, error) {
 		return nil, nil, err
 	}
 	timeout(conn, 0)
-	c := &Client{conn: conn, pid: pid}
+	c := &Client{conn: conn, pid: pid, exited: make(chan struct{})}
 	if pfd, err := unix.PidfdOpen(pid, 0); err == nil {
 		go func() {
 			for {

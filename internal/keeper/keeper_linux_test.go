@@ -133,10 +133,7 @@ func TestTakeAfterOwnerDied(t *testing.T) {
 	f.Close()
 
 	// relaunch dies: its end closes without BYE.
-	c.mu.Lock()
-	unix.Close(c.conn)
-	c.conn = -1
-	c.mu.Unlock()
+	c.Release()
 	time.Sleep(100 * time.Millisecond) // a stimulus: the keeper sees the hang-up
 	if exited(c.pid, 0) {
 		t.Fatal("the keeper exited while a generation still holds its socket")
@@ -190,10 +187,7 @@ func TestOrphanExits(t *testing.T) {
 			}
 		}
 		f.Close()
-		c.mu.Lock()
-		unix.Close(c.conn)
-		c.conn = -1
-		c.mu.Unlock()
+		c.Release()
 		if withHolder {
 			time.Sleep(100 * time.Millisecond) // a stimulus, as above
 			if exited(c.pid, 0) {

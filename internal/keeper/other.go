@@ -12,3 +12,5 @@ type Client struct{}
 
 func (c *Client) Close() error            { return nil }
 func (c *Client) Store(string, int) error { return errors.New("keeper: Linux only") }
+func (c *Client) Release()                {}
+func (c *Client) Pid() int                { return 0 }
