@@ -22,8 +22,9 @@ import (
 // leader of its process group), and manages them as its own. The state
 // the dead relaunch saved says which was current (it keeps serving until
 // the next trigger) and since when the others were draining (their
-// --drain-timeout counts from then); one that was starting or settling is
-// drained now. Without that state the newest is current and the others'
+// --drain-timeout counts from then); with none current, the newest that
+// was starting becomes current; one that was otherwise starting or
+// settling is drained now. Without that state the newest is current and the others'
 // timeouts count from now. Their exits are seen through pidfds (they are
 // not relaunch's children), with an unknown status, taken as a failure.
 
@@ -114,6 +115,14 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 		}
 		for i, a := range found {
 			if sg, ok := saved[a.pid]; ok && sg.ID == a.id && sg.State == current.String() {
+				cur = i
+			}
+		}
+		// None current (relaunch died before the first was ready, or
+		// while the current one was being replaced after a crash): the
+		// newest that was starting serves, as it was started to.
+		for i, a := range found {
+			if sg, ok := saved[a.pid]; cur < 0 && ok && sg.ID == a.id && sg.State == starting.String() {
 				cur = i
 			}
 		}

@@ -138,8 +138,8 @@ func (c *Client) send(msg string, fd int) error {
 }
 
 // Close tells the keeper relaunch exits cleanly: it closes everything it
-// holds and exits. Close waits for that, a second at most, so that no
-// keeper outlives a relaunch that exited.
+// holds and exits. Close waits for that, 5 s at most, so that no keeper
+// outlives a relaunch that exited.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.conn < 0 {
@@ -152,7 +152,7 @@ func (c *Client) Close() error {
 	c.mu.Unlock()
 	select {
 	case <-c.exited:
-	case <-time.After(time.Second):
+	case <-time.After(5 * time.Second):
 	}
 	return err
 }

@@ -49,6 +49,7 @@ var (
 	recordFile  = flag.String("record", "", "append one line per event (listening, ready, drain, usr1, exit) with a unix-nano timestamp")
 	forkHelpers = flag.Bool("fork-helpers", false, "every request starts /bin/true and never waits for it (leaves zombies for a subreaper)")
 	ignoreQuit  = flag.Bool("ignore-quit", false, "do not handle SIGQUIT (Go's default: dump goroutines, exit 2)")
+	leaveOpen   = flag.String("leave-open", "", "when the generation of this number drains, it keeps its listening sockets open without accepting for a minute, then exits (an app that just leaves its accept loop)")
 	joinReuse   = flag.Bool("join-reuseport", false, "after taking the listeners, open an extra SO_REUSEADDR+SO_REUSEPORT listening socket on fd 3's address and never accept on it (it joins the launcher's SO_REUSEPORT group)")
 )
 
@@ -166,6 +167,9 @@ func main() {
 		case err := <-serveErr:
 			fatalf("%v", err)
 		case <-done:
+			if *leaveOpen != "" && *leaveOpen == gen {
+				time.Sleep(time.Minute)
+			}
 			record("exit")
 			logf("demo: gen %s pid %d exiting", gen, pid)
 			os.Exit(0)
@@ -190,6 +194,15 @@ func main() {
 // the connections accepted just before a moment to send their request, then
 // let Shutdown finish every request in flight.
 func drain(srv *http.Server, listeners []net.Listener) {
+	if *leaveOpen != "" && *leaveOpen == gen {
+		for _, l := range listeners {
+			if sc, ok := l.(syscall.Conn); ok {
+				if rc, err := sc.SyscallConn(); err == nil {
+					rc.Control(func(fd uintptr) { syscall.Dup(int(fd)) }) // kept open, never accepted on
+				}
+			}
+		}
+	}
 	if *drainMode == "shutdown" {
 		for _, l := range listeners {
 			if sc, ok := l.(syscall.Conn); ok {
