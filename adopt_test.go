@@ -190,7 +190,7 @@ func TestAdoptRefused(t *testing.T) {
 	if err := os.Mkdir(tmp, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := errors.Join(os.Chmod(dir, 0o755), os.Chmod(tmp, 0o1777)); err != nil {
+	if err := errors.Join(os.Chmod(dir, 0o755), os.Chmod(tmp, os.ModeSticky|0o777)); err != nil {
 		t.Fatal(err)
 	}
 	rl, demo := filepath.Join(dir, "relaunch"), filepath.Join(dir, "demo")

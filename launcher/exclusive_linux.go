@@ -54,7 +54,7 @@ func exclusive(a sdlisten.Addr) error {
 		hint = "stop them, or choose another address"
 	}
 	if foreign >= 0 {
-		hint = fmt.Sprintf("they are uid %d's, not relaunch's to take over: run relaunch as uid %d or root to adopt generations a relaunch left, or stop them, or choose another address", foreign, foreign)
+		hint = fmt.Sprintf("relaunch (uid %d) may not take it over: run relaunch as uid %d or root to adopt what a relaunch left there, or stop it, or choose another address", os.Geteuid(), foreign)
 	}
 	return fmt.Errorf("%s is in use by %s; %s", a, strings.Join(who, ", "), hint)
 }
