@@ -16,6 +16,7 @@ type Result struct {
 	Accepting bool
 	How       string
 	OwnSocket string
+	Closed    bool
 }
 
 // New returns a probe that sees nothing.
