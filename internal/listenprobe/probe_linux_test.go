@@ -313,6 +313,24 @@ func TestListenProbeOwnSocket(t *testing.T) {
 	}
 }
 
+// An app that closes the socket it was given and listens elsewhere: named,
+// on its own port, with Closed.
+func TestListenProbeClosedOwnPort(t *testing.T) {
+	t.Parallel()
+	ln, port := probeListener(t)
+	stamp := filepath.Join(t.TempDir(), "stamp")
+	cmd := startProbed(t, ln, []string{"PROBE_STAMP=" + stamp}, probePython3(t), "testdata/probe_closed.py")
+	own := strings.TrimSpace(strings.TrimPrefix(probeWaitFile(t, stamp, 10*time.Second), "port "))
+	if own == strconv.Itoa(port) {
+		t.Fatalf("the app's own port %s is relaunch's", own)
+	}
+	want := fmt.Sprintf("pid %d listens on 127.0.0.1:%s itself", cmd.Process.Pid, own)
+	r := probeFor(ln).Scan(cmd.Process.Pid)
+	if !r.Closed || r.OwnSocket != want || r.Accepting {
+		t.Errorf("scan = %+v, want Closed and OwnSocket %q", r, want)
+	}
+}
+
 // TestListenProbeDetectionDelay measures how long after an app is ready the
 // probe, scanning every ms, sees it: the apps write a timestamp right before
 // they serve (Go) or accept (python).
