@@ -44,6 +44,7 @@ type socket struct {
 	dev  uint64 // sockfs, encoded as the kernel prints it in fdinfo (sdev:)
 	fd   int    // the fd the children get it as: 3, 4, …
 	port int    // the local port of a TCP socket, 0 for any other
+	addr string // its local address, for messages
 }
 
 // heldSocket is one of relaunch's sockets as an fd of the process scanned.
@@ -95,13 +96,29 @@ func New(fds []int) *Probe {
 			switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
 			case *unix.SockaddrInet4:
 				s.port = sa.Port
+				s.addr = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
 			case *unix.SockaddrInet6:
 				s.port = sa.Port
+				s.addr = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
 			}
 		}
 		p.socks = append(p.socks, s)
 	}
 	return p
+}
+
+// Given names the sockets the probe recognises, for a message: "fd 3,
+// 127.0.0.1:8080", TCP ones with their address.
+func (p *Probe) Given() []string {
+	var out []string
+	for _, s := range p.socks {
+		name := "fd " + strconv.Itoa(s.fd)
+		if s.addr != "" {
+			name += ", " + s.addr
+		}
+		out = append(out, name)
+	}
+	return out
 }
 
 // Scan walks root and all its descendants once. It stops at the first

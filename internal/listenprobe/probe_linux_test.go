@@ -329,6 +329,9 @@ func TestListenProbeClosedOwnPort(t *testing.T) {
 	if !r.Closed || r.OwnSocket != want || r.Accepting {
 		t.Errorf("scan = %+v, want Closed and OwnSocket %q", r, want)
 	}
+	if g, want := probeFor(ln).Given(), fmt.Sprintf("fd 3, 127.0.0.1:%d", port); len(g) != 1 || g[0] != want {
+		t.Errorf("Given() = %q, want [%q]", g, want)
+	}
 }
 
 // TestListenProbeDetectionDelay measures how long after an app is ready the
