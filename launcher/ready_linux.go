@@ -149,16 +149,7 @@ func (l *launcher) scan(g *generation) {
 		l.warnOwnSocket(g, r)
 	}
 	if r.Accepting {
-		if l.cfg.Ready.Mode == ReadyAuto && !l.learnedListen {
-			l.learnedListen = true
-			if l.learnedNotify {
-				l.log.Info("readiness: the app sends READY=1 and is seen accepting on its socket in /proc, so relaunch waits for both from now on " +
-					"(--ready notify takes READY=1 alone)")
-			} else {
-				l.log.Info("readiness: the app is seen accepting on its socket in /proc, so relaunch waits for that from now on " +
-					"(READY=1 would count too; --ready picks another way)")
-			}
-		}
+		l.learnListen()
 		if learning {
 			return
 		}
@@ -178,6 +169,21 @@ func (l *launcher) scan(g *generation) {
 		every = 10 * scanEvery
 	}
 	l.after(g, every, func() { l.scan(g) })
+}
+
+// learnListen: under auto, the app was seen accepting on its socket.
+func (l *launcher) learnListen() {
+	if l.cfg.Ready.Mode != ReadyAuto || l.learnedListen {
+		return
+	}
+	l.learnedListen = true
+	if l.learnedNotify {
+		l.log.Info("readiness: the app sends READY=1 and is seen accepting on its socket in /proc, so relaunch waits for both from now on " +
+			"(--ready notify takes READY=1 alone)")
+	} else {
+		l.log.Info("readiness: the app is seen accepting on its socket in /proc, so relaunch waits for that from now on " +
+			"(READY=1 would count too; --ready picks another way)")
+	}
 }
 
 // warnOwnSocket says that the app listens on a socket of its own: on
@@ -221,6 +227,14 @@ func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {
 		}
 	}
 	g.notified = true
+	if l.observing() && l.cur != nil && l.cur != g && !l.cur.exited && l.cur.probe != nil {
+		// Not yet seen accepting, maybe only not yet looked at closely
+		// (workers that boot after their master's READY=1): the serving
+		// generation is looked at once more before READY=1 alone decides.
+		if r := l.sys.scan(l.cur.probe, l.cur.pid); r.Accepting {
+			l.learnListen()
+		}
+	}
 	switch notify, _, _ := l.waits(); {
 	case l.bothLearned():
 		if g.acceptHow != "" {

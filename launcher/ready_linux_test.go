@@ -68,6 +68,21 @@ func TestMachineAutoLearnsBoth(t *testing.T) {
 	}
 }
 
+// A generation that says READY=1 before auto has seen the serving one
+// accept: the serving one is looked at again first, and when it accepts,
+// the new one waits for its own accepting too.
+func TestMachineAutoLooksAgainAtReady(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyAuto}}, withProbe)
+	m.ready(1)
+	m.signal(syscall.SIGUSR2)
+	m.procs[0].accepting = true // not scanned since
+	m.ready(2)
+	m.want("1:current 2:starting")
+	m.procs[1].accepting = true
+	m.advance(20 * time.Millisecond)
+	m.want("2:current")
+}
+
 // An app that sends READY=1 and is never seen accepting (io_uring, memory
 // it cannot read) stays on READY=1 alone, and is not told it was unseen.
 func TestMachineAutoNotifyOnly(t *testing.T) {
