@@ -27,7 +27,8 @@ import (
 // steered and the shared handover.
 //
 // The servers come from Debian 12 packages (.ci/run installs them): gunicorn
-// 20.1, uvicorn 0.17, haproxy 2.6, nginx 1.22, nodejs; Python is any python3.
+// 20.1, uvicorn 0.17, haproxy 2.6, nginx 1.22, puma 5.6 (Ruby 3.1), nodejs;
+// Python is any python3.
 // The gunicorn and uvicorn scripts run Debian's /usr/bin/python3.
 //
 // Node's http module and a Python server blocking in accept() are also run
@@ -181,8 +182,8 @@ func checkNoErrors(t *testing.T, run serverRun) {
 // listen hands over when a worker of the new generation accepts, and a
 // deploy whose workers cannot load the app is a failed upgrade (with the
 // master's READY=1 it would be taken as ready, the old generation drained,
-// and the service down). Sync workers use select(), which /proc does not
-// show: they would need READY=1 or --ready delay=D. TERM is gunicorn's
+// and the service down). Sync workers' select() is seen too, and auto waits
+// for READY=1 and that: TestServerGunicornAuto. TERM is gunicorn's
 // graceful stop.
 func TestServerGunicorn(t *testing.T) {
 	t.Parallel()
@@ -409,9 +410,9 @@ func TestServerNode(t *testing.T) {
 }
 
 // Python's http.server (ThreadingHTTPServer) on fd 3, standard library only
-// (testdata/servers/http_server.py). socketserver polls with poll(2), which
-// /proc does not show, so the app says READY=1 itself: --ready notify. It
-// drains on TERM.
+// (testdata/servers/http_server.py). It says READY=1 itself: --ready
+// notify (under auto, its poll(2) would be seen too:
+// TestReadySelectAndPollServers). It drains on TERM.
 func TestServerPythonHTTPServer(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
