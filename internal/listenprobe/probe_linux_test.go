@@ -249,7 +249,7 @@ func TestListenProbePollOther(t *testing.T) {
 }
 
 // waitInPoll waits until a thread of pid sits in poll or ppoll.
-func waitInPoll(t *testing.T, pid int) {
+func waitInPoll(t testing.TB, pid int) {
 	t.Helper()
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
 		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
@@ -395,18 +395,39 @@ func BenchmarkListenProbeScan(b *testing.B) {
 			}
 		}
 	})
+	// A thread blocked in select(): its fd_set read from its memory.
+	b.Run("select-accepting", func(b *testing.B) {
+		ln, _ := probeListener(b)
+		cmd := startProbed(b, ln, []string{waitAppEnv + "=select"}, goAppPath(b))
+		p := probeFor(ln)
+		waitAccepting(b, p, cmd.Process.Pid, 10*time.Second)
+		b.ReportAllocs()
+		for b.Loop() {
+			if !p.Scan(cmd.Process.Pid).Accepting {
+				b.Fatal("no longer accepting")
+			}
+		}
+	})
 	// The scan the launcher repeats while it waits: the whole tree walked,
-	// nothing found. A shell and a select() server under it.
+	// nothing found. A shell and, under it, a process that holds the
+	// listener and polls only a pipe (its pollfd array read each time).
 	b.Run("tree-not-yet", func(b *testing.B) {
 		ln, _ := probeListener(b)
-		stamp := filepath.Join(b.TempDir(), "stamp")
-		cmd := startProbed(b, ln, []string{"PROBE_STAMP=" + stamp}, "sh", "-c", `"$0" testdata/probe_select.py; exit $?`, probePython3(b))
-		probeWaitFile(b, stamp, 10*time.Second)
+		cmd := startProbed(b, ln, []string{waitAppEnv + "=pipe-only"}, "sh", "-c", `"$0"; exit $?`, goAppPath(b))
+		var app int
+		for end := time.Now().Add(10 * time.Second); app == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(end) {
+				b.Fatal("the app under sh did not start")
+			}
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+			app, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		waitInPoll(b, app)
 		p := probeFor(ln)
 		b.ReportAllocs()
 		for b.Loop() {
 			if p.Scan(cmd.Process.Pid).Accepting {
-				b.Fatal("select() server seen accepting")
+				b.Fatal("a pipe poller seen accepting")
 			}
 		}
 	})
