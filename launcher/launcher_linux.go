@@ -389,7 +389,7 @@ func (l *launcher) onReady(g *generation, how string) {
 	if g != l.next || g.exited {
 		return
 	}
-	g.state, g.readyAt = current, l.sys.now()
+	g.state, g.readyAt, g.readyHow = current, l.sys.now(), how
 	old := l.cur
 	// Every time, not only at first or after a reload: STATUS= must name
 	// the generation that serves after a crash restart too.

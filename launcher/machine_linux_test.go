@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -30,6 +31,13 @@ type fakeProc struct {
 	// signal and on TERM/INT; a stuck one only dies of SIGKILL.
 	stuck bool
 	got   []syscall.Signal
+	// dieOfDrain: it dies of the drain signal (its default action, or a
+	// handler that drains and re-raises it) instead of exiting 0.
+	dieOfDrain bool
+	// catchesDrain: its /proc status shows the drain signal caught.
+	catchesDrain bool
+	// accepting: /proc shows it accepting on its socket.
+	accepting bool
 }
 
 type fakeTimer struct {
@@ -84,6 +92,8 @@ func (m *machine) sys() system {
 			switch {
 			case sig == syscall.SIGKILL:
 				m.exit(pr, killedBy(sig))
+			case !pr.stuck && sig == m.l.cfg.DrainSignal && pr.dieOfDrain:
+				m.exit(pr, killedBy(sig))
 			case !pr.stuck && (sig == m.l.cfg.DrainSignal || sig == syscall.SIGTERM || sig == syscall.SIGINT):
 				m.exit(pr, exitCode(0))
 			}
@@ -93,6 +103,19 @@ func (m *machine) sys() system {
 				pr.got = append(pr.got, sig)
 				m.exit(pr, killedBy(sig))
 			}
+		},
+		handles: func(pid int, sig syscall.Signal) (bool, bool) {
+			pr := m.proc(pid)
+			if pr == nil || !pr.alive {
+				return false, false
+			}
+			return sig == m.l.cfg.DrainSignal && pr.catchesDrain, true
+		},
+		scan: func(_ *listenprobe.Probe, root int) listenprobe.Result {
+			if pr := m.proc(root); pr != nil && pr.alive && pr.accepting {
+				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root)}
+			}
+			return listenprobe.Result{}
 		},
 		now: func() time.Time { return m.now },
 		afterFunc: func(d time.Duration, f func()) timer {
@@ -121,8 +144,8 @@ func (m *machine) proc(pid int) *fakeProc {
 }
 
 // newMachine is a launcher for cfg (Command and Ready defaulted) on a fake
-// system, its first generation started.
-func newMachine(t *testing.T, cfg Config) *machine {
+// system, its first generation started; setup runs before that start.
+func newMachine(t *testing.T, cfg Config, setup ...func(*machine)) *machine {
 	t.Helper()
 	m := &machine{t: t, log: &lockedBuffer{}, now: time.Unix(1_000_000, 0)}
 	if cfg.Command == nil {
@@ -159,6 +182,9 @@ func newMachine(t *testing.T, cfg Config) *machine {
 			t.Logf("relaunch's log:\n%s", m.log)
 		}
 	})
+	for _, f := range setup {
+		f(m)
+	}
 	if err := m.l.start(false); err != nil {
 		t.Fatal(err)
 	}

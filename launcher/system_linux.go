@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -22,6 +23,11 @@ type system struct {
 	killGroup func(pgid int, sig syscall.Signal) // to a generation's whole process group
 	now       func() time.Time
 	afterFunc func(d time.Duration, f func()) timer // f runs on a goroutine of its own
+	// handles says whether a process catches, ignores or blocks sig (its
+	// SigCgt, SigIgn, SigBlk); known is false when that cannot be read.
+	handles func(pid int, sig syscall.Signal) (handled, known bool)
+	// scan looks at a generation's process tree in /proc (listenprobe).
+	scan func(p *listenprobe.Probe, root int) listenprobe.Result
 }
 
 // timer is a *time.Timer, or a fake one.
@@ -54,5 +60,7 @@ func osSystem() system {
 		killGroup: killGroup,
 		now:       time.Now,
 		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
+		handles:   signalHandled,
+		scan:      (*listenprobe.Probe).Scan,
 	}
 }
