@@ -175,9 +175,11 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 		l.log.Info(fmt.Sprintf("adopted %s, %s, which outlived the relaunch that started it", g, g.state),
 			"generation", g.id, "pid", g.pid, "state", g.state.String())
 	}
+	slices.SortFunc(l.gens, func(a, b *generation) int { return a.id - b.id }) // oldest first, as always
 	for _, g := range toDrain {
 		l.drain(g)
 	}
+	l.limitDraining()
 	l.armSlots()
 	if l.cur != nil {
 		l.outer.ready(fmt.Sprintf("%s serving (adopted)", l.cur))
@@ -188,12 +190,7 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 // watchAdopted posts g's exit when its process exits, seen through a
 // pidfd: it is not relaunch's child, so wait4 cannot see it.
 func (l *launcher) watchAdopted(g *generation) error {
-	pfd, err := unix.PidfdOpen(g.pid, 0)
-	if err != nil {
-		return fmt.Errorf("cannot watch %s, which outlived the relaunch that started it: pidfd_open: %v", g, err)
-	}
-	go func() {
-		waitPidfd(pfd)
+	err := l.sys.watchExit(g.pid, func() {
 		l.post(func() {
 			// Its status is not relaunch's to read: a failure, unless
 			// relaunch is stopping it.
@@ -205,6 +202,22 @@ func (l *launcher) watchAdopted(g *generation) error {
 			}
 			l.onExit(g, exitStatus{ws})
 		})
+	})
+	if err != nil {
+		return fmt.Errorf("cannot watch %s, which outlived the relaunch that started it: %v", g, err)
+	}
+	return nil
+}
+
+// watchPidfd calls exited when pid is gone, seen through a pidfd.
+func watchPidfd(pid int, exited func()) error {
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return os.NewSyscallError("pidfd_open", err)
+	}
+	go func() {
+		waitPidfd(pfd)
+		exited()
 	}()
 	return nil
 }

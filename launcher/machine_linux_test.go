@@ -66,6 +66,18 @@ type machine struct {
 	// stuckNext makes the next start's process ignore every signal but
 	// SIGKILL.
 	stuckNext bool
+	// adopting, when set, is what newMachine adopts (as after relaunch's
+	// death) instead of starting a first generation; their processes are
+	// m.orphan's.
+	adopting []adoptable
+}
+
+// orphan is a process a relaunch that died started: alive, not relaunch's
+// child.
+func (m *machine) orphan(pid int) *fakeProc {
+	pr := &fakeProc{pid: pid, alive: true, exited: func(syscall.WaitStatus) {}}
+	m.procs = append(m.procs, pr)
+	return pr
 }
 
 func (m *machine) sys() system {
@@ -116,6 +128,14 @@ func (m *machine) sys() system {
 				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root)}
 			}
 			return listenprobe.Result{}
+		},
+		watchExit: func(pid int, exited func()) error {
+			pr := m.proc(pid)
+			if pr == nil {
+				return fmt.Errorf("no process %d", pid)
+			}
+			pr.exited = func(syscall.WaitStatus) { exited() }
+			return nil
 		},
 		now: func() time.Time { return m.now },
 		afterFunc: func(d time.Duration, f func()) timer {
@@ -185,8 +205,16 @@ func newMachine(t *testing.T, cfg Config, setup ...func(*machine)) *machine {
 	for _, f := range setup {
 		f(m)
 	}
-	if err := m.l.start(false); err != nil {
-		t.Fatal(err)
+	adopted := false
+	if len(m.adopting) > 0 {
+		if adopted, err = m.l.adopt(m.adopting); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !adopted {
+		if err := m.l.start(false); err != nil {
+			t.Fatal(err)
+		}
 	}
 	m.settle()
 	return m
@@ -570,4 +598,85 @@ func TestMachineTripwire(t *testing.T) {
 	if !strings.Contains(m.log.String(), "a socket relaunch does not hold listens on port") {
 		t.Errorf("the warning does not name the foreign socket:\n%s", m.log)
 	}
+}
+
+// Adoption after relaunch's death, from the state it saved: the current
+// one serves on, a draining one's timeout counts from its drain signal,
+// one that was settling is drained now; numbering goes on from the saved
+// last id; the next upgrade drains the adopted current one, and
+// --max-draining counts adopted generations; an adopted current one that
+// exits is restarted as after a crash.
+func TestMachineAdopt(t *testing.T) {
+	adopt := func(m *machine, gens ...savedGen) {
+		m.l.state = &savedState{Format: 1, LastID: 7}
+		for _, g := range gens {
+			m.l.state.Gens = append(m.l.state.Gens, g)
+			m.orphan(g.Pid).stuck = true // they drain slowly: only SIGKILL ends them
+			m.adopting = append([]adoptable{{id: g.ID, pid: g.Pid, slot: -1}}, m.adopting...)
+		}
+	}
+	t.Run("state", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, DrainTimeout: 30 * time.Second, MaxDraining: -1}, func(m *machine) {
+			adopt(m, savedGen{ID: 4, Pid: 2001, Slot: -1, State: "draining", DrainAt: m.now.Add(-20 * time.Second)},
+				savedGen{ID: 5, Pid: 2002, Slot: -1, State: "settling"},
+				savedGen{ID: 6, Pid: 2003, Slot: -1, State: "current"})
+		})
+		m.want("4:draining 5:draining 6:current")
+		if got := m.proc(2002).got; !slices.Equal(got, []syscall.Signal{syscall.SIGQUIT}) {
+			t.Errorf("gen 5, settling when relaunch died, got %v; want its drain signal now", got)
+		}
+		if len(m.proc(2001).got)+len(m.proc(2003).got) != 0 {
+			t.Errorf("gen 4 got %v, gen 6 got %v; want nothing", m.proc(2001).got, m.proc(2003).got)
+		}
+		// gen 4 was told 20 s before: its 30 s end 10 s after adoption.
+		m.advance(10*time.Second - time.Millisecond)
+		m.want("4:draining 5:draining 6:current")
+		m.advance(time.Millisecond)
+		m.want("5:draining 6:current")
+		// gen 5's timeout counts from its drain signal, at adoption.
+		m.advance(20 * time.Second)
+		m.want("6:current")
+		m.signal(syscall.SIGUSR2)
+		m.want("6:current 8:starting")
+		m.ready(8)
+		m.want("6:draining 8:current")
+	})
+	t.Run("max draining", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, MaxDraining: 1}, func(m *machine) {
+			adopt(m, savedGen{ID: 4, Pid: 2001, Slot: -1, State: "draining", DrainAt: m.now},
+				savedGen{ID: 5, Pid: 2002, Slot: -1, State: "current"})
+		})
+		m.want("4:draining 5:current")
+		m.signal(syscall.SIGUSR2)
+		m.ready(8)
+		m.want("5:draining 8:current") // gen 4, the oldest of two draining, killed
+		if got := m.proc(2001).got; !slices.Contains(got, syscall.SIGKILL) {
+			t.Errorf("gen 4 got %v; want SIGKILL (--max-draining 1)", got)
+		}
+	})
+	t.Run("crash", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}}, func(m *machine) {
+			adopt(m, savedGen{ID: 5, Pid: 2002, Slot: -1, State: "current"})
+		})
+		m.want("5:current")
+		m.exit(m.proc(2002), 0) // its status is not relaunch's to read
+		m.settle()
+		m.want("")
+		m.advance(backoffMin)
+		m.want("8:starting")
+	})
+	t.Run("no state", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, DrainTimeout: 30 * time.Second, MaxDraining: -1}, func(m *machine) {
+			adopt(m, savedGen{ID: 4, Pid: 2001}, savedGen{ID: 5, Pid: 2002})
+			m.l.state = nil
+		})
+		// The newest is current; the other drains from now.
+		m.want("4:draining 5:current")
+		m.advance(30*time.Second - time.Millisecond)
+		m.want("4:draining 5:current")
+		m.advance(time.Millisecond)
+		m.want("5:current")
+		m.signal(syscall.SIGUSR2)
+		m.want("5:current 6:starting")
+	})
 }

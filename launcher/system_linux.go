@@ -28,6 +28,9 @@ type system struct {
 	handles func(pid int, sig syscall.Signal) (handled, known bool)
 	// scan looks at a generation's process tree in /proc (listenprobe).
 	scan func(p *listenprobe.Probe, root int) listenprobe.Result
+	// watchExit calls exited, from any goroutine, when pid (not relaunch's
+	// child: an adopted generation) is gone.
+	watchExit func(pid int, exited func()) error
 }
 
 // timer is a *time.Timer, or a fake one.
@@ -62,5 +65,6 @@ func osSystem() system {
 		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
 		handles:   signalHandled,
 		scan:      (*listenprobe.Probe).Scan,
+		watchExit: watchPidfd,
 	}
 }
