@@ -65,11 +65,13 @@ func (l *launcher) storeAll(sink storeSink) {
 	if n > 0 {
 		l.log.Info(fmt.Sprintf("stored %d socket(s) in %s: a relaunch started after this one's death takes them back", n, sink.what))
 	}
-	if l.stateFd < 0 && n > 0 {
-		if l.stateFd = newStateFile(); l.stateFd >= 0 && l.store(sink, stateName, l.stateFd) == 0 {
-			unix.Close(l.stateFd)
-			l.stateFd = -1
-		}
+	// The state goes wherever the sockets went (a sink that got none
+	// holds it already).
+	if n > 0 && l.stateFd < 0 {
+		l.stateFd = newStateFile()
+	}
+	if n > 0 && l.stateFd >= 0 {
+		l.store(sink, stateName, l.stateFd)
 	}
 }
 

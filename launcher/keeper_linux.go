@@ -102,17 +102,21 @@ func keeperSink(c *keeper.Client) storeSink {
 }
 
 // setUpStore picks where the sockets outlive relaunch and stores there
-// what is not stored yet (not at a re-exec: stored already).
-func (l *launcher) setUpStore() {
+// what is not stored yet. After a re-exec (resumed) everything is stored
+// already, unless the keeper was gone: a new one is started.
+func (l *launcher) setUpStore(resumed bool) {
 	tk := l.cfg.Taken
 	if tk != nil {
 		l.state, l.stateFd = tk.state, tk.stateFd
 	}
+	storing := l.outer.on && storeWanted(l.cfg.FDStore)
 	switch {
+	case resumed && (l.keeper != nil && l.keeper.Conn() >= 0 || storing):
+		return
 	case tk != nil && tk.keeper != nil:
 		l.keeper = tk.keeper
 		l.storeAll(keeperSink(l.keeper))
-	case l.outer.on && storeWanted(l.cfg.FDStore):
+	case storing:
 		l.storeAll(systemdSink())
 	case len(l.cfg.Listeners) > 0 && os.Getpid() != 1 && !l.cfg.NoKeeper:
 		c, err := keeper.Start(keeperGone(l.log))

@@ -163,7 +163,7 @@ func Run(cfg Config) (int, error) {
 
 	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
 	if rs == nil {
-		l.setUpStore()
+		l.setUpStore(false)
 	}
 	defer l.closeStore()
 	if cfg.Control != "" {
@@ -199,7 +199,9 @@ func Run(cfg Config) (int, error) {
 	}
 	switch adopted := false; {
 	case rs != nil:
-		err = l.resume(rs)
+		if err = l.resume(rs); err == nil {
+			l.setUpStore(true)
+		}
 	default:
 		l.steerSlot = l.storedSteerSlot()
 		if l.hasStored() {

@@ -75,6 +75,10 @@ func keeperEnv(env []string) []string {
 func (c *Client) gone(err error, report func(int, error)) {
 	c.mu.Lock()
 	closed := c.conn < 0
+	if !closed { // a dead keeper's connection is of no use: Conn says so
+		unix.Close(c.conn)
+		c.conn = -1
+	}
 	c.mu.Unlock()
 	close(c.exited)
 	if !closed && report != nil {
