@@ -23,6 +23,7 @@ type Pool struct {
 	addr  Addr
 	slots []*Socket
 	spare *Socket // nil in a pool adopted from a relaunch that had none
+	route Route   // the route last set (pool_linux.go)
 }
 
 // BindPool binds n members of a new SO_REUSEPORT group on a tcp address, in
