@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relaunch/relaunch/internal/broker"
 	"github.com/relaunch/relaunch/sdlisten"
 )
@@ -58,6 +60,14 @@ type machine struct {
 	// stuckNext makes the next start's process ignore every signal but
 	// SIGKILL.
 	stuckNext bool
+	// probes are the health probes asked for and not answered yet.
+	probes []*fakeProbe
+}
+
+// fakeProbe is a health probe the test answers (machine.answer).
+type fakeProbe struct {
+	spec probeSpec
+	done func(probeResult)
 }
 
 func (m *machine) sys() system {
@@ -93,6 +103,10 @@ func (m *machine) sys() system {
 				pr.got = append(pr.got, sig)
 				m.exit(pr, killedBy(sig))
 			}
+		},
+		probe: func(p probeSpec, done func(probeResult)) {
+			unix.Close(p.fd) // the test answers; nothing connects
+			m.probes = append(m.probes, &fakeProbe{spec: p, done: done})
 		},
 		now: func() time.Time { return m.now },
 		afterFunc: func(d time.Duration, f func()) timer {

@@ -176,6 +176,13 @@ func (l *launcher) onReexec(c *os.File) {
 		answerFile(c, Answer{Error: "relaunch is stopping"})
 		return
 	}
+	if l.canary != nil {
+		// Its share, timer and probes live in this program only.
+		msg := fmt.Sprintf("%s is a canary: relaunch promote or relaunch abort first, then reexec", l.canary)
+		l.log.Warn("reexec refused: " + msg)
+		answerFile(c, Answer{Error: msg})
+		return
+	}
 	if c != nil {
 		l.reexecClients = append(l.reexecClients, c)
 	}

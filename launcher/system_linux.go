@@ -22,6 +22,9 @@ type system struct {
 	killGroup func(pgid int, sig syscall.Signal) // to a generation's whole process group
 	now       func() time.Time
 	afterFunc func(d time.Duration, f func()) timer // f runs on a goroutine of its own
+	// probe runs one health probe off the loop and calls done with its
+	// answer, from a goroutine of its own.
+	probe func(p probeSpec, done func(probeResult))
 }
 
 // timer is a *time.Timer, or a fake one.
@@ -54,5 +57,6 @@ func osSystem() system {
 		killGroup: killGroup,
 		now:       time.Now,
 		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
+		probe:     func(p probeSpec, done func(probeResult)) { go func() { done(httpProbe(p)) }() },
 	}
 }
