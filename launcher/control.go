@@ -64,14 +64,14 @@ type CanaryStatus struct {
 
 // Status is what `relaunch status` shows.
 type Status struct {
-	Pid           int          `json:"pid"`
-	Version       string       `json:"version"`
-	Command       []string     `json:"command"`
-	Readiness     string       `json:"readiness"`
-	Generations   []GenStatus  `json:"generations"`
-	LastFailure   string       `json:"last_failure,omitempty"`
-	LastFailureAt time.Time    `json:"last_failure_at,omitzero"`
-	Rescued       RescueCounts `json:"rescued"` // connections stranded on a slot, and listeners revived
+	Pid           int           `json:"pid"`
+	Version       string        `json:"version"`
+	Command       []string      `json:"command"`
+	Readiness     string        `json:"readiness"`
+	Generations   []GenStatus   `json:"generations"`
+	LastFailure   string        `json:"last_failure,omitempty"`
+	LastFailureAt time.Time     `json:"last_failure_at,omitzero"`
+	Rescued       RescueCounts  `json:"rescued"` // connections stranded on a slot, and listeners revived
 	Canary        *CanaryStatus `json:"canary,omitempty"`
 }
 
