@@ -125,6 +125,7 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 				l.steerTo(g.slot)
 			}
 			l.handoff.SetCurrent(g.id)
+			l.watchHealth(g) // --health-interval
 		} else {
 			g.state, g.drainAt = draining, now
 			if l.cfg.DrainTimeout > 0 {

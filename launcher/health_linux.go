@@ -46,6 +46,7 @@ type probeSpec struct {
 	host    string // the Host header
 	path    string
 	timeout time.Duration
+	slot    int // the slot it is steered to
 }
 
 // probeResult is a probe's answer: an HTTP status, or why there is none.
@@ -231,7 +232,7 @@ func (l *launcher) probe(g *generation, done func(probeResult)) {
 	l.applyRoute()
 	g.probing = true
 	spec := probeSpec{fd: fd, to: sockaddrOf(to), host: net.JoinHostPort(to.Addr().String(), strconv.Itoa(int(to.Port()))),
-		path: l.cfg.Health.Path, timeout: probeTimeout}
+		path: l.cfg.Health.Path, timeout: probeTimeout, slot: g.slot}
 	l.sys.probe(spec, func(r probeResult) {
 		l.post(func() {
 			delete(l.probes, src)

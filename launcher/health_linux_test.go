@@ -318,3 +318,64 @@ func TestMachineCanaryControl(t *testing.T) {
 		t.Errorf("gen 2 got %v", m.signals(2))
 	}
 }
+
+// The current generation exits while a canary runs: the canary, healthy
+// and serving its share, takes over at once; nothing restarts.
+func TestMachineCanaryCurrentExits(t *testing.T) {
+	m := steeredMachine(t, 3, Config{Canary: Canary{Pct: 25, For: time.Hour}})
+	m.ready(1)
+	m.signal(syscall.SIGUSR2)
+	m.ready(2)
+	m.want("1:current 2:canary")
+	m.crash(1, killedBy(syscall.SIGSEGV))
+	m.want("2:current")
+	if r := m.route(); !slices.Equal(r.Slots, []int{1}) || r.CanaryPct != 0 {
+		t.Fatalf("route %s; want slot 1 alone", r)
+	}
+	m.advance(time.Minute)
+	if len(m.procs) != 2 {
+		t.Fatalf("%d processes started; want 2 (no restart)", len(m.procs))
+	}
+}
+
+// Liveness whose fresh generation is not healthy either: it is killed at
+// --ready-timeout, the failing one keeps serving, and 3 more failures try
+// again.
+func TestMachineLivenessFreshFails(t *testing.T) {
+	m := steeredMachine(t, 3, Config{Health: &Health{Path: "/healthz"}, HealthInterval: time.Second, ReadyTimeout: 5 * time.Second})
+	m.ready(1)
+	m.answer(200)
+	// answerAll answers every probe in flight: gen 1's (slot 0) with
+	// onCur, any other's with 503.
+	answerAll := func(onCur int) {
+		for len(m.probes) > 0 {
+			st := 503
+			if m.probes[0].spec.slot == 0 {
+				st = onCur
+			}
+			m.answer(st)
+		}
+	}
+	for range failsInARow {
+		m.advance(time.Second)
+		answerAll(503)
+	}
+	m.want("1:current 2:starting")
+	m.ready(2)
+	for i := 0; i < 100 && m.gen(2) != nil; i++ {
+		answerAll(200) // gen 1 is fine meanwhile: no second upgrade queued
+		m.advance(healthRetry)
+	}
+	m.want("1:current")
+	if !strings.Contains(m.l.lastFailure, "not healthy after 5s") {
+		t.Fatalf("last failure %q", m.l.lastFailure)
+	}
+	if len(m.signals(1)) != 0 {
+		t.Fatalf("gen 1 got %v", m.signals(1))
+	}
+	for range failsInARow {
+		m.advance(time.Second)
+		answerAll(503)
+	}
+	m.want("1:current 3:starting")
+}

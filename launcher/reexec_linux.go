@@ -248,6 +248,8 @@ func (l *launcher) reexecBlocker() string {
 		return "an upgrade is waiting for a slot"
 	case l.relays > 0:
 		return fmt.Sprintf("relaunch relays %d rescued connection(s)", l.relays)
+	case len(l.probes) > 0:
+		return "a health probe is in flight" // its route lives in this program only
 	}
 	for _, g := range l.gens {
 		if g.state == settling {
@@ -487,6 +489,7 @@ func (l *launcher) resume(r *Resume) error {
 	}
 	if l.cur != nil {
 		l.handoff.SetCurrent(l.cur.id)
+		l.watchHealth(l.cur) // --health-interval goes on
 	}
 	if st.RestartIn >= 0 {
 		l.restartIn(st.RestartIn)
