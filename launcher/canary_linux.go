@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"fmt"
+	"maps"
 
 	"github.com/relaunch/relaunch/sdlisten"
 )
@@ -19,7 +20,7 @@ import (
 // route is what the steered pools do now: new connections to the steered
 // slot, a canary's share to its slot, probes to the generation they test.
 func (l *launcher) route() sdlisten.Route {
-	r := sdlisten.Route{Slots: []int{l.steerSlot}, Probes: l.probes}
+	r := sdlisten.Route{Slots: []int{l.steerSlot}, Probes: maps.Clone(l.probes)} // the pool keeps it
 	if l.canary != nil {
 		r.Canary, r.CanaryPct = []int{l.canary.slot}, l.cfg.Canary.Pct
 	}

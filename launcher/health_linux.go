@@ -210,19 +210,24 @@ func (l *launcher) healthPool() *sdlisten.Pool {
 // probe sends one health probe to g, steered to its slot, and calls done
 // on the loop with the answer.
 func (l *launcher) probe(g *generation, done func(probeResult)) {
+	failed := func(err error) {
+		r := probeResult{err: err}
+		g.health = r.String()
+		done(r)
+	}
 	p := l.healthPool()
 	if p == nil {
-		done(probeResult{err: errors.New("the address is no longer steered, so a probe cannot be sent to one generation")})
+		failed(errors.New("the address is no longer steered, so a probe cannot be sent to one generation"))
 		return
 	}
 	to, err := healthTarget(p.Addr())
 	if err != nil {
-		done(probeResult{err: err})
+		failed(err)
 		return
 	}
 	fd, src, err := probeSocket(to.Addr())
 	if err != nil {
-		done(probeResult{err: err})
+		failed(err)
 		return
 	}
 	if l.probes == nil {
