@@ -17,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/relaunch/relaunch/internal/keeper"
 	"github.com/relaunch/relaunch/launcher"
 	"github.com/relaunch/relaunch/sdlisten"
 	"github.com/relaunch/relaunch/watch"
@@ -42,6 +43,7 @@ func main() { os.Exit(relaunchMain()) }
 // in-process relaunch (script_test.go).
 func relaunchMain() int {
 	sdlisten.RunExecHelper() // first: a helper process must not parse flags
+	keeper.Main()            // nor a keeper
 	tuneMemory()
 	if !isClientCommand(os.Args) {
 		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal
@@ -150,6 +152,8 @@ func flags() []cli.Flag {
 			Usage: "changes under --watch matching `GLOB` (a name or an absolute path) do not count; repeatable"},
 		&cli.BoolFlag{Name: "fdstore", EnvVars: env("FDSTORE"),
 			Usage: "under systemd: keep the sockets in its fd store (FDSTORE=1; the unit needs FileDescriptorStoreMax=), so a restarted relaunch takes the very same sockets back; automatic where systemd sets $FDSTORE"},
+		&cli.BoolFlag{Name: "no-keeper", EnvVars: env("NO_KEEPER"),
+			Usage: "start no keeper process: by default one holds a copy of every socket, so that relaunch's own death (kill -9, the OOM killer) changes nothing for clients and a relaunch started again adopts the generations; not started under --fdstore or as PID 1"},
 		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
 			Usage: "write relaunch's pid to `PATH` (atomically); removed at exit"},
 		&cli.StringFlag{Name: "control", EnvVars: env("CONTROL"),
@@ -233,7 +237,7 @@ func action(c *cli.Context) error {
 	}
 	if resume != nil {
 		cfg.Listeners, cfg.Resume = resume.Listeners, resume
-	} else if cfg.Listeners, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger); err != nil {
+	} else if cfg.Listeners, cfg.Taken, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger); err != nil {
 		return fail(err)
 	}
 	defer launcher.CloseListeners(cfg.Listeners)
@@ -261,6 +265,7 @@ func config(c *cli.Context) (launcher.Config, error) {
 		Settle:       c.Duration("settle"),
 		PIDFile:      c.String("pidfile"),
 		FDStore:      c.Bool("fdstore"),
+		NoKeeper:     c.Bool("no-keeper"),
 		Control:      c.String("control"),
 		Version:      version,
 	}

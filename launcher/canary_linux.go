@@ -51,7 +51,7 @@ func (l *launcher) wantsCanary(g *generation) bool {
 }
 
 func (l *launcher) startCanary(g *generation, how string) {
-	g.state, g.readyAt, g.wasCanary = canary, l.sys.now(), true
+	g.state, g.readyAt, g.readyHow, g.wasCanary = canary, l.sys.now(), how, true
 	l.canary, l.next = g, nil
 	l.canaryEnds = l.sys.now().Add(l.cfg.Canary.For)
 	delete(l.awaySince, g.slot)

@@ -66,6 +66,13 @@ type Config struct {
 	// (FDSTORE=1), also done when systemd sets $FDSTORE.
 	FDStore bool
 
+	// NoKeeper starts no keeper (internal/keeper) where the fd store is
+	// not used: relaunch's death then closes the slots no generation holds.
+	NoKeeper bool
+
+	// Taken is what OpenListeners took back from a relaunch that died.
+	Taken *Taken
+
 	PIDFile string
 	Control string       // the control socket's path; "" = none
 	Logger  *slog.Logger // nil discards

@@ -46,6 +46,7 @@ type GenStatus struct {
 	Path       string    `json:"path"`
 	Slot       int       `json:"slot"`              // -1 without steered listeners
 	Adopted    bool      `json:"adopted,omitempty"` // started by a relaunch that died, taken over
+	Ready      string    `json:"ready,omitempty"`   // what made it ready: "READY=1", "pid 12 polls fd 3 (poll)", …
 	Why        string    `json:"why,omitempty"`     // what started it: the upgrade's trigger
 	// Health is its last health probe's answer (--health); Unhealthy says
 	// why a fresh generation replaces it.

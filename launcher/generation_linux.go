@@ -50,14 +50,20 @@ type generation struct {
 	failReason string  // why relaunch killed it, for the exit log line
 	execErr    error   // the helper could not exec the command
 	exited     bool
-	warnedOwn  bool // said that it listens on a socket of its own
-	usr1       bool // a USR1 came while it was starting: passed on once it is ready
-	adopted    bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
+	warnedOwn  bool   // said that it listens on a socket of its own
+	notified   bool   // sent READY=1
+	acceptHow  string // how it was seen accepting while starting, when READY=1 is also awaited
+	readyHow   string // what made it ready, for status
+	// drainDefault: the drain signal, when sent, had its default action
+	// in it (or that could not be read)
+	drainDefault bool
+	usr1         bool // a USR1 came while it was starting: passed on once it is ready
+	adopted      bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
 
 	startTicks uint64 // when it started, in /proc's clock ticks: what it forked started later
 
 	why       string // why it was started (the upgrade's trigger), for status
-	readyHow  string // --health: how its --ready condition held; "" while it has not
+	readyBy   string // --health: how its --ready condition held; "" while it has not
 	healthy   bool   // --health: a probe answered 2xx
 	probing   bool   // a health probe is in flight
 	health    string // the last probe's answer

@@ -265,7 +265,7 @@ func (l *launcher) healthCheck(g *generation) {
 			return
 		}
 		g.healthy = true
-		l.onReady(g, fmt.Sprintf("%s, then GET %s answered %s", g.readyHow, l.cfg.Health.Path, r))
+		l.onReady(g, fmt.Sprintf("%s, then GET %s answered %s", g.readyBy, l.cfg.Health.Path, r))
 	})
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/relaunch/relaunch/handoff"
 	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/internal/keeper"
 	"github.com/relaunch/relaunch/sdlisten"
 	"github.com/relaunch/relaunch/watch"
 )
@@ -72,8 +73,12 @@ type launcher struct {
 	restartTimer timer
 	restartAt    time.Time
 
-	outer     *outerNotify // systemd's NOTIFY_SOCKET, when relaunch has one
-	reloading bool         // the outer manager was told RELOADING=1
+	outer      *outerNotify   // systemd's NOTIFY_SOCKET, when relaunch has one
+	keeper     *keeper.Client // holds the sockets past relaunch's death (keeper_linux.go); nil under the fd store
+	state      *savedState    // what a relaunch that died saved, for adoption; nil when none
+	stateFd    int            // the memfd the state is saved in; -1: none
+	stateSaved []byte         // what it holds
+	reloading  bool           // the outer manager was told RELOADING=1
 
 	buildPid   int           // the build running, 0 when none
 	buildAgain bool          // sources changed during it
@@ -103,7 +108,7 @@ type launcher struct {
 // directory, no broker yet.
 func newLauncher(cfg Config, sys system) *launcher {
 	l := &launcher{cfg: cfg, sys: sys, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin,
-		awaySince: map[int]time.Time{}, held: map[int]time.Time{}}
+		awaySince: map[int]time.Time{}, held: map[int]time.Time{}, stateFd: -1}
 	if l.log == nil {
 		l.log = discardLogger()
 	}
@@ -162,9 +167,10 @@ func Run(cfg Config) (int, error) {
 	}
 
 	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
-	if rs == nil && l.outer.on && storeWanted(cfg.FDStore) {
-		l.storeListeners()
+	if rs == nil {
+		l.setUpStore()
 	}
+	defer l.closeStore()
 	if cfg.Control != "" {
 		kept := -1
 		if rs != nil {
@@ -228,6 +234,7 @@ func Run(cfg Config) (int, error) {
 			}
 			l.onChange(c)
 		}
+		l.saveState()
 	}
 	if l.fatal != nil {
 		return 1, startupError(l.fatal)
@@ -388,8 +395,8 @@ func (l *launcher) onReady(g *generation, how string) {
 		return
 	}
 	if l.cfg.Health != nil && !g.healthy {
-		if g.readyHow == "" { // the first of the ways it can show it
-			g.readyHow = how
+		if g.readyBy == "" { // the first of the ways it can show it
+			g.readyBy = how
 			l.log.Info(fmt.Sprintf("%s ready (%s); checking its health: GET %s", g, how, l.cfg.Health.Path), "generation", g.id, "pid", g.pid)
 			l.healthCheck(g)
 		}
@@ -400,7 +407,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		return
 	}
 	if !g.wasCanary { // a promoted canary was ready when it became one
-		g.readyAt = l.sys.now()
+		g.readyAt, g.readyHow = l.sys.now(), how
 	}
 	g.state = current
 	old := l.cur
@@ -444,13 +451,13 @@ func (l *launcher) onReadyTimeout(g *generation) {
 		return
 	}
 	g.failReason = fmt.Sprintf("not ready after %s (--ready-timeout, waiting for %s)", l.cfg.ReadyTimeout, l.waitingFor())
-	if g.readyHow != "" {
+	if g.readyBy != "" {
 		last := g.health
 		if last == "" {
 			last = "no answer yet"
 		}
 		g.failReason = fmt.Sprintf("not healthy after %s (--ready-timeout; ready by %s, but GET %s never answered 2xx: the last answer was %s)",
-			l.cfg.ReadyTimeout, g.readyHow, l.cfg.Health.Path, last)
+			l.cfg.ReadyTimeout, g.readyBy, l.cfg.Health.Path, last)
 	}
 	l.sys.killGroup(g.pid, syscall.SIGKILL)
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -32,6 +33,13 @@ type fakeProc struct {
 	// signal and on TERM/INT; a stuck one only dies of SIGKILL.
 	stuck bool
 	got   []syscall.Signal
+	// dieOfDrain: it dies of the drain signal (its default action, or a
+	// handler that drains and re-raises it) instead of exiting 0.
+	dieOfDrain bool
+	// catchesDrain: its /proc status shows the drain signal caught.
+	catchesDrain bool
+	// accepting: /proc shows it accepting on its socket.
+	accepting bool
 }
 
 type fakeTimer struct {
@@ -94,6 +102,8 @@ func (m *machine) sys() system {
 			switch {
 			case sig == syscall.SIGKILL:
 				m.exit(pr, killedBy(sig))
+			case !pr.stuck && sig == m.l.cfg.DrainSignal && pr.dieOfDrain:
+				m.exit(pr, killedBy(sig))
 			case !pr.stuck && (sig == m.l.cfg.DrainSignal || sig == syscall.SIGTERM || sig == syscall.SIGINT):
 				m.exit(pr, exitCode(0))
 			}
@@ -107,6 +117,19 @@ func (m *machine) sys() system {
 		probe: func(p probeSpec, done func(probeResult)) {
 			unix.Close(p.fd) // the test answers; nothing connects
 			m.probes = append(m.probes, &fakeProbe{spec: p, done: done})
+		},
+		handles: func(pid int, sig syscall.Signal) (bool, bool) {
+			pr := m.proc(pid)
+			if pr == nil || !pr.alive {
+				return false, false
+			}
+			return sig == m.l.cfg.DrainSignal && pr.catchesDrain, true
+		},
+		scan: func(_ *listenprobe.Probe, root int) listenprobe.Result {
+			if pr := m.proc(root); pr != nil && pr.alive && pr.accepting {
+				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root)}
+			}
+			return listenprobe.Result{}
 		},
 		now: func() time.Time { return m.now },
 		afterFunc: func(d time.Duration, f func()) timer {
@@ -135,8 +158,8 @@ func (m *machine) proc(pid int) *fakeProc {
 }
 
 // newMachine is a launcher for cfg (Command and Ready defaulted) on a fake
-// system, its first generation started.
-func newMachine(t *testing.T, cfg Config) *machine {
+// system, its first generation started; setup runs before that start.
+func newMachine(t *testing.T, cfg Config, setup ...func(*machine)) *machine {
 	t.Helper()
 	m := &machine{t: t, log: &lockedBuffer{}, now: time.Unix(1_000_000, 0)}
 	if cfg.Command == nil {
@@ -173,6 +196,9 @@ func newMachine(t *testing.T, cfg Config) *machine {
 			t.Logf("relaunch's log:\n%s", m.log)
 		}
 	})
+	for _, f := range setup {
+		f(m)
+	}
 	if err := m.l.start(false); err != nil {
 		t.Fatal(err)
 	}

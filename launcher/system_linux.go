@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -25,6 +26,11 @@ type system struct {
 	// probe runs one health probe off the loop and calls done with its
 	// answer, from a goroutine of its own.
 	probe func(p probeSpec, done func(probeResult))
+	// handles says whether a process catches, ignores or blocks sig (its
+	// SigCgt, SigIgn, SigBlk); known is false when that cannot be read.
+	handles func(pid int, sig syscall.Signal) (handled, known bool)
+	// scan looks at a generation's process tree in /proc (listenprobe).
+	scan func(p *listenprobe.Probe, root int) listenprobe.Result
 }
 
 // timer is a *time.Timer, or a fake one.
@@ -58,5 +64,7 @@ func osSystem() system {
 		now:       time.Now,
 		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
 		probe:     func(p probeSpec, done func(probeResult)) { go func() { done(httpProbe(p)) }() },
+		handles:   signalHandled,
+		scan:      (*listenprobe.Probe).Scan,
 	}
 }

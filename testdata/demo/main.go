@@ -54,6 +54,7 @@ var (
 	healthStatus   = flag.Int("health-status", 200, "what /healthz answers (once -healthy-after has passed)")
 	unhealthyAfter = flag.Duration("unhealthy-after", 0, "/healthz answers 503 from this long after the listeners exist; 0: never")
 	crashAfter     = flag.Duration("crash-after", 0, "SIGKILL myself this long after the listeners exist (a crash); 0: never")
+	leaveOpen      = flag.String("leave-open", "", "when the generation of this number drains, it keeps its listening sockets open without accepting for a minute, then exits (an app that just leaves its accept loop)")
 	joinReuse      = flag.Bool("join-reuseport", false, "after taking the listeners, open an extra SO_REUSEADDR+SO_REUSEPORT listening socket on fd 3's address and never accept on it (it joins the launcher's SO_REUSEPORT group)")
 )
 
@@ -182,6 +183,9 @@ func main() {
 		case err := <-serveErr:
 			fatalf("%v", err)
 		case <-done:
+			if *leaveOpen != "" && *leaveOpen == gen {
+				time.Sleep(time.Minute)
+			}
 			record("exit")
 			logf("demo: gen %s pid %d exiting", gen, pid)
 			os.Exit(0)
@@ -206,6 +210,15 @@ func main() {
 // the connections accepted just before a moment to send their request, then
 // let Shutdown finish every request in flight.
 func drain(srv *http.Server, listeners []net.Listener) {
+	if *leaveOpen != "" && *leaveOpen == gen {
+		for _, l := range listeners {
+			if sc, ok := l.(syscall.Conn); ok {
+				if rc, err := sc.SyscallConn(); err == nil {
+					rc.Control(func(fd uintptr) { syscall.Dup(int(fd)) }) // kept open, never accepted on
+				}
+			}
+		}
+	}
 	if *drainMode == "shutdown" {
 		for _, l := range listeners {
 			if sc, ok := l.(syscall.Conn); ok {
