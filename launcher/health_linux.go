@@ -312,6 +312,12 @@ func (l *launcher) liveness(g *generation) {
 		if g.fails < failsInARow {
 			return
 		}
+		if g == l.cur && l.next != nil {
+			// A generation is starting already: once healthy it replaces
+			// this one; another upgrade queued now would replace it in turn.
+			g.fails = 0
+			return
+		}
 		why := fmt.Sprintf("%d health checks failed in a row (last: %s)", g.fails, r)
 		g.fails = 0 // a fresh generation that fails too gets another try after as many
 		if g == l.canary {

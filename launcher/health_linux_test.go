@@ -168,11 +168,13 @@ func TestMachineLiveness(t *testing.T) {
 	if len(m.signals(1)) != 0 {
 		t.Fatalf("gen 1 got %v before the fresh one is healthy", m.signals(1))
 	}
-	m.ready(2)
-	// Gen 1's own liveness probes may be in flight too: answer in order.
-	for len(m.probes) > 0 && m.route().Probes != nil {
-		m.answer(200)
+	// Gen 1 goes on failing while gen 2 starts: no second upgrade.
+	for range 2 * failsInARow {
+		m.advance(time.Second)
+		m.answer(503)
 	}
+	m.ready(2)
+	m.answer(200)
 	m.want("1:settling 2:current")
 	m.advance(100 * time.Millisecond)
 	m.want("2:current")
