@@ -381,3 +381,49 @@ func TestMachineLivenessFreshFails(t *testing.T) {
 	}
 	m.want("1:current 3:starting")
 }
+
+// SteeredFor: --health probes the first TCP --listen address or the one
+// named, and refuses one that is not steered.
+func TestSteeredFor(t *testing.T) {
+	pool := func(s string) Listener {
+		a, _ := sdlisten.ParseAddr(s)
+		p, err := sdlisten.BindPool(a, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return Listener{Pool: p}
+	}
+	shared := func(s string) Listener {
+		a, _ := sdlisten.ParseAddr(s)
+		so, err := sdlisten.Bind(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { so.Close() })
+		return Listener{Socket: so}
+	}
+	dir := t.TempDir()
+	ls := []Listener{shared("unix://" + dir + "/a.sock"), pool("web=127.0.0.1:0"), pool("api=127.0.0.1:0"), shared("plain=127.0.0.1:0")}
+	for _, tc := range []struct {
+		name string
+		want int
+		err  string
+	}{
+		{"", 1, ""},
+		{"api", 2, ""},
+		{"plain", -1, "is not steered"},
+	} {
+		cfg := Config{Listeners: ls, Health: &Health{Name: tc.name, Path: "/healthz"}}
+		err := SteeredFor(&cfg)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("--health %s=: %v; want an error saying %q", tc.name, err, tc.err)
+		case tc.err == "" && (err != nil || cfg.Health.Listener != tc.want):
+			t.Errorf("--health %s=: listener %d, %v; want %d", tc.name, cfg.Health.Listener, err, tc.want)
+		}
+	}
+	if err := SteeredFor(&Config{Listeners: ls[:1], Canary: Canary{Pct: 10, For: time.Minute}}); err == nil {
+		t.Error("--canary with no steered listener was accepted")
+	}
+}
