@@ -87,6 +87,10 @@ func (l *launcher) abortCanary(why string) {
 	}
 	l.canary = nil
 	l.awaySince[g.slot] = l.sys.now()
+	if l.abandoned == nil {
+		l.abandoned = map[int]bool{}
+	}
+	l.abandoned[g.slot] = true
 	l.applyRoute()
 	reason := "canary aborted: " + why
 	l.log.Error(fmt.Sprintf("%s: %s; every new connection goes to %s again", g, reason, l.cur),

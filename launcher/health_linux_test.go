@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"syscall"
@@ -425,5 +426,34 @@ func TestSteeredFor(t *testing.T) {
 	}
 	if err := SteeredFor(&Config{Listeners: ls[:1], Canary: Canary{Pct: 10, For: time.Minute}}); err == nil {
 		t.Error("--canary with no steered listener was accepted")
+	}
+}
+
+// What an aborted canary left queued on its slot is reset at once (no
+// generation is coming for it), not held for the next one; with an
+// upgrade waiting, it is held for it.
+func TestRescueAbortedCanary(t *testing.T) {
+	for _, pending := range []bool{false, true} {
+		r := newSlotRig(t, RescueAuto)
+		r.do(func() {
+			r.l.steerTo(1)
+			r.l.abandoned = map[int]bool{0: true}
+			if pending {
+				r.l.pending = "SIGUSR2"
+			}
+		})
+		c := r.strand(t, 0)
+		if pending {
+			r.until(t, "held", func() bool { return r.l.rescued.Held == 1 })
+			continue
+		}
+		c.SetReadDeadline(time.Now().Add(2 * time.Second)) // far less than holdFor
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("the client read %v; want a reset at once", err)
+		}
+		r.until(t, "counted", func() bool { return r.l.rescued.Reset == 1 && r.l.rescued.Held == 0 })
+		if !strings.Contains(r.logs.String(), "left queued on tcp://") || !strings.Contains(r.logs.String(), "by the aborted canary: reset") {
+			t.Errorf("the log does not say so:\n%s", r.logs)
+		}
 	}
 }

@@ -53,6 +53,7 @@ type launcher struct {
 	probes     map[netip.AddrPort]int // health probes in flight: their source → the slot they test
 	canary     *generation            // the canary running, nil when none (canary_linux.go)
 	canaryEnds time.Time
+	abandoned  map[int]bool // slots of aborted canaries: no generation is coming for what queued there
 
 	probeOK       bool              // procfs can show this app's readiness
 	steerSlot     int               // the slot the pools steer to
@@ -322,6 +323,7 @@ func (l *launcher) start(restart bool) error {
 		return err
 	}
 	delete(l.held, slot) // its queue is the new generation's
+	delete(l.abandoned, slot)
 	socks := l.socketsFor(slot)
 	l.lastID++
 	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: l.sys.now()}
