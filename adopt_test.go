@@ -251,3 +251,51 @@ func keeperOf(t *testing.T, p *relaunchProc) int {
 	}
 	return pid
 }
+
+// relaunch reexec keeps its keeper: the same process, no second one, and
+// a relaunch killed after the re-exec is adopted from it. A keeper killed
+// meanwhile is replaced at the next re-exec.
+func TestKeeperAcrossReexec(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	addr := freeAddr(t)
+	sock := filepath.Join(shortTempDir(t), "a.sock")
+	args := []string{"-l", addr, "--no-watch-binary", "--control", sock, "--", demoBin}
+	a := startRelaunch(t, args...)
+	gen1 := waitPid(t, a, 1)
+	a.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) ready", gen1), 10*time.Second)
+	k := keeperOf(t, a)
+	if code, out := client(t, sock, "reexec"); code != 0 {
+		t.Fatalf("relaunch reexec: exit %d, %q", code, out)
+	}
+	var keepers []int
+	for _, c := range procChildren(a.Pid()) {
+		if isKeeper(c) {
+			keepers = append(keepers, c)
+		}
+	}
+	if len(keepers) != 1 || keepers[0] != k {
+		t.Fatalf("keepers after the reexec: %v; want the same one, pid %d", keepers, k)
+	}
+
+	// The keeper killed: the next re-exec starts another.
+	syscall.Kill(k, syscall.SIGKILL)
+	a.WaitLog(t, fmt.Sprintf("relaunch's keeper (pid %d) is gone", k), 10*time.Second)
+	if code, out := client(t, sock, "reexec"); code != 0 {
+		t.Fatalf("relaunch reexec: exit %d, %q", code, out)
+	}
+	k2 := keeperOf(t, a)
+	if k2 == k {
+		t.Fatalf("no new keeper after the reexec")
+	}
+
+	load := startLoad(t, addr)
+	waitLoadOK(t, load, 100, 10*time.Second)
+	a.Signal(syscall.SIGKILL)
+	a.MustWait(10 * time.Second)
+	b := startRelaunch(t, args...)
+	b.WaitLog(t, fmt.Sprintf("took 10 socket(s) back from the keeper (pid %d)", k2), 10*time.Second)
+	b.WaitLog(t, fmt.Sprintf("adopted gen 1 (pid %d), current", gen1), 10*time.Second)
+	upgradeTo(t, b, 2)
+	stopLoad(t, load)
+}

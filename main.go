@@ -95,6 +95,8 @@ EXAMPLES:
    relaunch status --pidfile /run/app.pid    # generations, pids, states; --json
    relaunch rollback --pidfile /run/app.pid  # run the previous generation's binary again
    relaunch reexec --pidfile /run/app.pid    # relaunch execs its own (new) binary: same pid, sockets, generations
+   relaunch promote --pidfile /run/app.pid   # with --canary: give the canary every connection now
+   relaunch abort --pidfile /run/app.pid     # with --canary: back to the previous generation, the canary drains
    kill -TTIN $(cat /run/app.pid)            # the same, by signal`,
 		HideHelpCommand:        true,
 		UseShortOptionHandling: false,
@@ -122,6 +124,12 @@ func flags() []cli.Flag {
 			Usage: "then a draining generation gets SIGKILL; 0 waits forever"},
 		&cli.IntFlag{Name: "max-draining", Value: -1, DefaultText: "unbounded", EnvVars: env("MAX_DRAINING"),
 			Usage: "at most `N` generations draining at once (0 to 62); the oldest is killed past that"},
+		&cli.StringFlag{Name: "health", EnvVars: env("HEALTH"),
+			Usage: "`[NAME=]PATH`: a new generation is ready only once GET PATH, sent through the first TCP --listen address (or the one named NAME) and steered to it, answers 2xx; needs the steered handover"},
+		&cli.DurationFlag{Name: "health-interval", EnvVars: env("HEALTH_INTERVAL"),
+			Usage: "with --health: probe the current generation every `D`; after 3 failures in a row a fresh generation replaces it"},
+		&cli.StringFlag{Name: "canary", EnvVars: env("CANARY"),
+			Usage: "`PCT:DURATION`: a new generation first gets PCT% of new connections for DURATION (the old one keeps the rest), then all; relaunch promote|abort end it early"},
 		&cli.StringFlag{Name: "handover", Value: "auto", EnvVars: env("HANDOVER"),
 			Usage: "auto, steered or shared: steered TCP listeners send new connections only to the newest generation before the old one drains; shared ones let generations share one accept queue"},
 		&cli.DurationFlag{Name: "settle", Value: 100 * time.Millisecond, EnvVars: env("SETTLE"),
@@ -171,7 +179,7 @@ func cliError(err error) string {
 		name = strings.TrimSuffix(name, ":")
 		what := "a valid value"
 		switch name {
-		case "ready-timeout", "drain-timeout", "stop-timeout", "timeout":
+		case "ready-timeout", "drain-timeout", "stop-timeout", "timeout", "health-interval", "settle", "debounce":
 			what = "a duration such as 30s, 5m or 1h30m"
 		case "max-draining":
 			what = "a whole number"
@@ -233,6 +241,9 @@ func action(c *cli.Context) error {
 		return fail(err)
 	}
 	defer launcher.CloseListeners(cfg.Listeners)
+	if err := launcher.SteeredFor(&cfg); err != nil {
+		return fail(err)
+	}
 	status, err := launcher.Run(cfg)
 	if err != nil {
 		return fail(err)
@@ -325,6 +336,9 @@ func config(c *cli.Context) (launcher.Config, error) {
 	if err != nil {
 		return cfg, usageError("%v", err)
 	}
+	if err := evidence(c, &cfg, handover); err != nil {
+		return cfg, err
+	}
 	var addrs []sdlisten.Addr
 	for _, a := range c.StringSlice("listen") {
 		addr, err := sdlisten.ParseAddr(a)
@@ -409,4 +423,69 @@ func bindFamily(network, host string) (fam int, wildcard bool, ip netip.Addr) {
 		fam = famV6
 	}
 	return fam, ip.IsUnspecified(), ip
+}
+
+// evidence checks --health, --health-interval and --canary: they need an
+// address relaunch steers.
+func evidence(c *cli.Context, cfg *launcher.Config, handover launcher.Handover) error {
+	cfg.HealthInterval = c.Duration("health-interval")
+	if cfg.HealthInterval < 0 {
+		return usageError("bad value %s for --health-interval: use a positive duration such as 5s", cfg.HealthInterval)
+	}
+	if v := c.String("health"); v != "" {
+		h, err := launcher.ParseHealth(v)
+		if err != nil {
+			return usageError("%v", err)
+		}
+		cfg.Health = &h
+	} else if cfg.HealthInterval > 0 {
+		return usageError("--health-interval %s needs --health PATH: what to probe", cfg.HealthInterval)
+	}
+	if v := c.String("canary"); v != "" {
+		cn, err := launcher.ParseCanary(v)
+		if err != nil {
+			return usageError("%v", err)
+		}
+		cfg.Canary = cn
+	}
+	var what string
+	switch {
+	case cfg.Health != nil:
+		what = "--health " + c.String("health")
+	case cfg.Canary.Pct > 0:
+		what = "--canary " + c.String("canary")
+	default:
+		return nil
+	}
+	if handover == launcher.HandoverShared {
+		return usageError("%s needs the steered handover, and --handover is shared: use --handover auto or steered", what)
+	}
+	var steerable []sdlisten.Addr
+	for _, a := range c.StringSlice("listen") {
+		addr, err := sdlisten.ParseAddr(a)
+		if err != nil {
+			return nil // said by the caller
+		}
+		if launcher.Steerable(addr) == "" {
+			steerable = append(steerable, addr)
+		}
+	}
+	if len(steerable) == 0 {
+		return usageError("%s needs a TCP --listen address (relaunch steers TCP only; UDP, unix and systemd-passed sockets are shared): add one, e.g. -l 127.0.0.1:8080", what)
+	}
+	if h := cfg.Health; h != nil && h.Name != "" {
+		for _, a := range c.StringSlice("listen") {
+			if addr, err := sdlisten.ParseAddr(a); err == nil && addr.Name == h.Name && launcher.Steerable(addr) != "" {
+				return usageError("--health %s: the listener %s is %s, which cannot be steered (%s): name a TCP --listen address", c.String("health"), h.Name, addr, launcher.Steerable(addr))
+			}
+		}
+		found := false
+		for _, a := range steerable {
+			found = found || a.Name == h.Name
+		}
+		if !found {
+			return usageError("--health %s: no --listen address is named %s: name one (-l %s=127.0.0.1:8080) or give the path alone for the first TCP address", c.String("health"), h.Name, h.Name)
+		}
+	}
+	return nil
 }

@@ -156,6 +156,7 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 				l.steerTo(g.slot)
 			}
 			l.handoff.SetCurrent(g.id)
+			l.watchHealth(g) // --health-interval
 		case known && sg.State == draining.String() && !sg.DrainAt.IsZero():
 			// Told before relaunch died: its timeout counts from then.
 			g.state, g.drainAt = draining, sg.DrainAt

@@ -24,10 +24,11 @@ const (
 	settling                 // steered away from, its queue emptying; not yet told to drain
 	draining                 // got the drain signal
 	stopping                 // got TERM/INT/QUIT from a stop of relaunch
+	canary                   // ready, gets a share of new connections (--canary)
 )
 
 func (s genState) String() string {
-	return [...]string{"starting", "current", "settling", "draining", "stopping"}[s]
+	return [...]string{"starting", "current", "settling", "draining", "stopping", "canary"}[s]
 }
 
 // generation is one start of the command. Its fields belong to the loop
@@ -60,6 +61,15 @@ type generation struct {
 	adopted      bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
 
 	startTicks uint64 // when it started, in /proc's clock ticks: what it forked started later
+
+	why       string // why it was started (the upgrade's trigger), for status
+	readyBy   string // --health: how its --ready condition held; "" while it has not
+	healthy   bool   // --health: a probe answered 2xx
+	probing   bool   // a health probe is in flight
+	health    string // the last probe's answer
+	fails     int    // failed health probes in a row, while it serves
+	unhealthy string // why a fresh generation replaces it
+	wasCanary bool   // it was a canary: its next readiness promotes it
 }
 
 // exitStatus is a wait status as a shell reports it: the code, or 128+signal.

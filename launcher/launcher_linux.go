@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -48,6 +49,11 @@ type launcher struct {
 	lastID  int
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
+
+	probes     map[netip.AddrPort]int // health probes in flight: their source → the slot they test
+	canary     *generation            // the canary running, nil when none (canary_linux.go)
+	canaryEnds time.Time
+	abandoned  map[int]bool // slots of aborted canaries: no generation is coming for what queued there
 
 	probeOK       bool              // procfs can show this app's readiness
 	steerSlot     int               // the slot the pools steer to
@@ -319,6 +325,7 @@ func (l *launcher) start(restart bool) error {
 		return err
 	}
 	delete(l.held, slot) // its queue is the new generation's
+	delete(l.abandoned, slot)
 	socks := l.socketsFor(slot)
 	l.lastID++
 	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: l.sys.now()}
@@ -391,7 +398,22 @@ func (l *launcher) onReady(g *generation, how string) {
 	if g != l.next || g.exited {
 		return
 	}
-	g.state, g.readyAt, g.readyHow = current, l.sys.now(), how
+	if l.cfg.Health != nil && !g.healthy {
+		if g.readyBy == "" { // the first of the ways it can show it
+			g.readyBy = how
+			l.log.Info(fmt.Sprintf("%s ready (%s); checking its health: GET %s", g, how, l.cfg.Health.Path), "generation", g.id, "pid", g.pid)
+			l.healthCheck(g)
+		}
+		return
+	}
+	if l.wantsCanary(g) {
+		l.startCanary(g, how)
+		return
+	}
+	if !g.wasCanary { // a promoted canary was ready when it became one
+		g.readyAt, g.readyHow = l.sys.now(), how
+	}
+	g.state = current
 	old := l.cur
 	// Every time, not only at first or after a reload: STATUS= must name
 	// the generation that serves after a crash restart too.
@@ -419,6 +441,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.handOver(old)
 	}
 	l.limitDraining()
+	l.watchHealth(g)
 	l.concluded(Outcome{OK: true, Generation: g.id, Pid: g.pid, ReadyMS: g.readyAt.Sub(g.started).Milliseconds()})
 	if l.pending != "" {
 		reason := l.pending
@@ -432,6 +455,14 @@ func (l *launcher) onReadyTimeout(g *generation) {
 		return
 	}
 	g.failReason = fmt.Sprintf("not ready after %s (--ready-timeout, waiting for %s)", l.cfg.ReadyTimeout, l.waitingFor())
+	if g.readyBy != "" {
+		last := g.health
+		if last == "" {
+			last = "no answer yet"
+		}
+		g.failReason = fmt.Sprintf("not healthy after %s (--ready-timeout; ready by %s, but GET %s never answered 2xx: the last answer was %s)",
+			l.cfg.ReadyTimeout, g.readyBy, l.cfg.Health.Path, last)
+	}
 	l.sys.killGroup(g.pid, syscall.SIGKILL)
 }
 
@@ -443,6 +474,13 @@ func (l *launcher) upgrade(reason string) {
 	if l.next != nil {
 		if l.pending == "" {
 			l.log.Info(fmt.Sprintf("upgrade (%s) queued: gen %d is still starting", reason, l.next.id))
+		}
+		l.pending = reason
+		return
+	}
+	if l.canary != nil {
+		if l.pending == "" {
+			l.log.Info(fmt.Sprintf("upgrade (%s) queued: %s is a canary until it is promoted or aborted (relaunch promote | abort)", reason, l.canary))
 		}
 		l.pending = reason
 		return
@@ -460,7 +498,10 @@ func (l *launcher) upgrade(reason string) {
 		l.reloading = true
 		l.outer.reloading("upgrading: " + reason)
 	}
-	if err := l.start(false); err != nil {
+	err := l.start(false)
+	if err == nil {
+		l.next.why = reason
+	} else {
 		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
 		l.upgradeFailed(err.Error())
 		if l.cur == nil {
@@ -494,6 +535,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		t.Stop()
 	}
 	g.notify.Close()
+	l.dropProbes(g)
 	if g == l.cur && !l.stopping {
 		// Its crash restarts run this file, whatever is at its path now.
 		closeFile(l.crashBin)
@@ -577,9 +619,15 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	case g == l.cur && daemonized != "":
 		l.cur = nil
 		l.daemonized(g, daemonized, append(attrs, "reason", daemonized))
+	case g == l.canary:
+		l.log.Warn(fmt.Sprintf("%s, a canary, exited: %s", g, how), attrs...)
+		l.onCanaryExit(g, how)
 	case g == l.cur:
 		l.cur = nil
 		l.log.Warn(fmt.Sprintf("%s exited by itself: %s", g, how), attrs...)
+		if l.curGoneDuringCanary(g) {
+			break
+		}
 		if l.sys.now().Sub(g.readyAt) >= healthyAfter {
 			l.backoff = backoffMin
 		}

@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -159,4 +160,45 @@ func CloseListeners(ls []Listener) {
 type storedListener struct {
 	Listener
 	taken bool
+}
+
+// SteeredFor finds the listener --health probes (the first TCP --listen
+// address, or the one named) once the listeners are open, and checks that
+// it, and for --canary some listener, is steered: systemd-passed sockets,
+// or an address whose steering the kernel refused, are shared.
+func SteeredFor(cfg *Config) error {
+	if cfg.Health != nil {
+		cfg.Health.Listener = -1
+		for i, ln := range cfg.Listeners {
+			if ln.Activated {
+				continue // passed on from systemd: not a --listen address
+			}
+			var a sdlisten.Addr
+			if ln.Pool != nil {
+				a = ln.Pool.Addr()
+			} else {
+				a = ln.Socket.Addr()
+			}
+			if Steerable(a) != "" || (cfg.Health.Name != "" && a.Name != cfg.Health.Name) {
+				continue
+			}
+			if ln.Pool == nil {
+				return fmt.Errorf("--health %s: %s is not steered (shared handover), so a probe cannot reach the new generation alone; see the line above for why", cfg.Health.Path, a)
+			}
+			cfg.Health.Listener = i
+			break
+		}
+		if cfg.Health.Listener < 0 {
+			return fmt.Errorf("--health %s: no steered TCP listener to probe through", cfg.Health.Path)
+		}
+	}
+	if cfg.Canary.Pct > 0 {
+		for _, ln := range cfg.Listeners {
+			if ln.Pool != nil {
+				return nil
+			}
+		}
+		return errors.New("--canary needs a steered TCP listener, and none is (shared handover): see the lines above for why")
+	}
+	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relaunch/relaunch/internal/broker"
 	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
@@ -70,6 +72,8 @@ type machine struct {
 	// death) instead of starting a first generation; their processes are
 	// m.orphan's.
 	adopting []adoptable
+	// probes are the health probes asked for and not answered yet.
+	probes []*fakeProbe
 }
 
 // orphan is a process a relaunch that died started: alive, not relaunch's
@@ -78,6 +82,12 @@ func (m *machine) orphan(pid int) *fakeProc {
 	pr := &fakeProc{pid: pid, alive: true, exited: func(syscall.WaitStatus) {}}
 	m.procs = append(m.procs, pr)
 	return pr
+}
+
+// fakeProbe is a health probe the test answers (machine.answer).
+type fakeProbe struct {
+	spec probeSpec
+	done func(probeResult)
 }
 
 func (m *machine) sys() system {
@@ -115,6 +125,10 @@ func (m *machine) sys() system {
 				pr.got = append(pr.got, sig)
 				m.exit(pr, killedBy(sig))
 			}
+		},
+		probe: func(p probeSpec, done func(probeResult)) {
+			unix.Close(p.fd) // the test answers; nothing connects
+			m.probes = append(m.probes, &fakeProbe{spec: p, done: done})
 		},
 		handles: func(pid int, sig syscall.Signal) (bool, bool) {
 			pr := m.proc(pid)

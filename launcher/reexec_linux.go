@@ -180,6 +180,13 @@ func (l *launcher) onReexec(c *os.File) {
 		answerFile(c, Answer{Error: "relaunch is stopping"})
 		return
 	}
+	if l.canary != nil {
+		// Its share, timer and probes live in this program only.
+		msg := fmt.Sprintf("%s is a canary: relaunch promote or relaunch abort first, then reexec", l.canary)
+		l.log.Warn("reexec refused: " + msg)
+		answerFile(c, Answer{Error: msg})
+		return
+	}
 	if c != nil {
 		l.reexecClients = append(l.reexecClients, c)
 	}
@@ -245,6 +252,8 @@ func (l *launcher) reexecBlocker() string {
 		return "an upgrade is waiting for a slot"
 	case l.relays > 0:
 		return fmt.Sprintf("relaunch relays %d rescued connection(s)", l.relays)
+	case len(l.probes) > 0:
+		return "a health probe is in flight" // its route lives in this program only
 	}
 	for _, g := range l.gens {
 		if g.state == settling {
@@ -499,6 +508,7 @@ func (l *launcher) resume(r *Resume) error {
 	}
 	if l.cur != nil {
 		l.handoff.SetCurrent(l.cur.id)
+		l.watchHealth(l.cur) // --health-interval goes on
 	}
 	if st.RestartIn >= 0 {
 		l.restartIn(st.RestartIn)

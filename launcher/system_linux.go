@@ -23,6 +23,9 @@ type system struct {
 	killGroup func(pgid int, sig syscall.Signal) // to a generation's whole process group
 	now       func() time.Time
 	afterFunc func(d time.Duration, f func()) timer // f runs on a goroutine of its own
+	// probe runs one health probe off the loop and calls done with its
+	// answer, from a goroutine of its own.
+	probe func(p probeSpec, done func(probeResult))
 	// handles says whether a process catches, ignores or blocks sig (its
 	// SigCgt, SigIgn, SigBlk); known is false when that cannot be read.
 	handles func(pid int, sig syscall.Signal) (handled, known bool)
@@ -63,6 +66,7 @@ func osSystem() system {
 		killGroup: killGroup,
 		now:       time.Now,
 		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
+		probe:     func(p probeSpec, done func(probeResult)) { go func() { done(httpProbe(p)) }() },
 		handles:   signalHandled,
 		scan:      (*listenprobe.Probe).Scan,
 		watchExit: watchPidfd,

@@ -249,7 +249,14 @@ func Take(pid int, name string, gone func(pid int, err error)) (*Client, []Recei
 
 func take(conn, pid int, name string) ([]Received, error) {
 	timeout(conn, 5*time.Second)
-	if err := unix.Connect(conn, &unix.SockaddrUnix{Name: "@" + name}); err != nil {
+	// A keeper just started may not listen yet: its name is in its
+	// environment from the exec on.
+	err := unix.Connect(conn, &unix.SockaddrUnix{Name: "@" + name})
+	for end := time.Now().Add(2 * time.Second); errors.Is(err, unix.ECONNREFUSED) && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+		err = unix.Connect(conn, &unix.SockaddrUnix{Name: "@" + name})
+	}
+	if err != nil {
 		return nil, fmt.Errorf("keeper pid %d: %w", pid, os.NewSyscallError("connect", err))
 	}
 	if cred, err := peer(conn); err != nil || int(cred.Pid) != pid {
