@@ -117,6 +117,13 @@ func TestReadySelectAndPollServers(t *testing.T) {
 				line := p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) ready in", g, genPids(p)[g]), time.Second)
 				_, after, _ := strings.Cut(line, " ready in ")
 				_, reason, _ := strings.Cut(after, ": ")
+				if g == 1 && reason == "alive for 2s" {
+					// Before anything was learned, auto's blind fallback
+					// may come first: a busy machine started Python slowly.
+					// From then on relaunch waits for what it sees.
+					t.Log(line)
+					continue
+				}
 				if !how.MatchString(reason) {
 					t.Errorf("gen %d: %q; want it ready by %s", g, line, how)
 				}

@@ -743,8 +743,8 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 }
 
 func (l *launcher) owns(pid int) bool {
-	if pid == l.buildPid || pid == l.checkPid {
-		return true
+	if pid == l.buildPid || pid == l.checkPid || l.keeper != nil && pid == l.keeper.Pid() {
+		return true // the keeper holds every socket, and is reaped by its own Wait
 	}
 	for _, g := range l.gens {
 		if g.pid == pid {
