@@ -140,6 +140,8 @@ func flags() []cli.Flag {
 			Usage: "development: run `CMD` (with /bin/sh) on every change under --watch, and at start; a success upgrades, a failure keeps the current generation"},
 		&cli.StringSliceFlag{Name: "ignore", EnvVars: env("IGNORE"),
 			Usage: "changes under --watch matching `GLOB` (a name or an absolute path) do not count; repeatable"},
+		&cli.BoolFlag{Name: "nonblocking", EnvVars: env("NONBLOCKING"),
+			Usage: "pass the listening sockets in non-blocking mode (O_NONBLOCK, as systemd's NonBlocking=): for apps that poll them and expect accept() never to block (nginx without accept_mutex)"},
 		&cli.BoolFlag{Name: "fdstore", EnvVars: env("FDSTORE"),
 			Usage: "under systemd: keep the sockets in its fd store (FDSTORE=1; the unit needs FileDescriptorStoreMax=), so a restarted relaunch takes the very same sockets back; automatic where systemd sets $FDSTORE"},
 		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
@@ -250,6 +252,7 @@ func config(c *cli.Context) (launcher.Config, error) {
 		Settle:       c.Duration("settle"),
 		PIDFile:      c.String("pidfile"),
 		FDStore:      c.Bool("fdstore"),
+		NonBlocking:  c.Bool("nonblocking"),
 		Control:      c.String("control"),
 		Version:      version,
 	}

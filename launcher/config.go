@@ -57,6 +57,10 @@ type Config struct {
 	// (FDSTORE=1), also done when systemd sets $FDSTORE.
 	FDStore bool
 
+	// NonBlocking puts the sockets handed to the generations in
+	// non-blocking mode (O_NONBLOCK), as systemd's NonBlocking= does.
+	NonBlocking bool
+
 	PIDFile string
 	Control string       // the control socket's path; "" = none
 	Logger  *slog.Logger // nil discards

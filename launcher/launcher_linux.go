@@ -188,6 +188,11 @@ func Run(cfg Config) (int, error) {
 		}
 	}
 	l.setupProbe()
+	if cfg.NonBlocking {
+		if err := l.setNonblocking(); err != nil {
+			return 1, startupError(err)
+		}
+	}
 	if len(cfg.Listeners) > 0 {
 		defer l.watchSlots()()
 	}
