@@ -46,7 +46,6 @@ import (
 
 	"github.com/relaunch/relaunch/internal/loadtest"
 	"github.com/relaunch/relaunch/launcher"
-	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // The binaries TestMain builds, all in e2eDir.
@@ -67,8 +66,8 @@ const harnessMarkerEnv = "RELAUNCH_E2E_MARKER"
 // harnessM: the builds, then the tests.
 func TestMain(m *testing.M) {
 	// A relaunch run by a script starts its exec helper from this binary
-	// (/proc/self/exe) with the app's argv: it must exec the app, not test.
-	sdlisten.RunExecHelper()
+	// (/proc/self/exe) with the app's argv: internal/exechelper's init
+	// execs the app before any test code runs.
 	testscript.Main(harnessM{m}, map[string]func(){"relaunch": func() { os.Exit(relaunchMain()) }})
 }
 

@@ -41,7 +41,8 @@ func main() { os.Exit(relaunchMain()) }
 // relaunchMain is the whole command, for main and for the CLI scripts'
 // in-process relaunch (script_test.go).
 func relaunchMain() int {
-	sdlisten.RunExecHelper() // first: a helper process must not parse flags
+	// The exec helper (a generation's first process) never gets here: it
+	// execs the app from internal/exechelper's init.
 	tuneMemory()
 	if !isClientCommand(os.Args) {
 		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/relaunch/relaunch/internal/exechelper"
 	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
@@ -54,6 +55,9 @@ type generation struct {
 	adopted    bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
 
 	startTicks uint64 // when it started, in /proc's clock ticks: what it forked started later
+
+	scanSeq int       // the scan due is the one armed last (fastscan_linux.go)
+	fast    *fastScan // the fast scan while it starts; nil before its first epoll instance is seen
 }
 
 // exitStatus is a wait status as a shell reports it: the code, or 128+signal.
@@ -75,8 +79,8 @@ func (s exitStatus) String() string {
 	return "status " + strconv.Itoa(s.ws.ExitStatus())
 }
 
-// startProcess forks relaunch's own binary as the exec helper (sdlisten's
-// RunExecHelper), in its own process group, with exactly stdio, the sockets
+// startProcess forks relaunch's own binary as the exec helper
+// (internal/exechelper), in its own process group, with exactly stdio, the sockets
 // and the helper's error pipe. It returns the pid and the read end of the
 // pipe: EOF there means the exec succeeded, bytes are the exec error.
 //
@@ -98,7 +102,7 @@ func startProcess(path string, argv, env []string, socks []*sdlisten.Socket, std
 		files = append(files, bin.Fd())
 		path = fmt.Sprintf("/proc/self/fd/%d", errFd+1)
 	}
-	env = append(env, sdlisten.HelperEnv(path, errFd)...)
+	env = append(env, exechelper.Env(path, errFd)...)
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Env:   env,
 		Files: files,

@@ -111,6 +111,9 @@ func (l *launcher) onExec(g *generation, err error) {
 // what it shows later (a slow start) becomes the method for the next ones.
 func (l *launcher) scan(g *generation) {
 	learning := g.state != starting
+	if learning {
+		stopFast(g) // fastscan_linux.go
+	}
 	if g.exited || learning && (l.learnedListen || l.learnedNotify) {
 		return
 	}
@@ -142,8 +145,10 @@ func (l *launcher) scan(g *generation) {
 	every := scanEvery
 	if learning {
 		every = 10 * scanEvery
+	} else {
+		l.watchEpolls(g) // checks between the scans: fastscan_linux.go
 	}
-	l.after(g, every, func() { l.scan(g) })
+	l.rescan(g, every)
 }
 
 func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {

@@ -23,12 +23,13 @@ import (
 type Probe struct {
 	socks []socket
 
-	buf   []byte // file contents, dirents
-	pids  []int  // the tree, in the order walked
-	ints  []int  // fds or tids of one directory
-	epfds []int  // one process's epoll fds
-	held  []heldSocket
-	other []otherSocket // the tree's TCP sockets that are not relaunch's
+	buf    []byte // file contents, dirents
+	pids   []int  // the tree, in the order walked
+	ints   []int  // fds or tids of one directory
+	epfds  []int  // one process's epoll fds
+	held   []heldSocket
+	other  []otherSocket // the tree's TCP sockets that are not relaunch's
+	epolls []EpollRef    // the tree's epoll instances seen by the last Scan (Watch)
 }
 
 // socket is one of relaunch's sockets.
@@ -101,6 +102,7 @@ func (p *Probe) Scan(root int) Result {
 	}
 	p.pids = append(p.pids[:0], root)
 	p.other = p.other[:0]
+	p.epolls = p.epolls[:0]
 	for i := 0; i < len(p.pids) && i < maxPids; i++ {
 		if how := p.scanProcess(p.pids[i]); how != "" {
 			return Result{Accepting: true, How: how}
@@ -132,6 +134,7 @@ func (p *Probe) scanProcess(pid int) string {
 		unix.Close(fdDir)
 	}
 	for _, ep := range p.epfds {
+		p.epolls = append(p.epolls, EpollRef{pid, ep})
 		if s, tfd := p.epollTarget(dir, ep); s >= 0 {
 			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, true)
 		}
@@ -207,7 +210,11 @@ func (p *Probe) classifyFd(pid, fdDir, fd int) {
 // the device, never on the number. It returns the socket's index and tfd, or
 // -1.
 func (p *Probe) epollTarget(dir, epfd int) (sock, tfd int) {
-	b := p.readAt(dir, "fdinfo/"+strconv.Itoa(epfd))
+	return p.epollTargetIn(p.readAt(dir, "fdinfo/"+strconv.Itoa(epfd)))
+}
+
+// epollTargetIn is epollTarget on the fdinfo text b.
+func (p *Probe) epollTargetIn(b []byte) (sock, tfd int) {
 	for len(b) > 0 {
 		var line []byte
 		line, b, _ = bytes.Cut(b, []byte{'\n'})
