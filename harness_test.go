@@ -636,8 +636,22 @@ func (p *relaunchProc) Children() []int { return procChildren(p.Pid()) }
 // Descendants returns every descendant of the process, from /proc.
 func (p *relaunchProc) Descendants() []int { return procDescendants(p.Pid()) }
 
-// procChildren reads /proc/PID/task/*/children.
+// procChildren reads /proc/PID/task/*/children, without relaunch's warm
+// exec helper (launcher/warm_linux.go): it is no generation's yet
+// (TestWarmExecHelper checks it).
 func procChildren(pid int) []int {
+	kids := procChildrenAll(pid)
+	return slices.DeleteFunc(kids, isWarmHelper)
+}
+
+// isWarmHelper says whether pid is a warm exec helper, from its argv.
+func isWarmHelper(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.HasPrefix(string(b), "relaunch-exec-helper\x00")
+}
+
+// procChildrenAll reads /proc/PID/task/*/children.
+func procChildrenAll(pid int) []int {
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	var kids []int
 	for _, f := range tasks {

@@ -48,6 +48,8 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
+	warmPid       int               // the warm exec helper of the next start (warm_linux.go); 0: none
+	warmSlotID    int               // the slot whose sockets it holds
 	probeOK       bool              // procfs can show this app's readiness
 	steerSlot     int               // the slot the pools steer to
 	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
@@ -181,6 +183,7 @@ func Run(cfg Config) (int, error) {
 	CatchSignals()
 	defer signal.Stop(sigs)
 	defer close(l.quit)
+	defer l.dropWarm()
 
 	if cfg.Build != "" && rs == nil {
 		if err := l.initialBuild(); err != nil {
@@ -314,6 +317,7 @@ func (l *launcher) start(restart bool) error {
 	if err != nil {
 		return err
 	}
+	slot = l.warmSlot(slot)
 	delete(l.held, slot) // its queue is the new generation's
 	socks := l.socketsFor(slot)
 	l.lastID++
@@ -348,6 +352,7 @@ func (l *launcher) start(restart bool) error {
 	pid, err := l.sys.start(procSpec{path: path, argv: l.cfg.Command, env: env, socks: socks, stdin: l.stdin, bin: from},
 		func(err error) { l.post(func() { l.onExec(g, err) }) },
 		func(ws syscall.WaitStatus) { l.post(func() { l.onExit(g, exitStatus{ws}) }) })
+	l.warmPid = 0 // it runs this start, or was discarded
 	if err != nil {
 		g.notify.Close()
 		closeFile(g.bin)
@@ -421,6 +426,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.pending = ""
 		l.upgrade(reason)
 	}
+	l.prepareNext() // warm_linux.go
 }
 
 func (l *launcher) onReadyTimeout(g *generation) {
@@ -691,7 +697,7 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 }
 
 func (l *launcher) owns(pid int) bool {
-	if pid == l.buildPid || pid == l.checkPid {
+	if pid == l.buildPid || pid == l.checkPid || pid == l.warmPid && pid != 0 {
 		return true
 	}
 	for _, g := range l.gens {

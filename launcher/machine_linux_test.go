@@ -545,3 +545,59 @@ func TestMachineTripwire(t *testing.T) {
 		t.Errorf("the warning does not name the foreign socket:\n%s", m.log)
 	}
 }
+
+// The warm exec helper: once a generation is ready, the next one's helper
+// is prepared on the slot the next start would take; that start takes it
+// even when a lower slot has been freed meanwhile, and runs with its
+// sockets. A crash restart takes the crashed generation's slot instead.
+func TestMachineWarmHelperSlot(t *testing.T) {
+	a, _ := sdlisten.ParseAddr("127.0.0.1:0")
+	p, err := sdlisten.BindPool(a, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Listeners: []Listener{{Pool: p}},
+		Settle: 100 * time.Millisecond, MaxDraining: -1})
+	var prepared []procSpec
+	m.l.sys.prepare = func(p procSpec) (int, error) {
+		prepared = append(prepared, p)
+		return 9000 + len(prepared), nil
+	}
+	m.l.sys.discard = func() {}
+	warmFd := func() int {
+		t.Helper()
+		if len(prepared) == 0 {
+			t.Fatal("no warm helper prepared")
+		}
+		return prepared[len(prepared)-1].socks[0].Fd()
+	}
+
+	m.ready(1) // slot 0
+	if warmFd() != p.Slot(1).Fd() || m.l.warmPid != 9001 || !m.l.owns(9001) {
+		t.Fatalf("after gen 1 ready: warm helper on fd %d (pid %d); want slot 1's fd %d, pid 9001, owned", warmFd(), m.l.warmPid, p.Slot(1).Fd())
+	}
+	m.signal(syscall.SIGUSR2)
+	if g := m.gen(2); g.slot != 1 || m.l.warmPid != 0 {
+		t.Fatalf("gen 2 on slot %d, warm pid %d; want slot 1, none left", g.slot, m.l.warmPid)
+	}
+	m.ready(2)
+	if warmFd() != p.Slot(2).Fd() {
+		t.Fatalf("after gen 2 ready: warm helper on fd %d; want slot 2's, %d", warmFd(), p.Slot(2).Fd())
+	}
+	m.advance(time.Second)
+	m.want("2:current") // slot 0 is free again, and lower
+	m.signal(syscall.SIGUSR2)
+	if g := m.gen(3); g.slot != 2 || m.procs[2].spec.socks[0].Fd() != p.Slot(2).Fd() {
+		t.Fatalf("gen 3 on slot %d; want slot 2, the warm helper's", g.slot)
+	}
+	m.ready(3)
+	m.advance(time.Second)
+
+	// A crash restart: no current generation, the crashed one's slot.
+	m.crash(3, killedBy(syscall.SIGKILL))
+	m.advance(backoffMin)
+	if g := m.gen(4); g == nil || g.slot != 2 {
+		t.Fatalf("the restart is on slot %v; want 2, the crashed generation's", g)
+	}
+}

@@ -22,6 +22,12 @@ type system struct {
 	killGroup func(pgid int, sig syscall.Signal) // to a generation's whole process group
 	now       func() time.Time
 	afterFunc func(d time.Duration, f func()) timer // f runs on a goroutine of its own
+
+	// prepare starts the exec helper of a next start ahead, with p's
+	// sockets and stdin (warm_linux.go), and returns its pid; a start that
+	// fits it then runs on it. discard kills it. Both optional (nil).
+	prepare func(p procSpec) (int, error)
+	discard func()
 }
 
 // timer is a *time.Timer, or a fake one.
@@ -38,11 +44,15 @@ type procSpec struct {
 }
 
 func osSystem() system {
+	warm := &warmSystem{}
 	return system{
 		start: func(p procSpec, execd func(error), exited func(syscall.WaitStatus)) (int, error) {
-			pid, pipe, err := startProcess(p.path, p.argv, p.env, p.socks, p.stdin, p.bin)
-			if err != nil {
-				return 0, err
+			pid, pipe := warm.take(p)
+			if pid == 0 {
+				var err error
+				if pid, pipe, err = startProcess(p.path, p.argv, p.env, p.socks, p.stdin, p.bin); err != nil {
+					return 0, err
+				}
 			}
 			go func() {
 				execd(readExecError(pipe))
@@ -54,5 +64,7 @@ func osSystem() system {
 		killGroup: killGroup,
 		now:       time.Now,
 		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
+		prepare:   warm.prepare,
+		discard:   warm.discard,
 	}
 }

@@ -16,7 +16,11 @@ package exechelper
 const (
 	pathEnv  = "RELAUNCH_EXEC_PATH"  // the resolved command to exec
 	errFdEnv = "RELAUNCH_EXEC_ERRFD" // fd of the pipe that reports an exec failure
+	waitEnv  = "RELAUNCH_EXEC_WAIT"  // a warm helper: fd of the pipe its order comes on
 )
+
+// WarmArgv is a warm helper's argv, until its order comes: what ps shows.
+var WarmArgv = []string{"relaunch-exec-helper", "(waiting for the next generation)"}
 
 // Env returns the environment entries that make a process started from
 // relaunch's own binary exec path, reporting a failure to exec on errFd (the
@@ -24,6 +28,49 @@ const (
 // the fd right after the sockets).
 func Env(path string, errFd int) []string {
 	return []string{pathEnv + "=" + path, errFdEnv + "=" + itoa(errFd)}
+}
+
+// WarmEnv returns the environment entries of a warm helper: one started
+// ahead of the next generation, its Go runtime up, that waits for its order
+// (Order) on fd ctlFd, a pipe, then execs at once, as one started with Env
+// would. EOF without an order: it exits 0.
+func WarmEnv(errFd, ctlFd int) []string {
+	return []string{waitEnv + "=" + itoa(ctlFd), errFdEnv + "=" + itoa(errFd)}
+}
+
+// Order is a warm helper's order: exec path with argv and exactly env.
+func Order(path string, argv, env []string) []byte {
+	var b []byte
+	b = append(append(b, path...), 0)
+	b = append(append(b, itoa(len(argv))...), 0)
+	for _, s := range append(argv[:len(argv):len(argv)], env...) {
+		b = append(append(b, s...), 0)
+	}
+	return b
+}
+
+// parseOrder undoes Order.
+func parseOrder(b []byte) (path string, argv, env []string, ok bool) {
+	var f []string
+	for len(b) > 0 {
+		i := 0
+		for i < len(b) && b[i] != 0 {
+			i++
+		}
+		if i == len(b) {
+			return "", nil, nil, false // every field ends with a NUL
+		}
+		f = append(f, string(b[:i]))
+		b = b[i+1:]
+	}
+	if len(f) < 2 {
+		return "", nil, nil, false
+	}
+	n, ok := atoi(f[1])
+	if !ok || n < 1 || n > len(f)-2 {
+		return "", nil, nil, false
+	}
+	return f[0], f[2 : 2+n], f[2+n:], true
 }
 
 func itoa(n int) string {

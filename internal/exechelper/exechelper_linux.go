@@ -10,7 +10,8 @@ func init() { run() }
 // does.
 func run() {
 	path, ok := syscall.Getenv(pathEnv)
-	if !ok {
+	ctl, warm := syscall.Getenv(waitEnv)
+	if !ok && !warm {
 		return
 	}
 	v, _ := syscall.Getenv(errFdEnv)
@@ -18,13 +19,32 @@ func run() {
 	if !ok || errFd < 3 {
 		fail(-1, "bad "+errFdEnv+" in the exec helper", 127)
 	}
-	// os.Args is not set yet (os is not initialised): the kernel's copy.
-	argv, err := args()
-	if err != nil {
-		fail(errFd, "cannot read /proc/self/cmdline: "+err.Error(), 127)
+	var argv []string
+	var err error
+	if warm {
+		ctlFd, ok := atoi(ctl)
+		if !ok || ctlFd <= errFd {
+			fail(errFd, "bad "+waitEnv+" in the exec helper", 127)
+		}
+		var env []string
+		path, argv, env = wait(ctlFd, errFd)
+		syscall.Clearenv()
+		for _, kv := range env {
+			for i := 0; i < len(kv); i++ {
+				if kv[i] == '=' {
+					syscall.Setenv(kv[:i], kv[i+1:])
+					break
+				}
+			}
+		}
+	} else {
+		// os.Args is not set yet (os is not initialised): the kernel's copy.
+		if argv, err = args(); err != nil {
+			fail(errFd, "cannot read /proc/self/cmdline: "+err.Error(), 127)
+		}
+		syscall.Unsetenv(pathEnv)
+		syscall.Unsetenv(errFdEnv)
 	}
-	syscall.Unsetenv(pathEnv)
-	syscall.Unsetenv(errFdEnv)
 	if fds, _ := syscall.Getenv("LISTEN_FDS"); fds != "" {
 		syscall.Setenv("LISTEN_PID", itoa(syscall.Getpid()))
 	}
@@ -47,6 +67,43 @@ func run() {
 	fail(errFd, path+": "+err.Error(), status)
 }
 
+// wait reads a warm helper's order until EOF; no order: relaunch did not
+// need it (or is gone), and it exits quietly.
+func wait(ctlFd, errFd int) (path string, argv, env []string) {
+	b, err := readAll(ctlFd, 4<<20)
+	syscall.Close(ctlFd)
+	if err != nil || len(b) == 0 {
+		syscall.Exit(0)
+	}
+	path, argv, env, ok := parseOrder(b)
+	if !ok {
+		fail(errFd, "the exec helper got a bad order", 127)
+	}
+	return path, argv, env
+}
+
+// readAll reads fd to its end, at most max bytes.
+func readAll(fd, max int) ([]byte, error) {
+	buf := make([]byte, 0, 4096)
+	for len(buf) < max {
+		if len(buf) == cap(buf) {
+			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
+		}
+		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			break
+		}
+		buf = buf[:len(buf)+n]
+	}
+	return buf, nil
+}
+
 // fail tells relaunch why on the error pipe (stderr when the pipe is
 // unusable) and exits.
 func fail(errFd int, msg string, status int) {
@@ -66,23 +123,11 @@ func args() ([]string, error) {
 		return nil, err
 	}
 	defer syscall.Close(fd)
-	const max = 2 << 20 // ARG_MAX is at most a quarter of the stack limit; 2 MiB is far past a command line
-	buf := make([]byte, 0, 4096)
-	for len(buf) < max {
-		if len(buf) == cap(buf) {
-			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
-		}
-		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n == 0 {
-			break
-		}
-		buf = buf[:len(buf)+n]
+	// ARG_MAX is at most a quarter of the stack limit; 2 MiB is far past a
+	// command line.
+	buf, err := readAll(fd, 2<<20)
+	if err != nil {
+		return nil, err
 	}
 	var argv []string
 	for len(buf) > 0 {
