@@ -426,7 +426,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.pending = ""
 		l.upgrade(reason)
 	}
-	l.prepareNext() // warm_linux.go
+	l.prepareLater(g) // warm_linux.go
 }
 
 func (l *launcher) onReadyTimeout(g *generation) {

@@ -574,6 +574,7 @@ func TestMachineWarmHelperSlot(t *testing.T) {
 	}
 
 	m.ready(1) // slot 0
+	m.advance(time.Second)
 	if warmFd() != p.Slot(1).Fd() || m.l.warmPid != 9001 || !m.l.owns(9001) {
 		t.Fatalf("after gen 1 ready: warm helper on fd %d (pid %d); want slot 1's fd %d, pid 9001, owned", warmFd(), m.l.warmPid, p.Slot(1).Fd())
 	}
@@ -582,22 +583,35 @@ func TestMachineWarmHelperSlot(t *testing.T) {
 		t.Fatalf("gen 2 on slot %d, warm pid %d; want slot 1, none left", g.slot, m.l.warmPid)
 	}
 	m.ready(2)
-	if warmFd() != p.Slot(2).Fd() {
-		t.Fatalf("after gen 2 ready: warm helper on fd %d; want slot 2's, %d", warmFd(), p.Slot(2).Fd())
+	m.advance(200 * time.Millisecond) // settling, its drain signal: no warm helper yet
+	if len(prepared) != 1 {
+		t.Fatalf("%d warm helpers prepared 200ms after gen 2 was ready; want none since gen 1's", len(prepared)-1)
 	}
 	m.advance(time.Second)
-	m.want("2:current") // slot 0 is free again, and lower
-	m.signal(syscall.SIGUSR2)
-	if g := m.gen(3); g.slot != 2 || m.procs[2].spec.socks[0].Fd() != p.Slot(2).Fd() {
-		t.Fatalf("gen 3 on slot %d; want slot 2, the warm helper's", g.slot)
+	m.want("2:current")
+	if warmFd() != p.Slot(0).Fd() {
+		t.Fatalf("after gen 1 exited: warm helper on fd %d; want slot 0's, %d", warmFd(), p.Slot(0).Fd())
 	}
+	m.signal(syscall.SIGUSR2)
+	m.procs[1].stuck = true // gen 2 drains long
 	m.ready(3)
+	m.advance(time.Second)
+	m.want("2:draining 3:current")
+	if warmFd() != p.Slot(2).Fd() {
+		t.Fatalf("with gen 2 draining: warm helper on fd %d; want slot 2's, %d", warmFd(), p.Slot(2).Fd())
+	}
+	m.crash(2, killedBy(syscall.SIGKILL)) // slot 1 is free again, and lower
+	m.signal(syscall.SIGUSR2)
+	if g := m.gen(4); g.slot != 2 || m.procs[3].spec.socks[0].Fd() != p.Slot(2).Fd() {
+		t.Fatalf("gen 4 on slot %d; want slot 2, the warm helper's", g.slot)
+	}
+	m.ready(4)
 	m.advance(time.Second)
 
 	// A crash restart: no current generation, the crashed one's slot.
-	m.crash(3, killedBy(syscall.SIGKILL))
+	m.crash(4, killedBy(syscall.SIGKILL))
 	m.advance(backoffMin)
-	if g := m.gen(4); g == nil || g.slot != 2 {
+	if g := m.gen(5); g == nil || g.slot != 2 {
 		t.Fatalf("the restart is on slot %v; want 2, the crashed generation's", g)
 	}
 }

@@ -140,6 +140,21 @@ func (ws *warmSystem) take(p procSpec) (int, *os.File) {
 	return w.pid, w.errR
 }
 
+// prepareLater prepares the next generation's helper once g, ready now,
+// has been serving for the settle time and a little more: its start takes
+// CPU, which the switch's moments (the old generation's queue emptying,
+// its drain signal) should not share.
+func (l *launcher) prepareLater(g *generation) {
+	l.after(g, l.cfg.Settle+warmAfter, func() {
+		if g == l.cur {
+			l.prepareNext()
+		}
+	})
+}
+
+// warmAfter is how long after the settle time the warm helper starts.
+const warmAfter = 250 * time.Millisecond
+
 // prepareNext starts the warm helper of the next generation, on the slot
 // the next start would take now (warmSlot keeps it that one).
 func (l *launcher) prepareNext() {
