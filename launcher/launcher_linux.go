@@ -50,6 +50,7 @@ type launcher struct {
 
 	warmPid       int               // the warm exec helper of the next start (warm_linux.go); 0: none
 	warmSlotID    int               // the slot whose sockets it holds
+	acceptedIn    time.Duration     // how long the last generation seen accepting took (fastscan_linux.go)
 	probeOK       bool              // procfs can show this app's readiness
 	steerSlot     int               // the slot the pools steer to
 	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers

@@ -132,6 +132,7 @@ func (l *launcher) scan(g *generation) {
 			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see docs/apps.md, \"Works with\")", g, r.OwnSocket), "generation", g.id, "pid", g.pid)
 	}
 	if r.Accepting {
+		l.noteAccepting(g) // fastscan_linux.go
 		if l.cfg.Ready.Mode == ReadyAuto && !l.learnedListen && !l.learnedNotify {
 			l.learnedListen = true
 			l.log.Info("readiness: the app is seen accepting on its socket in /proc, so relaunch waits for that from now on " +
@@ -142,11 +143,9 @@ func (l *launcher) scan(g *generation) {
 		}
 		return
 	}
-	every := scanEvery
-	if learning {
-		every = 10 * scanEvery
-	} else {
-		l.watchEpolls(g) // checks between the scans: fastscan_linux.go
+	every := 10 * scanEvery
+	if !learning {
+		every = l.scanPeriod(g) // and checks between the scans: fastscan_linux.go
 	}
 	l.rescan(g, every)
 }
