@@ -360,7 +360,7 @@ func (l *launcher) start(restart bool) error {
 		return err
 	}
 	g.pid = pid
-	g.startTicks, _ = procStartTicks(pid)
+	g.startTicks = startTicksOf(pid) // warm_linux.go
 	l.roots.add(g.id, pid)
 	l.gens = append(l.gens, g)
 	l.next = g

@@ -195,3 +195,17 @@ func (l *launcher) warmSlot(slot int) int {
 	}
 	return l.warmSlotID
 }
+
+// startTicksOf is when a generation started, in /proc's clock ticks since
+// boot: its process's start, or now for a warm helper started earlier
+// (what it forks starts later; another generation's orphans forked while
+// it waited must not count as its own).
+func startTicksOf(pid int) uint64 {
+	t, _ := procStartTicks(pid)
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) == nil {
+		// USER_HZ, 100 on every architecture Go supports, as in /proc.
+		t = max(t, uint64(ts.Nano()/(1e9/100)))
+	}
+	return t
+}
