@@ -292,6 +292,25 @@ func TestCLIChildFds(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer oc.Close()
+		// It reads as systemd does, and keeps what is stored until the
+		// unit stops.
+		var stored []int
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			buf, oob := make([]byte, 4096), make([]byte, 1024)
+			for {
+				_, oobn, _, _, err := oc.ReadMsgUnix(buf, oob)
+				if err != nil {
+					return
+				}
+				cmsgs, _ := syscall.ParseSocketControlMessage(oob[:oobn])
+				for _, c := range cmsgs {
+					fds, _ := syscall.ParseUnixRights(&c)
+					stored = append(stored, fds...)
+				}
+			}
+		}()
 		env = append(env, "NOTIFY_SOCKET="+outer, "WATCHDOG_USEC=600000000", "FDSTORE=1",
 			"LISTEN_PID=1", "LISTEN_FDS=5", "LISTEN_FDNAMES=a:b:c:d:e", "LISTEN_PIDFDID=12345")
 		p := startRelaunchOpts(t, procOpts{Env: env, ExtraFiles: extra}, "-l", cliAddr(port), "--ready", "delay=10ms", "--", "/bin/sleep", "60")
@@ -330,9 +349,15 @@ func TestCLIChildFds(t *testing.T) {
 			t.Errorf("relaunch exited with %d after SIGTERM, want %d (sleep killed by SIGTERM)", code, 128+int(syscall.SIGTERM))
 		}
 		// With FDSTORE set, relaunch stored its sockets in the outer
-		// manager's fd store: this socket's unread datagrams hold them,
-		// as systemd would until the unit stops.
+		// manager's fd store, which holds them until the unit stops.
 		oc.Close()
+		<-read
+		if len(stored) == 0 {
+			t.Error("relaunch stored nothing in the outer manager's fd store, with FDSTORE set")
+		}
+		for _, fd := range stored {
+			syscall.Close(fd)
+		}
 		cliCheckNothingLeft(t, p, tmp, []int{port}, nil)
 	})
 }

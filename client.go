@@ -12,7 +12,8 @@ import (
 	"github.com/relaunch/relaunch/launcher"
 )
 
-// The control socket's client: relaunch status | upgrade | rollback | reexec.
+// The control socket's client: relaunch status | upgrade | rollback | reexec
+// | promote | abort.
 
 // isClientCommand says whether args name a client subcommand. The app's
 // own command never does: it comes after "--" or after the options.
@@ -21,7 +22,7 @@ func isClientCommand(args []string) bool {
 		return false
 	}
 	switch args[1] {
-	case "status", "upgrade", "rollback", "reexec":
+	case "status", "upgrade", "rollback", "reexec", "promote", "abort":
 		return true
 	}
 	return false
@@ -106,6 +107,8 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	case ans.Outcome != nil:
 		fmt.Fprintln(stderr, "relaunch "+cmd+" failed: "+ans.Outcome.Reason)
 		return 1
+	case ans.Said != "":
+		fmt.Fprintln(stdout, ans.Said)
 	case ans.Reexec != nil:
 		r := ans.Reexec
 		fmt.Fprintf(stdout, "relaunch %s (pid %d, %s) took over in %d ms with %d generation(s)\n", r.Version, r.Pid, r.Binary, r.TookMS, r.Generations)

@@ -82,12 +82,13 @@ func TestSecondRelaunchRefused(t *testing.T) {
 	})
 }
 
-// relaunch killed with SIGKILL: its app serves on, and a relaunch started
-// again says which generation of a dead relaunch holds the address (until
-// it can adopt it), rather than start an app nobody reaches.
+// relaunch killed with SIGKILL, and no keeper to take its sockets back
+// from: its app serves on, and a relaunch started again says which
+// generation of a dead relaunch holds the address, rather than start an
+// app nobody reaches. (With the keeper it adopts it: adopt_test.go.)
 func TestOrphanHoldsAddress(t *testing.T) {
 	t.Parallel()
-	p, addr := startServing(t, "--", demoBin)
+	p, addr := startServing(t, "--no-keeper", "--", demoBin)
 	app := waitPid(t, p, 1)
 	p.Signal(syscall.SIGKILL)
 	p.MustWait(10 * time.Second)

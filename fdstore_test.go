@@ -93,7 +93,13 @@ func storedBy(t *testing.T, sink *notifySink, a *relaunchProc, addr string) ([]s
 				t.Errorf("%v: want FDPOLL=0 and one fd, got %d fds", m.Fields, len(m.Fds))
 				continue
 			}
-			if sa, err := syscall.Getsockname(m.Fds[0]); err != nil || sa.(*syscall.SockaddrInet4).Port != addrPort(t, addr) {
+			if name == "relaunch.state" {
+				// The generations' state: a memfd, for a relaunch
+				// started after this one's death.
+				if target, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", m.Fds[0])); !strings.HasPrefix(target, "/memfd:relaunch.state") {
+					t.Errorf("relaunch.state is %q, not relaunch's state memfd", target)
+				}
+			} else if sa, err := syscall.Getsockname(m.Fds[0]); err != nil || sa.(*syscall.SockaddrInet4).Port != addrPort(t, addr) {
 				t.Errorf("%s is not a socket on %s: %v %v", name, addr, sa, err)
 			}
 			names = append(names, name)
@@ -117,7 +123,7 @@ func storedBy(t *testing.T, sink *notifySink, a *relaunchProc, addr string) ([]s
 	for s := range 8 {
 		want = append(want, fmt.Sprintf("relaunch.L0.S%d", s))
 	}
-	want = append(want, "relaunch.L0.spare")
+	want = append(want, "relaunch.L0.spare", "relaunch.state")
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Fatalf("stored %v; want %v", names, want)
 	}

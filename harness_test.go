@@ -630,8 +630,17 @@ func nthLine(s, substr string, n int) (string, bool) {
 }
 
 // Children returns the process's children (for relaunch: its generations,
-// and orphans it adopted as a subreaper), from /proc.
-func (p *relaunchProc) Children() []int { return procChildren(p.Pid()) }
+// and orphans it adopted as a subreaper), from /proc; not relaunch's
+// keeper (keeperOf), which is no part of the app.
+func (p *relaunchProc) Children() []int {
+	return slices.DeleteFunc(procChildren(p.Pid()), isKeeper)
+}
+
+// isKeeper says whether pid is a relaunch keeper (internal/keeper).
+func isKeeper(pid int) bool {
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(comm)) == "relaunch-keeper"
+}
 
 // Descendants returns every descendant of the process, from /proc.
 func (p *relaunchProc) Descendants() []int { return procDescendants(p.Pid()) }

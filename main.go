@@ -17,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/relaunch/relaunch/internal/keeper"
 	"github.com/relaunch/relaunch/launcher"
 	"github.com/relaunch/relaunch/sdlisten"
 	"github.com/relaunch/relaunch/watch"
@@ -43,6 +44,7 @@ func main() { os.Exit(relaunchMain()) }
 func relaunchMain() int {
 	// The exec helper (a generation's first process) never gets here: it
 	// execs the app from internal/exechelper's init.
+	keeper.Main() // nor a keeper
 	tuneMemory()
 	if !isClientCommand(os.Args) {
 		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal
@@ -94,6 +96,8 @@ EXAMPLES:
    relaunch status --pidfile /run/app.pid    # generations, pids, states; --json
    relaunch rollback --pidfile /run/app.pid  # run the previous generation's binary again
    relaunch reexec --pidfile /run/app.pid    # relaunch execs its own (new) binary: same pid, sockets, generations
+   relaunch promote --pidfile /run/app.pid   # with --canary: give the canary every connection now
+   relaunch abort --pidfile /run/app.pid     # with --canary: back to the previous generation, the canary drains
    kill -TTIN $(cat /run/app.pid)            # the same, by signal`,
 		HideHelpCommand:        true,
 		UseShortOptionHandling: false,
@@ -121,6 +125,12 @@ func flags() []cli.Flag {
 			Usage: "then a draining generation gets SIGKILL; 0 waits forever"},
 		&cli.IntFlag{Name: "max-draining", Value: -1, DefaultText: "unbounded", EnvVars: env("MAX_DRAINING"),
 			Usage: "at most `N` generations draining at once (0 to 62); the oldest is killed past that"},
+		&cli.StringFlag{Name: "health", EnvVars: env("HEALTH"),
+			Usage: "`[NAME=]PATH`: a new generation is ready only once GET PATH, sent through the first TCP --listen address (or the one named NAME) and steered to it, answers 2xx; needs the steered handover"},
+		&cli.DurationFlag{Name: "health-interval", EnvVars: env("HEALTH_INTERVAL"),
+			Usage: "with --health: probe the current generation every `D`; after 3 failures in a row a fresh generation replaces it"},
+		&cli.StringFlag{Name: "canary", EnvVars: env("CANARY"),
+			Usage: "`PCT:DURATION`: a new generation first gets PCT% of new connections for DURATION (the old one keeps the rest), then all; relaunch promote|abort end it early"},
 		&cli.StringFlag{Name: "handover", Value: "auto", EnvVars: env("HANDOVER"),
 			Usage: "auto, steered or shared: steered TCP listeners send new connections only to the newest generation before the old one drains; shared ones let generations share one accept queue"},
 		&cli.DurationFlag{Name: "settle", Value: 100 * time.Millisecond, EnvVars: env("SETTLE"),
@@ -145,6 +155,8 @@ func flags() []cli.Flag {
 			Usage: "pass the listening sockets in non-blocking mode (O_NONBLOCK, as systemd's NonBlocking=): for apps that poll them and expect accept() never to block (nginx without accept_mutex)"},
 		&cli.BoolFlag{Name: "fdstore", EnvVars: env("FDSTORE"),
 			Usage: "under systemd: keep the sockets in its fd store (FDSTORE=1; the unit needs FileDescriptorStoreMax=), so a restarted relaunch takes the very same sockets back; automatic where systemd sets $FDSTORE"},
+		&cli.BoolFlag{Name: "no-keeper", EnvVars: env("NO_KEEPER"),
+			Usage: "start no keeper process: by default one holds a copy of every socket, so that relaunch's own death (kill -9, the OOM killer) changes nothing for clients and a relaunch started again adopts the generations; not started under --fdstore or as PID 1"},
 		&cli.StringFlag{Name: "pidfile", EnvVars: env("PIDFILE"),
 			Usage: "write relaunch's pid to `PATH` (atomically); removed at exit"},
 		&cli.StringFlag{Name: "control", EnvVars: env("CONTROL"),
@@ -170,7 +182,7 @@ func cliError(err error) string {
 		name = strings.TrimSuffix(name, ":")
 		what := "a valid value"
 		switch name {
-		case "ready-timeout", "drain-timeout", "stop-timeout", "timeout":
+		case "ready-timeout", "drain-timeout", "stop-timeout", "timeout", "health-interval", "settle", "debounce":
 			what = "a duration such as 30s, 5m or 1h30m"
 		case "max-draining":
 			what = "a whole number"
@@ -228,10 +240,13 @@ func action(c *cli.Context) error {
 	}
 	if resume != nil {
 		cfg.Listeners, cfg.Resume = resume.Listeners, resume
-	} else if cfg.Listeners, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger); err != nil {
+	} else if cfg.Listeners, cfg.Taken, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger); err != nil {
 		return fail(err)
 	}
 	defer launcher.CloseListeners(cfg.Listeners)
+	if err := launcher.SteeredFor(&cfg); err != nil {
+		return fail(err)
+	}
 	status, err := launcher.Run(cfg)
 	if err != nil {
 		return fail(err)
@@ -254,6 +269,7 @@ func config(c *cli.Context) (launcher.Config, error) {
 		PIDFile:      c.String("pidfile"),
 		FDStore:      c.Bool("fdstore"),
 		NonBlocking:  c.Bool("nonblocking"),
+		NoKeeper:     c.Bool("no-keeper"),
 		Control:      c.String("control"),
 		Version:      version,
 	}
@@ -323,6 +339,9 @@ func config(c *cli.Context) (launcher.Config, error) {
 	handover, err := launcher.ParseHandover(c.String("handover"))
 	if err != nil {
 		return cfg, usageError("%v", err)
+	}
+	if err := evidence(c, &cfg, handover); err != nil {
+		return cfg, err
 	}
 	var addrs []sdlisten.Addr
 	for _, a := range c.StringSlice("listen") {
@@ -408,4 +427,69 @@ func bindFamily(network, host string) (fam int, wildcard bool, ip netip.Addr) {
 		fam = famV6
 	}
 	return fam, ip.IsUnspecified(), ip
+}
+
+// evidence checks --health, --health-interval and --canary: they need an
+// address relaunch steers.
+func evidence(c *cli.Context, cfg *launcher.Config, handover launcher.Handover) error {
+	cfg.HealthInterval = c.Duration("health-interval")
+	if cfg.HealthInterval < 0 {
+		return usageError("bad value %s for --health-interval: use a positive duration such as 5s", cfg.HealthInterval)
+	}
+	if v := c.String("health"); v != "" {
+		h, err := launcher.ParseHealth(v)
+		if err != nil {
+			return usageError("%v", err)
+		}
+		cfg.Health = &h
+	} else if cfg.HealthInterval > 0 {
+		return usageError("--health-interval %s needs --health PATH: what to probe", cfg.HealthInterval)
+	}
+	if v := c.String("canary"); v != "" {
+		cn, err := launcher.ParseCanary(v)
+		if err != nil {
+			return usageError("%v", err)
+		}
+		cfg.Canary = cn
+	}
+	var what string
+	switch {
+	case cfg.Health != nil:
+		what = "--health " + c.String("health")
+	case cfg.Canary.Pct > 0:
+		what = "--canary " + c.String("canary")
+	default:
+		return nil
+	}
+	if handover == launcher.HandoverShared {
+		return usageError("%s needs the steered handover, and --handover is shared: use --handover auto or steered", what)
+	}
+	var steerable []sdlisten.Addr
+	for _, a := range c.StringSlice("listen") {
+		addr, err := sdlisten.ParseAddr(a)
+		if err != nil {
+			return nil // said by the caller
+		}
+		if launcher.Steerable(addr) == "" {
+			steerable = append(steerable, addr)
+		}
+	}
+	if len(steerable) == 0 {
+		return usageError("%s needs a TCP --listen address (relaunch steers TCP only; UDP, unix and systemd-passed sockets are shared): add one, e.g. -l 127.0.0.1:8080", what)
+	}
+	if h := cfg.Health; h != nil && h.Name != "" {
+		for _, a := range c.StringSlice("listen") {
+			if addr, err := sdlisten.ParseAddr(a); err == nil && addr.Name == h.Name && launcher.Steerable(addr) != "" {
+				return usageError("--health %s: the listener %s is %s, which cannot be steered (%s): name a TCP --listen address", c.String("health"), h.Name, addr, launcher.Steerable(addr))
+			}
+		}
+		found := false
+		for _, a := range steerable {
+			found = found || a.Name == h.Name
+		}
+		if !found {
+			return usageError("--health %s: no --listen address is named %s: name one (-l %s=127.0.0.1:8080) or give the path alone for the first TCP address", c.String("health"), h.Name, h.Name)
+		}
+	}
+	return nil
 }

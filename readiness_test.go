@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -81,15 +82,59 @@ func TestReadyListenPythonAndNode(t *testing.T) {
 	}
 }
 
-// A select() server is invisible in /proc: auto falls back to 2s alive and
-// says so once.
-func TestReadyFallbackForSelectServer(t *testing.T) {
+// Servers that wait with select() or poll() and never call sd_notify:
+// relaunch decodes the blocked thread's fd_set or pollfd array, so auto
+// takes each generation as ready when it polls its socket, not by the 2s
+// fallback (status --json says how), and upgrades under load lose nothing.
+// The poll server is Python's socketserver on socket.fromfd(3): its own fd
+// number for the socket.
+func TestReadySelectAndPollServers(t *testing.T) {
+	apps := []struct{ name, script, version, how string }{
+		{"select", "testdata/apps/select_server.py", "version=select", `^pid \d+ polls fd 3 \(select\)$`},
+		{"socketserver poll", "testdata/apps/poll_server.py", "version=pypoll", `^pid \d+ polls fd 3 \(poll, as its fd \d+\)$`},
+	}
+	for _, a := range apps {
+		t.Run(a.name, func(t *testing.T) {
+			t.Parallel()
+			py := needCommand(t, "python3", "python3")
+			script, _ := filepath.Abs(a.script)
+			addr := freeAddr(t)
+			sock := filepath.Join(shortTempDir(t), "ctl")
+			p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--control", sock, "--drain-signal", "TERM", "--", py, script)
+			waitHTTP(t, addr, a.version+" ", 10*time.Second)
+			load := startLoad(t, addr)
+			for g := 2; g <= 4; g++ {
+				upgradeAndWait(t, p, g, 10*time.Second)
+			}
+			stopLoad(t, load)
+			waitHTTP(t, addr, "gen=4", 5*time.Second)
+			st := statusOf(t, sock)
+			how := regexp.MustCompile(a.how)
+			if len(st.Generations) != 1 || st.Generations[0].Generation != 4 || !how.MatchString(st.Generations[0].Ready) {
+				t.Errorf("status: %+v; want gen 4 alone, ready by %s", st.Generations, how)
+			}
+			for g := 1; g <= 4; g++ {
+				line := p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) ready in", g, genPids(p)[g]), time.Second)
+				_, after, _ := strings.Cut(line, " ready in ")
+				_, reason, _ := strings.Cut(after, ": ")
+				if !how.MatchString(reason) {
+					t.Errorf("gen %d: %q; want it ready by %s", g, line, how)
+				}
+				t.Log(line)
+			}
+		})
+	}
+}
+
+// A server /proc cannot show accepting (told of connections by SIGIO):
+// auto falls back to 2s alive and says so once.
+func TestReadyFallbackForInvisibleServer(t *testing.T) {
 	t.Parallel()
 	py := needCommand(t, "python3", "python3")
-	script, _ := filepath.Abs("testdata/apps/select_server.py")
+	script, _ := filepath.Abs("testdata/apps/sigio_server.py")
 	addr := freeAddr(t)
 	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--drain-signal", "TERM", "--", py, script)
-	waitHTTP(t, addr, "version=select", 10*time.Second)
+	waitHTTP(t, addr, "version=sigio", 10*time.Second)
 	line := p.WaitLog(t, "gen 1 (pid", 5*time.Second)
 	p.WaitLog(t, "ready in", 10*time.Second)
 	msg := p.WaitLog(t, "was not seen accepting", 15*time.Second)
@@ -97,7 +142,7 @@ func TestReadyFallbackForSelectServer(t *testing.T) {
 		t.Errorf("the fallback line %q should say how to pick a method", msg)
 	}
 	if r := p.WaitLog(t, "ready in", 1*time.Second); !strings.Contains(r, "alive for 2s") {
-		t.Errorf("gen 1 of a select server should be ready by the 2s fallback: %q (%s)", r, line)
+		t.Errorf("gen 1 of an invisible server should be ready by the 2s fallback: %q (%s)", r, line)
 	}
 	upgradeTo(t, p, 2)
 	waitHTTP(t, addr, "gen=2", 5*time.Second)

@@ -27,7 +27,8 @@ import (
 // steered and the shared handover.
 //
 // The servers come from Debian 12 packages (.ci/run installs them): gunicorn
-// 20.1, uvicorn 0.17, haproxy 2.6, nginx 1.22, nodejs; Python is any python3.
+// 20.1, uvicorn 0.17, haproxy 2.6, nginx 1.22, puma 5.6 (Ruby 3.1), nodejs;
+// Python is any python3.
 // The gunicorn and uvicorn scripts run Debian's /usr/bin/python3.
 //
 // Node's http module and a Python server blocking in accept() are also run
@@ -59,6 +60,14 @@ type serverCase struct {
 	answer string
 	// ready: every generation's "ready in" log line contains one of these.
 	ready []string
+	// learning: under auto, the first learnGens generations may be ready
+	// by one of these too (what they show teaches relaunch what to wait
+	// for).
+	learning  []string
+	learnGens int
+	// exit ends each old generation's exit line: "exited: status 0" when
+	// empty (a graceful drain).
+	exit string
 	// gens: the answer says "gen=N" (RELAUNCH_GENERATION).
 	gens bool
 }
@@ -88,7 +97,11 @@ func runServer(t *testing.T, addr string, c serverCase) serverRun {
 	// No __pycache__ in testdata from the Python servers.
 	p := startRelaunchOpts(t, procOpts{Env: []string{"PYTHONDONTWRITEBYTECODE=1"}}, args...)
 	waitHTTP(t, addr, c.answer, 20*time.Second)
-	checkReadyLine(t, p, 1, c.ready)
+	checkReadyLine(t, p, 1, c.readyBy(1))
+	exit := c.exit
+	if exit == "" {
+		exit = "exited: status 0"
+	}
 
 	load := startLoad(t, addr)
 	waitLoadOK(t, load, 1, 10*time.Second)
@@ -100,10 +113,10 @@ func runServer(t *testing.T, addr string, c serverCase) serverRun {
 		old = append(append(old, prev), procDescendants(prev)...) // its workers
 		from := time.Now()
 		upgradeTo(t, p, g)
-		checkReadyLine(t, p, g, c.ready)
+		checkReadyLine(t, p, g, c.readyBy(g))
 		line := p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) exited", g-1, prev), 30*time.Second)
 		run.windows = append(run.windows, upgradeWindow{gen: g, from: from, to: time.Now()})
-		if !strings.HasSuffix(line, "exited: status 0") {
+		if !strings.HasSuffix(line, exit) {
 			t.Errorf("gen %d did not drain gracefully: %q", g-1, line)
 		}
 	}
@@ -129,6 +142,14 @@ func runServer(t *testing.T, addr string, c serverCase) serverRun {
 	noProcessesLeft(t, old)
 	checkOnlyGen(t, p, last)
 	return run
+}
+
+// readyBy is what generation gen may be ready by.
+func (c serverCase) readyBy(gen int) []string {
+	if gen <= c.learnGens {
+		return append(slices.Clip(c.ready), c.learning...)
+	}
+	return c.ready
 }
 
 // checkReadyLine checks how relaunch took generation gen as ready.
@@ -161,8 +182,8 @@ func checkNoErrors(t *testing.T, run serverRun) {
 // listen hands over when a worker of the new generation accepts, and a
 // deploy whose workers cannot load the app is a failed upgrade (with the
 // master's READY=1 it would be taken as ready, the old generation drained,
-// and the service down). Sync workers use select(), which /proc does not
-// show: they would need READY=1 or --ready delay=D. TERM is gunicorn's
+// and the service down). Sync workers' select() is seen too, and auto waits
+// for READY=1 and that: TestServerGunicornAuto. TERM is gunicorn's
 // graceful stop.
 func TestServerGunicorn(t *testing.T) {
 	t.Parallel()
@@ -201,6 +222,42 @@ func TestServerGunicorn(t *testing.T) {
 		t.Errorf("the bad deploy's log line %q should say %q", line, want)
 	}
 	waitHTTP(t, addr, fmt.Sprintf("gen=%d", last), 5*time.Second)
+}
+
+// gunicorn under --ready auto with no option, and its default sync
+// workers, which wait with select() (decoded from their memory). The
+// master says READY=1 before any worker exists: gen 1 is taken at its word,
+// then watched until a worker accepts, and from then on every generation is
+// ready only once it has sent READY=1 and a worker polls the socket. Gen 2,
+// started as soon as gen 1 serves, may come before relaunch has seen gen 1's
+// busy workers wait in select(): it may be ready by READY=1 alone.
+func TestServerGunicornAuto(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	gunicorn := needCommand(t, "gunicorn", "gunicorn")
+	appDir := filepath.Dir(testdataPath(t, "servers/app.py"))
+	run := runServer(t, freeAddr(t), serverCase{
+		args:      []string{"--drain-signal", "TERM", "--", gunicorn, "--workers", "2", "--chdir", appDir, "app:wsgi"},
+		answer:    "version=gunicorn ",
+		learning:  []string{": READY=1"},
+		learnGens: 2,
+		ready:     []string{"READY=1, then pid ", ", then READY=1"},
+		gens:      true,
+	})
+	checkNoErrors(t, run)
+	run.p.WaitLog(t, "waits for both from now on", time.Second)
+	logReadyTimes(t, run.p)
+}
+
+// logReadyTimes logs each generation's ready line: how long it took, and
+// by what.
+func logReadyTimes(t *testing.T, p *relaunchProc) {
+	t.Helper()
+	for _, line := range strings.Split(p.Stderr(), "\n") {
+		if strings.Contains(line, ") ready in ") {
+			t.Log(line)
+		}
+	}
 }
 
 // uvicorn 0.17 takes the socket with --fd 3 and drains on TERM. asyncio
@@ -399,9 +456,9 @@ func TestServerNode(t *testing.T) {
 }
 
 // Python's http.server (ThreadingHTTPServer) on fd 3, standard library only
-// (testdata/servers/http_server.py). socketserver polls with poll(2), which
-// /proc does not show, so the app says READY=1 itself: --ready notify. It
-// drains on TERM.
+// (testdata/servers/http_server.py). It says READY=1 itself: --ready
+// notify (under auto, its poll(2) would be seen too:
+// TestReadySelectAndPollServers). It drains on TERM.
 func TestServerPythonHTTPServer(t *testing.T) {
 	t.Parallel()
 	needE2E(t, "relaunch")
@@ -427,4 +484,57 @@ func TestServerGoSystemd(t *testing.T) {
 		// this app shows both at once.
 		ready: []string{"READY=1", "polls fd 3 (epoll"},
 	}))
+}
+
+// puma 5.6 (Debian's) takes the socket from LISTEN_FDS when its own binding
+// matches it: -b tcp://ADDR with relaunch's --listen address. In single
+// mode its server thread waits with select() (decoded from its memory), so
+// --ready auto with no option sees it accept. TERM is its graceful stop: it
+// stops accepting, finishes the requests in hand, then re-raises SIGTERM
+// (Ruby's convention), so a drained generation dies of SIGTERM; it caught
+// it, so relaunch does not warn that it does not drain.
+func TestServerPuma(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	puma := needCommand(t, "puma", "puma")
+	addr := freeAddr(t)
+	run := runServer(t, addr, serverCase{
+		args:   []string{"--drain-signal", "TERM", "--", puma, "-b", "tcp://" + addr, testdataPath(t, "servers/config.ru")},
+		answer: "version=puma ",
+		ready:  []string{"polls fd 3 (select"},
+		exit:   "exited: killed by SIGTERM",
+		gens:   true,
+	})
+	checkNoErrors(t, run)
+	if strings.Contains(run.p.Stderr(), "does not drain") {
+		t.Errorf("puma drains on TERM, yet relaunch says it does not:\n%s", run.p.Stderr())
+	}
+	logReadyTimes(t, run.p)
+}
+
+// puma without -b binds its own address (here -p PORT; 0.0.0.0:9292 by
+// default) and closes the socket relaunch gave it: relaunch names both and
+// the fix.
+func TestServerPumaWithoutBind(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	puma := needCommand(t, "puma", "puma")
+	addr, own := freeAddr(t), freePort(t)
+	p := startRelaunch(t, "--listen", addr, "--no-watch-binary", "--drain-signal", "TERM", "--",
+		puma, "-p", strconv.Itoa(own), testdataPath(t, "servers/config.ru"))
+	line := p.WaitLog(t, "the app closed the socket it was given", 20*time.Second)
+	for _, want := range []string{
+		"(fd 3, " + addr + ")",
+		fmt.Sprintf("listens on 0.0.0.0:%d itself", own),
+		"-b tcp://" + addr,
+	} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the warning %q should say %q", line, want)
+		}
+	}
+	if strings.Contains(p.Stderr(), "select/poll server") {
+		t.Errorf("relaunch still blames select/poll:\n%s", p.Stderr())
+	}
+	p.Signal(syscall.SIGTERM)
+	p.MustWait(20 * time.Second)
 }

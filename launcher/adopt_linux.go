@@ -14,17 +14,19 @@ import (
 	"github.com/relaunch/relaunch/internal/listenprobe"
 )
 
-// Adoption: relaunch taken back its sockets from the service manager's fd
-// store (fdstore_linux.go) after its own death, and the generations it had
-// started outlived it (systemd's KillMode=process). They still serve on
-// those sockets: relaunch finds them (processes that hold one of its
-// sockets and carry RELAUNCH_GENERATION, each generation by its main
-// process, the leader of its process group), and manages them as its own.
-// The newest is current: it keeps serving until the next trigger. The
-// others were draining: their --drain-timeout counts from now (when they
-// were told is lost with the relaunch that told them). Their exits are
-// seen through pidfds (they are not relaunch's children), with an unknown
-// status, taken as a failure.
+// Adoption: relaunch took its sockets back after its own death, from the
+// service manager's fd store or its keeper (keeper_linux.go), and the
+// generations it had started outlived it. They still serve on those
+// sockets: relaunch finds them (processes that hold one of its sockets
+// and carry RELAUNCH_GENERATION, each generation by its main process, the
+// leader of its process group), and manages them as its own. The state
+// the dead relaunch saved says which was current (it keeps serving until
+// the next trigger) and since when the others were draining (their
+// --drain-timeout counts from then); with none current, the newest that
+// was starting becomes current; one that was otherwise starting or
+// settling is drained now. Without that state the newest is current and the others'
+// timeouts count from now. Their exits are seen through pidfds (they are
+// not relaunch's children), with an unknown status, taken as a failure.
 
 // adoptable is a generation found holding relaunch's sockets.
 type adoptable struct {
@@ -102,8 +104,36 @@ func generationOf(pid int) int {
 // the others draining. It says whether there was a current one.
 func (l *launcher) adopt(found []adoptable) (bool, error) {
 	now := l.sys.now()
+	saved := map[int]savedGen{} // by pid
+	cur := 0                    // found's index of the current one; -1: none
+	var toDrain []*generation
+	if l.state != nil {
+		l.lastID = max(l.lastID, l.state.LastID)
+		cur = -1
+		for _, sg := range l.state.Gens {
+			saved[sg.Pid] = sg
+		}
+		for i, a := range found {
+			if sg, ok := saved[a.pid]; ok && sg.ID == a.id && sg.State == current.String() {
+				cur = i
+			}
+		}
+		// None current (relaunch died before the first was ready, or
+		// while the current one was being replaced after a crash): the
+		// newest that was starting serves, as it was started to.
+		for i, a := range found {
+			if sg, ok := saved[a.pid]; cur < 0 && ok && sg.ID == a.id && sg.State == starting.String() {
+				cur = i
+			}
+		}
+	}
 	for i, a := range found {
 		g := &generation{id: a.id, pid: a.pid, path: a.path, slot: a.slot, started: now, readyAt: now, adopted: true}
+		sg, known := saved[a.pid]
+		known = known && sg.ID == a.id
+		if known && l.hasPools() && sg.Slot >= 0 {
+			g.slot = sg.Slot
+		}
 		if l.hasPools() && g.slot < 0 {
 			g.slot = l.steerSlot
 		}
@@ -118,14 +148,26 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 		l.gens = append(l.gens, g)
 		l.roots.add(g.id, g.pid)
 		l.lastID = max(l.lastID, g.id)
-		if i == 0 {
+		switch {
+		case i == cur:
 			g.state = current
 			l.cur, l.everUp = g, true
 			if g.slot >= 0 {
 				l.steerTo(g.slot)
 			}
 			l.handoff.SetCurrent(g.id)
-		} else {
+			l.watchHealth(g) // --health-interval
+		case known && sg.State == draining.String() && !sg.DrainAt.IsZero():
+			// Told before relaunch died: its timeout counts from then.
+			g.state, g.drainAt = draining, sg.DrainAt
+			if l.cfg.DrainTimeout > 0 {
+				l.drainTimer(g, l.cfg.DrainTimeout-now.Sub(sg.DrainAt))
+			}
+		case known && sg.State != draining.String() && sg.State != stopping.String():
+			// Starting or settling when relaunch died: never told.
+			g.state = settling
+			toDrain = append(toDrain, g)
+		default:
 			g.state, g.drainAt = draining, now
 			if l.cfg.DrainTimeout > 0 {
 				l.drainTimer(g, l.cfg.DrainTimeout)
@@ -134,6 +176,11 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 		l.log.Info(fmt.Sprintf("adopted %s, %s, which outlived the relaunch that started it", g, g.state),
 			"generation", g.id, "pid", g.pid, "state", g.state.String())
 	}
+	slices.SortFunc(l.gens, func(a, b *generation) int { return a.id - b.id }) // oldest first, as always
+	for _, g := range toDrain {
+		l.drain(g)
+	}
+	l.limitDraining()
 	l.armSlots()
 	if l.cur != nil {
 		l.outer.ready(fmt.Sprintf("%s serving (adopted)", l.cur))
@@ -144,12 +191,7 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 // watchAdopted posts g's exit when its process exits, seen through a
 // pidfd: it is not relaunch's child, so wait4 cannot see it.
 func (l *launcher) watchAdopted(g *generation) error {
-	pfd, err := unix.PidfdOpen(g.pid, 0)
-	if err != nil {
-		return fmt.Errorf("cannot watch %s, which outlived the relaunch that started it: pidfd_open: %v", g, err)
-	}
-	go func() {
-		waitPidfd(pfd)
+	err := l.sys.watchExit(g.pid, func() {
 		l.post(func() {
 			// Its status is not relaunch's to read: a failure, unless
 			// relaunch is stopping it.
@@ -161,6 +203,22 @@ func (l *launcher) watchAdopted(g *generation) error {
 			}
 			l.onExit(g, exitStatus{ws})
 		})
+	})
+	if err != nil {
+		return fmt.Errorf("cannot watch %s, which outlived the relaunch that started it: %v", g, err)
+	}
+	return nil
+}
+
+// watchPidfd calls exited when pid is gone, seen through a pidfd.
+func watchPidfd(pid int, exited func()) error {
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return os.NewSyscallError("pidfd_open", err)
+	}
+	go func() {
+		waitPidfd(pfd)
+		exited()
 	}()
 	return nil
 }

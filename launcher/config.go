@@ -42,6 +42,15 @@ type Config struct {
 	MaxDraining  int           // more draining generations than this: the oldest is killed; < 0 is unbounded
 	StopTimeout  time.Duration // on TERM/INT, time before SIGKILL
 
+	// Health, when set, makes a generation ready only once GET Path,
+	// steered to it, answers 2xx; HealthInterval > 0 probes the current
+	// generation every interval (liveness).
+	Health         *Health
+	HealthInterval time.Duration
+	// Canary, when Pct > 0, gives a new generation Pct of new connections
+	// for a while before it gets them all.
+	Canary Canary
+
 	Restart RestartPolicy
 	Rescue  Rescue // what becomes of connections stranded on a slot no generation holds
 
@@ -60,6 +69,13 @@ type Config struct {
 	// NonBlocking puts the sockets handed to the generations in
 	// non-blocking mode (O_NONBLOCK), as systemd's NonBlocking= does.
 	NonBlocking bool
+
+	// NoKeeper starts no keeper (internal/keeper) where the fd store is
+	// not used: relaunch's death then closes the slots no generation holds.
+	NoKeeper bool
+
+	// Taken is what OpenListeners took back from a relaunch that died.
+	Taken *Taken
 
 	PIDFile string
 	Control string       // the control socket's path; "" = none
@@ -209,4 +225,47 @@ func signalName(sig syscall.Signal) string {
 		return n
 	}
 	return fmt.Sprintf("signal %d", int(sig))
+}
+
+// Health is a parsed --health: GET Path through listener Listener (an
+// index in Config.Listeners, set once they are open) must answer 2xx.
+type Health struct {
+	Name     string // the listener's name; "" for the first TCP --listen address
+	Path     string
+	Listener int
+}
+
+// ParseHealth parses --health PATH or NAME=PATH.
+func ParseHealth(s string) (Health, error) {
+	name, path, named := strings.Cut(s, "=")
+	if !named {
+		name, path = "", s
+	}
+	if named && name == "" {
+		return Health{}, fmt.Errorf("bad --health %q: give the listener's name before '=' (NAME=/healthz), or the path alone", s)
+	}
+	if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \r\n\t") {
+		return Health{}, fmt.Errorf("bad --health %q: give a URL path such as /healthz (or NAME=/healthz for a named listener)", s)
+	}
+	return Health{Name: name, Path: path}, nil
+}
+
+// Canary is a parsed --canary PCT:DURATION; Pct 0 is none.
+type Canary struct {
+	Pct int
+	For time.Duration
+}
+
+// ParseCanary parses --canary PCT:DURATION, e.g. 10:5m.
+func ParseCanary(s string) (Canary, error) {
+	p, d, ok := strings.Cut(s, ":")
+	var pct int
+	if _, err := fmt.Sscanf(strings.TrimSuffix(p, "%"), "%d", &pct); !ok || err != nil || fmt.Sprint(pct) != strings.TrimSuffix(p, "%") || pct < 1 || pct > 99 {
+		return Canary{}, fmt.Errorf("bad --canary %q: use PCT:DURATION, a whole percentage from 1 to 99 and a duration, e.g. 10:5m", s)
+	}
+	dur, err := time.ParseDuration(d)
+	if err != nil || dur <= 0 {
+		return Canary{}, fmt.Errorf("bad --canary %q: the duration after ':' must be positive, such as 5m or 30s (e.g. %d:5m)", s, pct)
+	}
+	return Canary{Pct: pct, For: dur}, nil
 }

@@ -16,7 +16,7 @@ import (
 
 // Request is what a client asks.
 type Request struct {
-	Cmd string `json:"cmd"` // "status", "upgrade", "rollback" or "reexec"
+	Cmd string `json:"cmd"` // "status", "upgrade", "rollback", "reexec", "promote" or "abort"
 }
 
 // ReexecOutcome is what the re-executed relaunch says.
@@ -46,18 +46,34 @@ type GenStatus struct {
 	Path       string    `json:"path"`
 	Slot       int       `json:"slot"`              // -1 without steered listeners
 	Adopted    bool      `json:"adopted,omitempty"` // started by a relaunch that died, taken over
+	Ready      string    `json:"ready,omitempty"`   // what made it ready: "READY=1", "pid 12 polls fd 3 (poll)", …
+	Why        string    `json:"why,omitempty"`     // what started it: the upgrade's trigger
+	// Health is its last health probe's answer (--health); Unhealthy says
+	// why a fresh generation replaces it.
+	Health    string `json:"health,omitempty"`
+	Unhealthy string `json:"unhealthy,omitempty"`
+}
+
+// CanaryStatus is the canary running, in a Status.
+type CanaryStatus struct {
+	Generation int       `json:"generation"`
+	Pid        int       `json:"pid"`
+	Pct        int       `json:"pct"`     // its share of new connections
+	EndsAt     time.Time `json:"ends_at"` // when it is promoted, unless it ends first
+	LeftMS     int64     `json:"left_ms"`
 }
 
 // Status is what `relaunch status` shows.
 type Status struct {
-	Pid           int          `json:"pid"`
-	Version       string       `json:"version"`
-	Command       []string     `json:"command"`
-	Readiness     string       `json:"readiness"`
-	Generations   []GenStatus  `json:"generations"`
-	LastFailure   string       `json:"last_failure,omitempty"`
-	LastFailureAt time.Time    `json:"last_failure_at,omitzero"`
-	Rescued       RescueCounts `json:"rescued"` // connections stranded on a slot, and listeners revived
+	Pid           int           `json:"pid"`
+	Version       string        `json:"version"`
+	Command       []string      `json:"command"`
+	Readiness     string        `json:"readiness"`
+	Generations   []GenStatus   `json:"generations"`
+	LastFailure   string        `json:"last_failure,omitempty"`
+	LastFailureAt time.Time     `json:"last_failure_at,omitzero"`
+	Rescued       RescueCounts  `json:"rescued"` // connections stranded on a slot, and listeners revived
+	Canary        *CanaryStatus `json:"canary,omitempty"`
 }
 
 // Answer is the control socket's one reply.
@@ -65,6 +81,7 @@ type Answer struct {
 	Status  *Status        `json:"status,omitempty"`
 	Outcome *Outcome       `json:"outcome,omitempty"`
 	Reexec  *ReexecOutcome `json:"reexec,omitempty"`
+	Said    string         `json:"said,omitempty"` // promote, abort: what was done
 	Error   string         `json:"error,omitempty"`
 }
 
@@ -113,6 +130,13 @@ func (s *Status) Text() string {
 		}
 		fmt.Fprintf(&b, "gen %d  pid %d  %-9s since %s (%s ago)  %s%s\n", g.Generation, g.Pid, g.State,
 			g.Since.Format(time.RFC3339), time.Since(g.Since).Round(time.Second), g.Path, adopted)
+		if g.Unhealthy != "" {
+			fmt.Fprintf(&b, "  unhealthy: %s; a fresh generation replaces it\n", g.Unhealthy)
+		}
+	}
+	if c := s.Canary; c != nil {
+		fmt.Fprintf(&b, "canary: gen %d gets %d%% of new connections, promoted in %s\n", c.Generation, c.Pct,
+			(time.Duration(c.LeftMS) * time.Millisecond).Round(100*time.Millisecond))
 	}
 	if len(s.Generations) == 0 {
 		b.WriteString("no generation running\n")

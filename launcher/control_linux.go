@@ -117,6 +117,8 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 	switch req.Cmd {
 	case "status":
 		ans <- Answer{Status: l.statusReport()}
+	case "promote", "abort":
+		ans <- l.controlCanary(req.Cmd)
 	case "upgrade":
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch upgrade")
@@ -135,7 +137,7 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch rollback to the previous generation's binary (was " + l.prevBin.Name() + ")")
 	default:
-		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade, rollback or reexec", req.Cmd)}
+		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade, rollback, reexec, promote or abort", req.Cmd)}
 	}
 }
 
@@ -156,17 +158,17 @@ func (l *launcher) concluded(o Outcome) {
 
 func (l *launcher) statusReport() *Status {
 	s := &Status{Pid: os.Getpid(), Version: l.cfg.Version, Command: l.cfg.Command, Readiness: l.waitingFor(),
-		LastFailure: l.lastFailure, LastFailureAt: l.lastFailureAt, Rescued: l.rescued}
+		LastFailure: l.lastFailure, LastFailureAt: l.lastFailureAt, Rescued: l.rescued, Canary: l.canaryStatus()}
 	for _, g := range l.gens {
 		since := g.started
 		switch {
 		case g.state == draining || g.state == stopping:
 			since = g.drainAt
-		case g.state == current:
+		case g.state == current || g.state == canary:
 			since = g.readyAt
 		}
 		s.Generations = append(s.Generations, GenStatus{Generation: g.id, Pid: g.pid, State: g.state.String(),
-			Since: since, Path: g.path, Slot: g.slot, Adopted: g.adopted})
+			Since: since, Path: g.path, Slot: g.slot, Adopted: g.adopted, Ready: g.readyHow, Why: g.why, Health: g.health, Unhealthy: g.unhealthy})
 	}
 	return s
 }

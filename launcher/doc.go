@@ -21,6 +21,8 @@
 //	ready_linux.go      when a starting generation is ready (--ready)
 //	drain_linux.go      the drain policy: hand-over, drain, its limits
 //	steer_linux.go      steered pools: which slot a generation gets, steering
+//	health_linux.go     --health: probes steered to one generation, liveness
+//	canary_linux.go     the route (steered slot, canary share, probes), --canary
 //	slots_linux.go      slots between generations: stranded connections, dead listeners
 //	tripwire_linux.go   a steered group disturbed by an app: stop steering
 //	control*.go         the control socket (status, upgrade, rollback)

@@ -2,6 +2,10 @@ package launcher
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -21,8 +25,12 @@ import (
 //     told) does not count: killing it would strand what its slot queued.
 //   - freeSlot: every slot of the pool is held: the oldest draining
 //     generation is killed, and the upgrade waits for its exit.
-//   - warnDrainSignal: a draining generation that dies of the drain signal's
-//     default action does not handle it; said once, with the remedy.
+//   - warnDrainSignal: a draining generation whose process had the drain
+//     signal's default action when it was sent (not caught, ignored or
+//     blocked: /proc/P/status, read just before) and died of it does not
+//     drain; said once, with the remedy. An app that drains and then
+//     re-raises the signal (Ruby's convention: puma) dies of it too, but
+//     it caught it.
 //
 // What a generation left on its slot when it exits is the slots' care
 // (slots_linux.go).
@@ -85,6 +93,11 @@ func (l *launcher) freeSlot(reason string) {
 
 func (l *launcher) drain(g *generation) {
 	g.state, g.drainAt = draining, l.sys.now()
+	if handled, known := l.sys.handles(g.pid, l.cfg.DrainSignal); known {
+		g.drainDefault = !handled
+	} else {
+		g.drainDefault = true // unreadable: judged by how it dies
+	}
 	l.sys.signal(g.pid, l.cfg.DrainSignal)
 	l.log.Info(fmt.Sprintf("%s draining: sent %s", g, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
 	if l.cfg.DrainTimeout > 0 {
@@ -121,10 +134,12 @@ func (l *launcher) limitDraining() {
 }
 
 // warnDrainSignal says once when a draining generation died of the drain
-// signal's default action: the app does not handle it.
+// signal's default action: the app does not handle it. Go catches SIGQUIT
+// whether the app handles it or not, and exits 2 when the app does not:
+// that one is told by its exit.
 func (l *launcher) warnDrainSignal(g *generation, st exitStatus) {
 	sig := l.cfg.DrainSignal
-	killed := st.ws.Signaled() && st.ws.Signal() == sig && g.failReason == ""
+	killed := g.drainDefault && st.ws.Signaled() && st.ws.Signal() == sig && g.failReason == ""
 	goQuit := sig == syscall.SIGQUIT && st.ws.Exited() && st.ws.ExitStatus() == 2
 	if l.warnedDrain || !(killed || goQuit) {
 		return
@@ -136,4 +151,31 @@ func (l *launcher) warnDrainSignal(g *generation, st exitStatus) {
 	}
 	l.log.Warn(fmt.Sprintf("%s %s: the app does not drain on %s, so its open requests were cut. "+
 		"Use the app's graceful signal: --drain-signal TERM (gunicorn, uvicorn, most Go and node apps), USR1 (haproxy), QUIT (nginx)", g, what, signalName(sig)), "generation", g.id, "pid", g.pid)
+}
+
+// signalHandled reads SigBlk, SigIgn and SigCgt from /proc/P/status (hex
+// masks, bit sig-1): whether pid catches, ignores or blocks sig (a blocked
+// one is waited for with sigwait or a signalfd). SigBlk is the main
+// thread's.
+func signalHandled(pid int, sig syscall.Signal) (handled, known bool) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false, false
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 64<<10))
+	seen := 0
+	for line := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || k != "SigBlk" && k != "SigIgn" && k != "SigCgt" {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil || sig < 1 || sig > 64 {
+			return false, false
+		}
+		seen++
+		handled = handled || mask&(1<<(sig-1)) != 0
+	}
+	return handled, seen == 3
 }

@@ -29,7 +29,11 @@ func exclusive(a sdlisten.Addr) error {
 	}
 	var who []string
 	seen := map[int]bool{}
+	foreign := -1 // the uid of holders relaunch may not adopt
 	for _, h := range hs {
+		if h.Uid != os.Geteuid() && os.Geteuid() != 0 {
+			foreign = h.Uid
+		}
 		if seen[h.Pid] {
 			continue
 		}
@@ -48,6 +52,9 @@ func exclusive(a sdlisten.Addr) error {
 	hint := "stop it, or choose another address"
 	if len(seen) > 1 {
 		hint = "stop them, or choose another address"
+	}
+	if foreign >= 0 {
+		hint = fmt.Sprintf("relaunch (uid %d) may not take it over: run relaunch as uid %d or root to adopt what a relaunch left there, or stop it, or choose another address", os.Geteuid(), foreign)
 	}
 	return fmt.Errorf("%s is in use by %s; %s", a, strings.Join(who, ", "), hint)
 }

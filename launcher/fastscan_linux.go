@@ -44,6 +44,9 @@ func (f *fastScan) Stop() bool {
 // instances its last scan saw, when the time it is expected to accept is
 // near, or adds those it did not watch yet.
 func (l *launcher) watchEpolls(g *generation) {
+	if g.probe == nil {
+		return
+	}
 	eps := g.probe.Epolls()
 	if g.fast == nil {
 		elapsed := l.sys.now().Sub(g.started)

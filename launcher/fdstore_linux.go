@@ -39,10 +39,10 @@ func storeName(ln int, slot string) string {
 	return storePrefix + strconv.Itoa(ln) + "." + slot
 }
 
-// storeListeners hands the service manager a copy of every socket relaunch
-// bound, named, and not polled (FDPOLL=0: a listener an app shuts down
-// must stay stored, relaunch makes it listen again).
-func (l *launcher) storeListeners() {
+// storeAll hands sink a copy of every socket relaunch bound, named, and
+// the state file (for systemd: not polled, FDPOLL=0: a listener an app
+// shuts down must stay stored, relaunch makes it listen again).
+func (l *launcher) storeAll(sink storeSink) {
 	n := 0
 	for i, ln := range l.cfg.Listeners {
 		switch {
@@ -54,22 +54,30 @@ func (l *launcher) storeListeners() {
 				if s == ln.Pool.Len() {
 					name = "spare"
 				}
-				n += l.store(storeName(i, name), m.Fd())
+				n += l.store(sink, storeName(i, name), m.Fd())
 			}
 		case ln.Socket != nil && !ln.Activated && ln.Socket.Addr().Network != "unix":
 			// Not a unix socket: relaunch removes its file at exit, so
 			// a stored one could not be reached again.
-			n += l.store(storeName(i, ""), ln.Socket.Fd())
+			n += l.store(sink, storeName(i, ""), ln.Socket.Fd())
 		}
 	}
 	if n > 0 {
-		l.log.Info(fmt.Sprintf("stored %d socket(s) in the service manager's fd store (FDSTORE=1): a restart of relaunch takes them back", n))
+		l.log.Info(fmt.Sprintf("stored %d socket(s) in %s: a relaunch started after this one's death takes them back", n, sink.what))
+	}
+	// The state goes wherever the sockets went (a sink that got none
+	// holds it already).
+	if n > 0 && l.stateFd < 0 {
+		l.stateFd = newStateFile()
+	}
+	if n > 0 && l.stateFd >= 0 {
+		l.store(sink, stateName, l.stateFd)
 	}
 }
 
-func (l *launcher) store(name string, fd int) int {
-	if err := sdlisten.NotifyFds("FDSTORE=1\nFDPOLL=0\nFDNAME="+name, []int{fd}); err != nil {
-		l.log.Warn("cannot store " + name + " in the service manager's fd store: " + err.Error())
+func (l *launcher) store(sink storeSink, name string, fd int) int {
+	if err := sink.store(name, fd); err != nil {
+		l.log.Warn("cannot store " + name + " in " + sink.what + ": " + err.Error())
 		return 0
 	}
 	return 1
@@ -79,7 +87,7 @@ func (l *launcher) store(name string, fd int) int {
 // stored, and makes them the listeners of the addresses they match:
 // listener i's when it is bound where addrs[i] binds. What matches nothing
 // is closed, with a warning.
-func storedListeners(inherited []*sdlisten.Socket, addrs []sdlisten.Addr, log *slog.Logger) (map[int]*storedListener, []*sdlisten.Socket) {
+func storedListeners(inherited []*sdlisten.Socket, addrs []sdlisten.Addr, from string, log *slog.Logger) (map[int]*storedListener, []*sdlisten.Socket) {
 	type parts struct {
 		slots  map[int]*sdlisten.Socket
 		spare  *sdlisten.Socket
@@ -119,6 +127,7 @@ func storedListeners(inherited []*sdlisten.Socket, addrs []sdlisten.Addr, log *s
 		for _, s := range all {
 			if s != nil && ok {
 				ok = sameEndpoint(s, addrs[ln])
+				s.Rename(addrs[ln].Name) // the user's, not the store's
 			}
 		}
 		if ok && p.shared != nil {
@@ -136,7 +145,7 @@ func storedListeners(inherited []*sdlisten.Socket, addrs []sdlisten.Addr, log *s
 		if ln < len(addrs) {
 			what += " (" + addrs[ln].String() + ")"
 		}
-		log.Warn(fmt.Sprintf("the service manager's fd store passed sockets for %s that do not match it (the options changed?): closed them; relaunch binds anew", what))
+		log.Warn(fmt.Sprintf("%s passed sockets for %s that do not match it (the options changed?): closed them; relaunch binds anew", from, what))
 		for _, s := range all {
 			if s != nil {
 				s.Close()
@@ -199,6 +208,13 @@ func sameEndpoint(s *sdlisten.Socket, a sdlisten.Addr) bool {
 // connections that came while no relaunch ran wait (the one with a queue);
 // else 0.
 func (l *launcher) storedSteerSlot() int {
+	if l.state != nil {
+		for _, g := range l.state.Gens {
+			if g.State == current.String() && g.Slot >= 0 && l.hasPools() && g.Slot < l.cfg.Listeners[l.firstPool()].Pool.Len() {
+				return g.Slot // the dead relaunch steered there
+			}
+		}
+	}
 	best, most := 0, 0
 	for _, ln := range l.cfg.Listeners {
 		if ln.Pool == nil || !ln.Stored {

@@ -37,9 +37,13 @@ func TestStoredListeners(t *testing.T) {
 		}
 	}()
 
-	addr, _ := sdlisten.ParseAddr(p.Addr().Address)
+	addr, _ := sdlisten.ParseAddr("api=" + p.Addr().Address)
 	logs := &lockedBuffer{}
-	stored, rest := storedListeners(passed, []sdlisten.Addr{addr}, NewLogger(logs, LogOptions{}))
+	slotFd := map[int]int{}
+	for i := range 3 {
+		slotFd[i] = findNamed(passed, fmt.Sprintf("relaunch.L0.S%d", i)).Fd()
+	}
+	stored, rest := storedListeners(passed, []sdlisten.Addr{addr}, "the fd store", NewLogger(logs, LogOptions{}))
 	if len(rest) != 1 || rest[0] != other {
 		t.Errorf("passed on %v; want only the socket named web", rest)
 	}
@@ -48,14 +52,26 @@ func TestStoredListeners(t *testing.T) {
 		t.Fatalf("stored[0] = %+v; want a pool of 3 slots", got)
 	}
 	for i := range 3 {
-		if got.Pool.Slot(i).Fd() != findNamed(passed, fmt.Sprintf("relaunch.L0.S%d", i)).Fd() {
+		if got.Pool.Slot(i).Fd() != slotFd[i] {
 			t.Errorf("slot %d is not the socket stored as S%d", i, i)
+		}
+		if name := got.Pool.Slot(i).Addr().Name; name != "api" {
+			t.Errorf("slot %d is named %q for the app; want the listener's own name, api", i, name)
 		}
 	}
 
 	// Another address: closed, said.
 	other2, _ := sdlisten.ParseAddr("127.0.0.1:1")
-	stored, _ = storedListeners(passed[:4], []sdlisten.Addr{other2}, NewLogger(logs, LogOptions{}))
+	var again []*sdlisten.Socket
+	for i, m := range p.Members() {
+		again = append(again, named(t, m, storeName(0, fmt.Sprintf("S%d", i))))
+	}
+	defer func() {
+		for _, s := range again {
+			s.Close()
+		}
+	}()
+	stored, _ = storedListeners(again, []sdlisten.Addr{other2}, "the fd store", NewLogger(logs, LogOptions{}))
 	if len(stored) != 0 || !strings.Contains(logs.String(), "do not match it") {
 		t.Errorf("stored %v for another address; log:\n%s", stored, logs)
 	}

@@ -25,10 +25,11 @@ const (
 	settling                 // steered away from, its queue emptying; not yet told to drain
 	draining                 // got the drain signal
 	stopping                 // got TERM/INT/QUIT from a stop of relaunch
+	canary                   // ready, gets a share of new connections (--canary)
 )
 
 func (s genState) String() string {
-	return [...]string{"starting", "current", "settling", "draining", "stopping"}[s]
+	return [...]string{"starting", "current", "settling", "draining", "stopping", "canary"}[s]
 }
 
 // generation is one start of the command. Its fields belong to the loop
@@ -50,11 +51,26 @@ type generation struct {
 	failReason string  // why relaunch killed it, for the exit log line
 	execErr    error   // the helper could not exec the command
 	exited     bool
-	warnedOwn  bool // said that it listens on a socket of its own
-	usr1       bool // a USR1 came while it was starting: passed on once it is ready
-	adopted    bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
+	warnedOwn  bool   // said that it listens on a socket of its own
+	notified   bool   // sent READY=1
+	acceptHow  string // how it was seen accepting while starting, when READY=1 is also awaited
+	readyHow   string // what made it ready, for status
+	// drainDefault: the drain signal, when sent, had its default action
+	// in it (or that could not be read)
+	drainDefault bool
+	usr1         bool // a USR1 came while it was starting: passed on once it is ready
+	adopted      bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
 
 	startTicks uint64 // when it started, in /proc's clock ticks: what it forked started later
+
+	why       string // why it was started (the upgrade's trigger), for status
+	readyBy   string // --health: how its --ready condition held; "" while it has not
+	healthy   bool   // --health: a probe answered 2xx
+	probing   bool   // a health probe is in flight
+	health    string // the last probe's answer
+	fails     int    // failed health probes in a row, while it serves
+	unhealthy string // why a fresh generation replaces it
+	wasCanary bool   // it was a canary: its next readiness promotes it
 
 	scanSeq int       // the scan due is the one armed last (fastscan_linux.go)
 	fast    *fastScan // the fast scan while it starts; nil before its first epoll instance is seen

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/relaunch/relaunch/handoff"
 	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/internal/keeper"
 	"github.com/relaunch/relaunch/sdlisten"
 	"github.com/relaunch/relaunch/watch"
 )
@@ -48,9 +50,14 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
-	warmPid       int               // the warm exec helper of the next start (warm_linux.go); 0: none
-	warmSlotID    int               // the slot whose sockets it holds
-	acceptedIn    time.Duration     // how long the last generation seen accepting took (fastscan_linux.go)
+	warmPid    int                    // the warm exec helper of the next start (warm_linux.go); 0: none
+	warmSlotID int                    // the slot whose sockets it holds
+	acceptedIn time.Duration          // how long the last generation seen accepting took (fastscan_linux.go)
+	probes     map[netip.AddrPort]int // health probes in flight: their source → the slot they test
+	canary     *generation            // the canary running, nil when none (canary_linux.go)
+	canaryEnds time.Time
+	abandoned  map[int]bool // slots of aborted canaries: no generation is coming for what queued there
+
 	probeOK       bool              // procfs can show this app's readiness
 	steerSlot     int               // the slot the pools steer to
 	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
@@ -70,8 +77,12 @@ type launcher struct {
 	restartTimer timer
 	restartAt    time.Time
 
-	outer     *outerNotify // systemd's NOTIFY_SOCKET, when relaunch has one
-	reloading bool         // the outer manager was told RELOADING=1
+	outer      *outerNotify   // systemd's NOTIFY_SOCKET, when relaunch has one
+	keeper     *keeper.Client // holds the sockets past relaunch's death (keeper_linux.go); nil under the fd store
+	state      *savedState    // what a relaunch that died saved, for adoption; nil when none
+	stateFd    int            // the memfd the state is saved in; -1: none
+	stateSaved []byte         // what it holds
+	reloading  bool           // the outer manager was told RELOADING=1
 
 	buildPid   int           // the build running, 0 when none
 	buildAgain bool          // sources changed during it
@@ -101,7 +112,7 @@ type launcher struct {
 // directory, no broker yet.
 func newLauncher(cfg Config, sys system) *launcher {
 	l := &launcher{cfg: cfg, sys: sys, log: cfg.Logger, events: make(chan func(), 64), quit: make(chan struct{}), backoff: backoffMin,
-		awaySince: map[int]time.Time{}, held: map[int]time.Time{}}
+		awaySince: map[int]time.Time{}, held: map[int]time.Time{}, stateFd: -1}
 	if l.log == nil {
 		l.log = discardLogger()
 	}
@@ -160,9 +171,10 @@ func Run(cfg Config) (int, error) {
 	}
 
 	l.outer = newOuterNotify(func(s string) { l.log.Warn(s) })
-	if rs == nil && l.outer.on && storeWanted(cfg.FDStore) {
-		l.storeListeners()
+	if rs == nil {
+		l.setUpStore(false)
 	}
+	defer l.closeStore()
 	if cfg.Control != "" {
 		kept := -1
 		if rs != nil {
@@ -202,7 +214,9 @@ func Run(cfg Config) (int, error) {
 	}
 	switch adopted := false; {
 	case rs != nil:
-		err = l.resume(rs)
+		if err = l.resume(rs); err == nil {
+			l.setUpStore(true)
+		}
 	default:
 		l.steerSlot = l.storedSteerSlot()
 		if l.hasStored() {
@@ -232,6 +246,7 @@ func Run(cfg Config) (int, error) {
 			}
 			l.onChange(c)
 		}
+		l.saveState()
 	}
 	if l.fatal != nil {
 		return 1, startupError(l.fatal)
@@ -320,6 +335,7 @@ func (l *launcher) start(restart bool) error {
 	}
 	slot = l.warmSlot(slot)
 	delete(l.held, slot) // its queue is the new generation's
+	delete(l.abandoned, slot)
 	socks := l.socketsFor(slot)
 	l.lastID++
 	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: l.sys.now()}
@@ -393,7 +409,22 @@ func (l *launcher) onReady(g *generation, how string) {
 	if g != l.next || g.exited {
 		return
 	}
-	g.state, g.readyAt = current, l.sys.now()
+	if l.cfg.Health != nil && !g.healthy {
+		if g.readyBy == "" { // the first of the ways it can show it
+			g.readyBy = how
+			l.log.Info(fmt.Sprintf("%s ready (%s); checking its health: GET %s", g, how, l.cfg.Health.Path), "generation", g.id, "pid", g.pid)
+			l.healthCheck(g)
+		}
+		return
+	}
+	if l.wantsCanary(g) {
+		l.startCanary(g, how)
+		return
+	}
+	if !g.wasCanary { // a promoted canary was ready when it became one
+		g.readyAt, g.readyHow = l.sys.now(), how
+	}
+	g.state = current
 	old := l.cur
 	// Every time, not only at first or after a reload: STATUS= must name
 	// the generation that serves after a crash restart too.
@@ -421,6 +452,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.handOver(old)
 	}
 	l.limitDraining()
+	l.watchHealth(g)
 	l.concluded(Outcome{OK: true, Generation: g.id, Pid: g.pid, ReadyMS: g.readyAt.Sub(g.started).Milliseconds()})
 	if l.pending != "" {
 		reason := l.pending
@@ -435,6 +467,14 @@ func (l *launcher) onReadyTimeout(g *generation) {
 		return
 	}
 	g.failReason = fmt.Sprintf("not ready after %s (--ready-timeout, waiting for %s)", l.cfg.ReadyTimeout, l.waitingFor())
+	if g.readyBy != "" {
+		last := g.health
+		if last == "" {
+			last = "no answer yet"
+		}
+		g.failReason = fmt.Sprintf("not healthy after %s (--ready-timeout; ready by %s, but GET %s never answered 2xx: the last answer was %s)",
+			l.cfg.ReadyTimeout, g.readyBy, l.cfg.Health.Path, last)
+	}
 	l.sys.killGroup(g.pid, syscall.SIGKILL)
 }
 
@@ -446,6 +486,13 @@ func (l *launcher) upgrade(reason string) {
 	if l.next != nil {
 		if l.pending == "" {
 			l.log.Info(fmt.Sprintf("upgrade (%s) queued: gen %d is still starting", reason, l.next.id))
+		}
+		l.pending = reason
+		return
+	}
+	if l.canary != nil {
+		if l.pending == "" {
+			l.log.Info(fmt.Sprintf("upgrade (%s) queued: %s is a canary until it is promoted or aborted (relaunch promote | abort)", reason, l.canary))
 		}
 		l.pending = reason
 		return
@@ -463,7 +510,10 @@ func (l *launcher) upgrade(reason string) {
 		l.reloading = true
 		l.outer.reloading("upgrading: " + reason)
 	}
-	if err := l.start(false); err != nil {
+	err := l.start(false)
+	if err == nil {
+		l.next.why = reason
+	} else {
 		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
 		l.upgradeFailed(err.Error())
 		if l.cur == nil {
@@ -497,6 +547,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 		t.Stop()
 	}
 	g.notify.Close()
+	l.dropProbes(g)
 	if g == l.cur && !l.stopping {
 		// Its crash restarts run this file, whatever is at its path now.
 		closeFile(l.crashBin)
@@ -580,9 +631,15 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	case g == l.cur && daemonized != "":
 		l.cur = nil
 		l.daemonized(g, daemonized, append(attrs, "reason", daemonized))
+	case g == l.canary:
+		l.log.Warn(fmt.Sprintf("%s, a canary, exited: %s", g, how), attrs...)
+		l.onCanaryExit(g, how)
 	case g == l.cur:
 		l.cur = nil
 		l.log.Warn(fmt.Sprintf("%s exited by itself: %s", g, how), attrs...)
+		if l.curGoneDuringCanary(g) {
+			break
+		}
 		if l.sys.now().Sub(g.readyAt) >= healthyAfter {
 			l.backoff = backoffMin
 		}

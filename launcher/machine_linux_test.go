@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -30,6 +33,13 @@ type fakeProc struct {
 	// signal and on TERM/INT; a stuck one only dies of SIGKILL.
 	stuck bool
 	got   []syscall.Signal
+	// dieOfDrain: it dies of the drain signal (its default action, or a
+	// handler that drains and re-raises it) instead of exiting 0.
+	dieOfDrain bool
+	// catchesDrain: its /proc status shows the drain signal caught.
+	catchesDrain bool
+	// accepting: /proc shows it accepting on its socket.
+	accepting bool
 }
 
 type fakeTimer struct {
@@ -58,6 +68,26 @@ type machine struct {
 	// stuckNext makes the next start's process ignore every signal but
 	// SIGKILL.
 	stuckNext bool
+	// adopting, when set, is what newMachine adopts (as after relaunch's
+	// death) instead of starting a first generation; their processes are
+	// m.orphan's.
+	adopting []adoptable
+	// probes are the health probes asked for and not answered yet.
+	probes []*fakeProbe
+}
+
+// orphan is a process a relaunch that died started: alive, not relaunch's
+// child.
+func (m *machine) orphan(pid int) *fakeProc {
+	pr := &fakeProc{pid: pid, alive: true, exited: func(syscall.WaitStatus) {}}
+	m.procs = append(m.procs, pr)
+	return pr
+}
+
+// fakeProbe is a health probe the test answers (machine.answer).
+type fakeProbe struct {
+	spec probeSpec
+	done func(probeResult)
 }
 
 func (m *machine) sys() system {
@@ -84,6 +114,8 @@ func (m *machine) sys() system {
 			switch {
 			case sig == syscall.SIGKILL:
 				m.exit(pr, killedBy(sig))
+			case !pr.stuck && sig == m.l.cfg.DrainSignal && pr.dieOfDrain:
+				m.exit(pr, killedBy(sig))
 			case !pr.stuck && (sig == m.l.cfg.DrainSignal || sig == syscall.SIGTERM || sig == syscall.SIGINT):
 				m.exit(pr, exitCode(0))
 			}
@@ -93,6 +125,31 @@ func (m *machine) sys() system {
 				pr.got = append(pr.got, sig)
 				m.exit(pr, killedBy(sig))
 			}
+		},
+		probe: func(p probeSpec, done func(probeResult)) {
+			unix.Close(p.fd) // the test answers; nothing connects
+			m.probes = append(m.probes, &fakeProbe{spec: p, done: done})
+		},
+		handles: func(pid int, sig syscall.Signal) (bool, bool) {
+			pr := m.proc(pid)
+			if pr == nil || !pr.alive {
+				return false, false
+			}
+			return sig == m.l.cfg.DrainSignal && pr.catchesDrain, true
+		},
+		scan: func(_ *listenprobe.Probe, root int) listenprobe.Result {
+			if pr := m.proc(root); pr != nil && pr.alive && pr.accepting {
+				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root)}
+			}
+			return listenprobe.Result{}
+		},
+		watchExit: func(pid int, exited func()) error {
+			pr := m.proc(pid)
+			if pr == nil {
+				return fmt.Errorf("no process %d", pid)
+			}
+			pr.exited = func(syscall.WaitStatus) { exited() }
+			return nil
 		},
 		now: func() time.Time { return m.now },
 		afterFunc: func(d time.Duration, f func()) timer {
@@ -121,8 +178,8 @@ func (m *machine) proc(pid int) *fakeProc {
 }
 
 // newMachine is a launcher for cfg (Command and Ready defaulted) on a fake
-// system, its first generation started.
-func newMachine(t *testing.T, cfg Config) *machine {
+// system, its first generation started; setup runs before that start.
+func newMachine(t *testing.T, cfg Config, setup ...func(*machine)) *machine {
 	t.Helper()
 	m := &machine{t: t, log: &lockedBuffer{}, now: time.Unix(1_000_000, 0)}
 	if cfg.Command == nil {
@@ -159,8 +216,19 @@ func newMachine(t *testing.T, cfg Config) *machine {
 			t.Logf("relaunch's log:\n%s", m.log)
 		}
 	})
-	if err := m.l.start(false); err != nil {
-		t.Fatal(err)
+	for _, f := range setup {
+		f(m)
+	}
+	adopted := false
+	if len(m.adopting) > 0 {
+		if adopted, err = m.l.adopt(m.adopting); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !adopted {
+		if err := m.l.start(false); err != nil {
+			t.Fatal(err)
+		}
 	}
 	m.settle()
 	return m
@@ -544,6 +612,87 @@ func TestMachineTripwire(t *testing.T) {
 	if !strings.Contains(m.log.String(), "a socket relaunch does not hold listens on port") {
 		t.Errorf("the warning does not name the foreign socket:\n%s", m.log)
 	}
+}
+
+// Adoption after relaunch's death, from the state it saved: the current
+// one serves on, a draining one's timeout counts from its drain signal,
+// one that was settling is drained now; numbering goes on from the saved
+// last id; the next upgrade drains the adopted current one, and
+// --max-draining counts adopted generations; an adopted current one that
+// exits is restarted as after a crash.
+func TestMachineAdopt(t *testing.T) {
+	adopt := func(m *machine, gens ...savedGen) {
+		m.l.state = &savedState{Format: 1, LastID: 7}
+		for _, g := range gens {
+			m.l.state.Gens = append(m.l.state.Gens, g)
+			m.orphan(g.Pid).stuck = true // they drain slowly: only SIGKILL ends them
+			m.adopting = append([]adoptable{{id: g.ID, pid: g.Pid, slot: -1}}, m.adopting...)
+		}
+	}
+	t.Run("state", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, DrainTimeout: 30 * time.Second, MaxDraining: -1}, func(m *machine) {
+			adopt(m, savedGen{ID: 4, Pid: 2001, Slot: -1, State: "draining", DrainAt: m.now.Add(-20 * time.Second)},
+				savedGen{ID: 5, Pid: 2002, Slot: -1, State: "settling"},
+				savedGen{ID: 6, Pid: 2003, Slot: -1, State: "current"})
+		})
+		m.want("4:draining 5:draining 6:current")
+		if got := m.proc(2002).got; !slices.Equal(got, []syscall.Signal{syscall.SIGQUIT}) {
+			t.Errorf("gen 5, settling when relaunch died, got %v; want its drain signal now", got)
+		}
+		if len(m.proc(2001).got)+len(m.proc(2003).got) != 0 {
+			t.Errorf("gen 4 got %v, gen 6 got %v; want nothing", m.proc(2001).got, m.proc(2003).got)
+		}
+		// gen 4 was told 20 s before: its 30 s end 10 s after adoption.
+		m.advance(10*time.Second - time.Millisecond)
+		m.want("4:draining 5:draining 6:current")
+		m.advance(time.Millisecond)
+		m.want("5:draining 6:current")
+		// gen 5's timeout counts from its drain signal, at adoption.
+		m.advance(20 * time.Second)
+		m.want("6:current")
+		m.signal(syscall.SIGUSR2)
+		m.want("6:current 8:starting")
+		m.ready(8)
+		m.want("6:draining 8:current")
+	})
+	t.Run("max draining", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, MaxDraining: 1}, func(m *machine) {
+			adopt(m, savedGen{ID: 4, Pid: 2001, Slot: -1, State: "draining", DrainAt: m.now},
+				savedGen{ID: 5, Pid: 2002, Slot: -1, State: "current"})
+		})
+		m.want("4:draining 5:current")
+		m.signal(syscall.SIGUSR2)
+		m.ready(8)
+		m.want("5:draining 8:current") // gen 4, the oldest of two draining, killed
+		if got := m.proc(2001).got; !slices.Contains(got, syscall.SIGKILL) {
+			t.Errorf("gen 4 got %v; want SIGKILL (--max-draining 1)", got)
+		}
+	})
+	t.Run("crash", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}}, func(m *machine) {
+			adopt(m, savedGen{ID: 5, Pid: 2002, Slot: -1, State: "current"})
+		})
+		m.want("5:current")
+		m.exit(m.proc(2002), 0) // its status is not relaunch's to read
+		m.settle()
+		m.want("")
+		m.advance(backoffMin)
+		m.want("8:starting")
+	})
+	t.Run("no state", func(t *testing.T) {
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, DrainTimeout: 30 * time.Second, MaxDraining: -1}, func(m *machine) {
+			adopt(m, savedGen{ID: 4, Pid: 2001}, savedGen{ID: 5, Pid: 2002})
+			m.l.state = nil
+		})
+		// The newest is current; the other drains from now.
+		m.want("4:draining 5:current")
+		m.advance(30*time.Second - time.Millisecond)
+		m.want("4:draining 5:current")
+		m.advance(time.Millisecond)
+		m.want("5:current")
+		m.signal(syscall.SIGUSR2)
+		m.want("5:current 6:starting")
+	})
 }
 
 // The warm exec helper: once a generation is ready, the next one's helper

@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/relaunch/relaunch/internal/listenprobe"
@@ -40,6 +41,8 @@ func probeOf(socks []*sdlisten.Socket) *listenprobe.Probe {
 }
 
 // waits says what a starting generation's readiness is taken from now.
+// notify and listen both true means either, except where bothLearned says
+// both.
 func (l *launcher) waits() (notify, listen, fallback bool) {
 	canListen := l.probeOK
 	switch l.cfg.Ready.Mode {
@@ -51,6 +54,8 @@ func (l *launcher) waits() (notify, listen, fallback bool) {
 		return false, false, false
 	}
 	switch { // auto: the most precise signal the app has shown so far
+	case l.bothLearned():
+		return true, true, false
 	case l.learnedNotify:
 		return true, false, false
 	case l.learnedListen:
@@ -59,12 +64,27 @@ func (l *launcher) waits() (notify, listen, fallback bool) {
 	return true, canListen, true
 }
 
+// bothLearned: under auto, the app has sent READY=1 and was seen accepting,
+// so a generation is ready only once it has done both. A master that says
+// READY=1 before its workers exist (gunicorn) is not taken at its word.
+func (l *launcher) bothLearned() bool {
+	return l.cfg.Ready.Mode == ReadyAuto && l.learnedNotify && l.learnedListen
+}
+
+// observing: under auto, READY=1 is learned but no accepting seen yet, so
+// generations are still scanned, to learn it.
+func (l *launcher) observing() bool {
+	return l.cfg.Ready.Mode == ReadyAuto && l.probeOK && !l.learnedListen
+}
+
 func (l *launcher) waitingFor() string {
 	if l.cfg.Ready.Mode == ReadyDelay {
 		return "the --ready delay"
 	}
 	notify, listen, fallback := l.waits()
 	switch {
+	case l.bothLearned():
+		return "READY=1 and the app accepting on its socket"
 	case fallback && listen:
 		return "READY=1, the app accepting on its socket, or 2s alive"
 	case fallback:
@@ -92,7 +112,7 @@ func (l *launcher) onExec(g *generation, err error) {
 		return
 	}
 	_, listen, fallback := l.waits()
-	if listen {
+	if listen || l.observing() {
 		l.scan(g)
 	}
 	if fallback {
@@ -107,38 +127,43 @@ func (l *launcher) onExec(g *generation, err error) {
 
 // scan looks for the generation accepting on relaunch's sockets, every
 // scanEvery while it is starting. A generation taken as ready by the 2s
-// fallback is still watched, more slowly and for a bounded time, so that
-// what it shows later (a slow start) becomes the method for the next ones.
+// fallback or by READY=1 alone is still watched, more slowly and for a
+// bounded time, so that what it shows later (a slow start, workers that
+// accept after their master's READY=1) becomes the method for the next ones.
 func (l *launcher) scan(g *generation) {
 	learning := g.state != starting
-	if learning {
+	if learning || g.acceptHow != "" {
 		stopFast(g) // fastscan_linux.go
 	}
-	if g.exited || learning && (l.learnedListen || l.learnedNotify) {
+	if g.exited || learning && l.learnedListen || g.acceptHow != "" {
 		return
 	}
 	if learning && l.sys.now().Sub(g.started) > observeFor {
-		if !l.warnedBlind {
+		if !l.warnedBlind && !l.learnedNotify && !g.warnedOwn {
 			l.warnedBlind = true
-			l.log.Info(fmt.Sprintf("readiness: gen %d sent no READY=1 and was not seen accepting on its socket in %s (a select/poll server?); "+
+			l.log.Info(fmt.Sprintf("readiness: gen %d sent no READY=1 and was not seen accepting on its socket in %s (io_uring, or its memory unreadable?); "+
 				"its generations are taken as ready after 2s alive. Pick a precise way with --ready notify or --ready delay=D", g.id, observeFor))
 		}
 		return
 	}
-	r := g.probe.Scan(g.pid)
+	r := l.sys.scan(g.probe, g.pid)
 	if r.OwnSocket != "" && !g.warnedOwn {
 		g.warnedOwn = true
-		l.log.Warn(fmt.Sprintf("%s: %s instead of using the socket relaunch passes as fd 3 (LISTEN_FDS): "+
-			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see docs/apps.md, \"Works with\")", g, r.OwnSocket), "generation", g.id, "pid", g.pid)
+		l.warnOwnSocket(g, r)
 	}
 	if r.Accepting {
 		l.noteAccepting(g) // fastscan_linux.go
-		if l.cfg.Ready.Mode == ReadyAuto && !l.learnedListen && !l.learnedNotify {
-			l.learnedListen = true
-			l.log.Info("readiness: the app is seen accepting on its socket in /proc, so relaunch waits for that from now on " +
-				"(READY=1 would take precedence; --ready picks another way)")
+		l.learnListen()
+		if learning {
+			return
 		}
-		if _, listen, _ := l.waits(); !learning && listen {
+		switch _, listen, _ := l.waits(); {
+		case l.bothLearned():
+			g.acceptHow = r.How
+			if g.notified {
+				l.onReady(g, "READY=1, then "+r.How)
+			}
+		case listen:
 			l.onReady(g, r.How)
 		}
 		return
@@ -148,6 +173,43 @@ func (l *launcher) scan(g *generation) {
 		every = l.scanPeriod(g) // and checks between the scans: fastscan_linux.go
 	}
 	l.rescan(g, every)
+}
+
+// learnListen: under auto, the app was seen accepting on its socket.
+func (l *launcher) learnListen() {
+	if l.cfg.Ready.Mode != ReadyAuto || l.learnedListen {
+		return
+	}
+	l.learnedListen = true
+	if l.learnedNotify {
+		l.log.Info("readiness: the app sends READY=1 and is seen accepting on its socket in /proc, so relaunch waits for both from now on " +
+			"(--ready notify takes READY=1 alone)")
+	} else {
+		l.log.Info("readiness: the app is seen accepting on its socket in /proc, so relaunch waits for that from now on " +
+			"(READY=1 would count too; --ready picks another way)")
+	}
+}
+
+// warnOwnSocket says that the app listens on a socket of its own: on
+// relaunch's port beside the one it was given, or anywhere once it closed
+// those it was given (puma whose own binding does not match).
+func (l *launcher) warnOwnSocket(g *generation, r listenprobe.Result) {
+	given := g.probe.Given()
+	if !r.Closed || len(given) == 0 {
+		l.log.Warn(fmt.Sprintf("%s: %s instead of using the socket relaunch passes as fd 3 (LISTEN_FDS): "+
+			"it ignores LISTEN_FDS, so its clients are not relaunch's; make it take its listener from fd 3 (see docs/apps.md, \"Works with\")", g, r.OwnSocket), "generation", g.id, "pid", g.pid)
+		return
+	}
+	addr := ""
+	if _, a, ok := strings.Cut(given[0], ", "); ok {
+		addr = a
+	}
+	fix := "make it use the inherited socket (its LISTEN_FDS support, see docs/apps.md, \"Works with\")"
+	if addr != "" {
+		fix = "make it use the inherited socket: for puma, -b tcp://" + addr + " (relaunch's --listen); otherwise the app's LISTEN_FDS support (see docs/apps.md, \"Works with\")"
+	}
+	l.log.Warn(fmt.Sprintf("%s: the app closed the socket it was given (%s) and %s, so its clients are not relaunch's; %s",
+		g, strings.Join(given, "; "), r.OwnSocket, fix), "generation", g.id, "pid", g.pid)
 }
 
 func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {
@@ -161,9 +223,28 @@ func (l *launcher) onNotify(g *generation, m sdlisten.NotifyMessage, own bool) {
 	}
 	if l.cfg.Ready.Mode == ReadyAuto && !l.learnedNotify {
 		l.learnedNotify = true
-		l.log.Info("readiness: the app sends READY=1, so relaunch waits for it from now on (--ready picks another way)")
+		if l.learnedListen {
+			l.log.Info("readiness: the app sends READY=1 and is seen accepting on its socket in /proc, so relaunch waits for both from now on " +
+				"(--ready notify takes READY=1 alone)")
+		} else {
+			l.log.Info("readiness: the app sends READY=1, so relaunch waits for it from now on (--ready picks another way)")
+		}
 	}
-	if notify, _, _ := l.waits(); notify {
+	g.notified = true
+	if l.observing() && l.cur != nil && l.cur != g && !l.cur.exited && l.cur.probe != nil {
+		// Not yet seen accepting, maybe only not yet looked at closely
+		// (workers that boot after their master's READY=1): the serving
+		// generation is looked at once more before READY=1 alone decides.
+		if r := l.sys.scan(l.cur.probe, l.cur.pid); r.Accepting {
+			l.learnListen()
+		}
+	}
+	switch notify, _, _ := l.waits(); {
+	case l.bothLearned():
+		if g.acceptHow != "" {
+			l.onReady(g, g.acceptHow+", then READY=1")
+		}
+	case notify:
 		l.onReady(g, "READY=1")
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relaunch/relaunch/internal/broker"
+	"github.com/relaunch/relaunch/internal/keeper"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -103,6 +104,9 @@ type reexecState struct {
 	LastFailure   string            `json:"last_failure"`
 	LastFailureAt time.Time         `json:"last_failure_at"`
 	RunDirFd      int               `json:"run_dir_fd,omitempty"` // with its flock; 0 from a build that kept none: RunDir is opened again
+	Keeper        int               `json:"keeper,omitempty"`     // relaunch's end of its keeper; 0: none
+	KeeperPid     int               `json:"keeper_pid,omitempty"`
+	StateFd       int               `json:"state_fd,omitempty"` // the saved state's memfd; 0: none
 }
 
 type keptGen struct {
@@ -176,6 +180,13 @@ func (l *launcher) onReexec(c *os.File) {
 		answerFile(c, Answer{Error: "relaunch is stopping"})
 		return
 	}
+	if l.canary != nil {
+		// Its share, timer and probes live in this program only.
+		msg := fmt.Sprintf("%s is a canary: relaunch promote or relaunch abort first, then reexec", l.canary)
+		l.log.Warn("reexec refused: " + msg)
+		answerFile(c, Answer{Error: msg})
+		return
+	}
 	if c != nil {
 		l.reexecClients = append(l.reexecClients, c)
 	}
@@ -241,6 +252,8 @@ func (l *launcher) reexecBlocker() string {
 		return "an upgrade is waiting for a slot"
 	case l.relays > 0:
 		return fmt.Sprintf("relaunch relays %d rescued connection(s)", l.relays)
+	case len(l.probes) > 0:
+		return "a health probe is in flight" // its route lives in this program only
 	}
 	for _, g := range l.gens {
 		if g.state == settling {
@@ -352,6 +365,14 @@ func (l *launcher) describe() (st reexecState, keep []int, busy string) {
 		st.Clients = append(st.Clients, int(c.Fd()))
 		keep = append(keep, int(c.Fd()))
 	}
+	if l.keeper != nil && l.keeper.Conn() >= 0 {
+		st.Keeper, st.KeeperPid = l.keeper.Conn(), l.keeper.Pid()
+		keep = append(keep, st.Keeper)
+	}
+	if l.stateFd >= 0 {
+		st.StateFd = l.stateFd
+		keep = append(keep, st.StateFd)
+	}
 	return st, keep, busy
 }
 
@@ -442,6 +463,13 @@ func (l *launcher) resume(r *Resume) error {
 	}
 	l.prevBin = adoptFile(st.PrevBin)
 	l.crashBin = adoptFile(st.CrashBin)
+	if st.Keeper > 0 {
+		l.keeper = keeper.Resume(st.Keeper, st.KeeperPid, keeperGone(l.log))
+	}
+	if st.StateFd > 0 {
+		unix.CloseOnExec(st.StateFd)
+		l.stateFd = st.StateFd
+	}
 	var names []string
 	for _, k := range st.Gens {
 		g := &generation{id: k.ID, pid: k.Pid, path: k.Path, slot: k.Slot, state: k.State, started: k.Started,
@@ -480,6 +508,7 @@ func (l *launcher) resume(r *Resume) error {
 	}
 	if l.cur != nil {
 		l.handoff.SetCurrent(l.cur.id)
+		l.watchHealth(l.cur) // --health-interval goes on
 	}
 	if st.RestartIn >= 0 {
 		l.restartIn(st.RestartIn)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/relaunch/relaunch/internal/keeper"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -35,6 +36,17 @@ func CheckState(io.Reader) error { return nil }
 func exclusive(sdlisten.Addr) error { return nil }
 
 // storedListeners: there is no fd store to take sockets back from.
-func storedListeners(inherited []*sdlisten.Socket, _ []sdlisten.Addr, _ *slog.Logger) (map[int]*storedListener, []*sdlisten.Socket) {
+func storedListeners(inherited []*sdlisten.Socket, _ []sdlisten.Addr, _ string, _ *slog.Logger) (map[int]*storedListener, []*sdlisten.Socket) {
 	return nil, inherited
 }
+
+// takeFromKeeper: there is no keeper.
+func takeFromKeeper([]sdlisten.Addr, *slog.Logger) (*keeper.Client, []*sdlisten.Socket, error) {
+	return nil, nil, nil
+}
+
+func takeState(socks []*sdlisten.Socket) (*savedState, int, []*sdlisten.Socket) {
+	return nil, -1, socks
+}
+
+func (tk *Taken) release() {}

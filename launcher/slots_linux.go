@@ -251,6 +251,15 @@ func (l *launcher) rescue(ln, slot int) {
 	if err != nil || queued == 0 {
 		return
 	}
+	if l.cfg.Rescue == RescueAuto && !l.takesHandoffs() && l.abandoned[slot] && l.pending == "" {
+		// An aborted canary's: no generation is coming for them, and a
+		// client had better hear it now than in holdFor.
+		if n := l.drainSlot(ln, slot, true); n > 0 {
+			l.log.Warn(fmt.Sprintf("%d connection(s) were left queued on %s slot %d by the aborted canary: reset (--rescue relay would relay them to %s)",
+				n, p.Addr(), slot, l.curName()), "addr", p.Addr().String(), "slot", slot, "reset", n)
+		}
+		return
+	}
 	if l.cfg.Rescue == RescueAuto && !l.takesHandoffs() {
 		// Kept, queue and all, for the next generation; reset if none
 		// comes in time.
@@ -267,7 +276,10 @@ func (l *launcher) rescue(ln, slot int) {
 				if t, ok := l.held[slot]; ok && t == at {
 					delete(l.held, slot)
 					if !l.usedSlots()[slot] {
-						l.drainSlot(ln, slot, true)
+						if n := l.drainSlot(ln, slot, true); n > 0 {
+							l.log.Warn(fmt.Sprintf("%d connection(s) left queued on %s slot %d were reset: no generation took them within %s", n, p.Addr(), slot, holdFor),
+								"addr", p.Addr().String(), "slot", slot, "reset", n)
+						}
 					}
 					l.armSlots()
 				}
@@ -315,10 +327,6 @@ func (l *launcher) drainSlot(ln, slot int, reset bool) int {
 			continue
 		}
 		l.rescueConn(ln, c, slot)
-	}
-	if reset && n > 0 {
-		l.log.Warn(fmt.Sprintf("%d connection(s) left queued on %s slot %d were reset: no generation took them within %s", n, p.Addr(), slot, holdFor),
-			"addr", p.Addr().String(), "slot", slot, "reset", n)
 	}
 	return n
 }

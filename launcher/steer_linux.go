@@ -2,7 +2,6 @@ package launcher
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/relaunch/relaunch/sdlisten"
 )
@@ -93,19 +92,12 @@ func (l *launcher) firstPool() int {
 
 // steerTo sends new connections of every steered pool to slot.
 func (l *launcher) steerTo(slot int) {
-	for i, ln := range l.cfg.Listeners {
-		if ln.Pool == nil || l.frozen[i] >= 0 {
-			continue
-		}
-		if err := ln.Pool.Steer(slot); err != nil {
-			l.frozen[i] = l.steerSlot
-			l.log.Warn(fmt.Sprintf("cannot steer %s: %v; it is shared by every generation from now on", ln.Pool.Addr(), err))
-		}
-	}
-	if slot != l.steerSlot {
-		l.awaySince[l.steerSlot] = l.sys.now()
+	prev := l.steerSlot
+	l.steerSlot = slot
+	l.applyRoute()
+	if slot != prev {
+		l.awaySince[prev] = l.sys.now()
 	}
 	delete(l.awaySince, slot)
-	l.steerSlot = slot
 	l.armSlots()
 }

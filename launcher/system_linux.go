@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
 
@@ -22,6 +23,17 @@ type system struct {
 	killGroup func(pgid int, sig syscall.Signal) // to a generation's whole process group
 	now       func() time.Time
 	afterFunc func(d time.Duration, f func()) timer // f runs on a goroutine of its own
+	// probe runs one health probe off the loop and calls done with its
+	// answer, from a goroutine of its own.
+	probe func(p probeSpec, done func(probeResult))
+	// handles says whether a process catches, ignores or blocks sig (its
+	// SigCgt, SigIgn, SigBlk); known is false when that cannot be read.
+	handles func(pid int, sig syscall.Signal) (handled, known bool)
+	// scan looks at a generation's process tree in /proc (listenprobe).
+	scan func(p *listenprobe.Probe, root int) listenprobe.Result
+	// watchExit calls exited, from any goroutine, when pid (not relaunch's
+	// child: an adopted generation) is gone.
+	watchExit func(pid int, exited func()) error
 
 	// prepare starts the exec helper of a next start ahead, with p's
 	// sockets and stdin (warm_linux.go), and returns its pid; a start that
@@ -64,6 +76,10 @@ func osSystem() system {
 		killGroup: killGroup,
 		now:       time.Now,
 		afterFunc: func(d time.Duration, f func()) timer { return time.AfterFunc(d, f) },
+		probe:     func(p probeSpec, done func(probeResult)) { go func() { done(httpProbe(p)) }() },
+		handles:   signalHandled,
+		scan:      (*listenprobe.Probe).Scan,
+		watchExit: watchPidfd,
 		prepare:   warm.prepare,
 		discard:   warm.discard,
 	}

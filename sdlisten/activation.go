@@ -115,3 +115,18 @@ func fdAddr(fd int) Addr {
 	}
 	return Addr{}
 }
+
+// Rename gives s the name an app sees in LISTEN_FDNAMES: a socket taken
+// back from a store comes named by its place there. Only before s is in
+// use.
+func (s *Socket) Rename(name string) { s.addr.Name = name }
+
+// Received makes a Socket of fd, a socket relaunch was handed (by its
+// keeper, internal/keeper) under name, the way Inherited names what
+// systemd passes: close-on-exec, and Close never removes a file.
+func Received(fd int, name string) *Socket {
+	unix.CloseOnExec(fd)
+	a := fdAddr(fd)
+	a.Name = name
+	return &Socket{fd: fd, addr: a}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -103,6 +104,9 @@ func NotifyFds(state string, fds []int) error {
 		return fmt.Errorf("sd_notify: %w", os.NewSyscallError("socket", err))
 	}
 	defer unix.Close(s)
+	// A manager that stops reading (a full queue) must not hang relaunch.
+	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
+	unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)

@@ -8,9 +8,9 @@ import (
 
 // Pool is a fixed set of listening TCP sockets on one address, all in one
 // SO_REUSEPORT group, that relaunch never closes while it runs. Each
-// generation gets one member (a slot) as its fd, and a one-instruction
-// classic BPF program (Steer) sends every new connection to the current
-// generation's slot, so a generation that is told to drain gets no new
+// generation gets one member (a slot) as its fd, and a classic BPF
+// program (Steer, or SetRoute for a whole Route) sends every new
+// connection to the current generation's slot, so a generation that is told to drain gets no new
 // connections. Members are never closed: closing one would move the
 // group's last member into its index and reset its queue.
 //
@@ -23,6 +23,7 @@ type Pool struct {
 	addr  Addr
 	slots []*Socket
 	spare *Socket // nil in a pool adopted from a relaunch that had none
+	route Route   // the route last set (pool_linux.go)
 }
 
 // BindPool binds n members of a new SO_REUSEPORT group on a tcp address, in

@@ -8,25 +8,32 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Steer sends every new connection on the pool's address to slot i: it
-// attaches the classic BPF program "ret #i" to the group. Replacing the
-// program is atomic; it belongs to the group, so it is attached through any
-// member that listens (attaching through one that does not would give that
-// one a group of its own).
+// Steer sends every new connection on the pool's address to slot i (the
+// route of one slot, SetRoute). Replacing the program is atomic; it belongs
+// to the group, so it is attached through any member that listens
+// (attaching through one that does not would give that one a group of its
+// own).
 func (p *Pool) Steer(i int) error {
 	if i < 0 || i >= len(p.slots) {
 		return fmt.Errorf("steer %s: no slot %d", p.addr, i)
 	}
-	if err := p.attach(i); err != nil {
+	if err := p.SetRoute(Route{Slots: []int{i}}); err != nil {
 		return fmt.Errorf("steer %s to slot %d: %w", p.addr, i, err)
 	}
 	return nil
 }
 
+// Route is the route last set.
+func (p *Pool) Route() Route { return p.route }
+
 // attach attaches "ret #k" to the group, k a group index.
 func (p *Pool) attach(k int) error {
-	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: uint32(k)}}
-	fprog := unix.SockFprog{Len: 1, Filter: &prog[0]}
+	return p.attachProg([]unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: uint32(k)}})
+}
+
+// attachProg attaches prog to the group.
+func (p *Pool) attachProg(prog []unix.SockFilter) error {
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	for _, s := range p.Members() {
 		if s.Listening() {
 			return os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF",
@@ -126,6 +133,9 @@ func (p *Pool) Revive(dead []int, steered int) (rescued []int, err error) {
 	}
 	if err := p.spare.Relisten(); err != nil {
 		return rescued, err
+	}
+	if r := p.route; len(r.Slots) > 0 && r.Slots[0] == steered {
+		return rescued, p.SetRoute(r) // its canary and probes too
 	}
 	return rescued, p.Steer(steered)
 }

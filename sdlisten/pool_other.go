@@ -26,3 +26,9 @@ var ErrOrderLost = errors.New("the order of the SO_REUSEPORT group is no longer 
 func (p *Pool) Revive(dead []int, steered int) ([]int, error) {
 	return nil, errors.New("revive needs Linux")
 }
+
+// SetRoute needs Linux's SO_ATTACH_REUSEPORT_CBPF.
+func (p *Pool) SetRoute(r Route) error { return errors.New("steering needs Linux") }
+
+// Route is the route last set.
+func (p *Pool) Route() Route { return p.route }

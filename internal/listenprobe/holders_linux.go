@@ -33,7 +33,7 @@ func InUse(udp bool, ap netip.AddrPort, dual bool) ([]Holder, error) {
 		}
 		for _, s := range socks {
 			if overlaps(ours, dual, s.IP) {
-				found = append(found, Holder{Addr: netip.AddrPortFrom(s.IP, ap.Port()), Inode: s.Inode})
+				found = append(found, Holder{Addr: netip.AddrPortFrom(s.IP, ap.Port()), Inode: s.Inode, Uid: s.Uid})
 			}
 		}
 	}
@@ -102,7 +102,8 @@ func boundSockets(family, proto int, states uint32, port int) ([]diagSocket, err
 			continue
 		}
 		ino, _ := strconv.ParseUint(fl[9], 10, 64)
-		out = append(out, diagSocket{Listener{Local: fl[1], Inode: ino}, ip})
+		uid, _ := strconv.Atoi(fl[7])
+		out = append(out, diagSocket{Listener{Local: fl[1], Inode: ino}, ip, uid})
 	}
 	return out, sc.Err()
 }

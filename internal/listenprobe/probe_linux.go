@@ -14,9 +14,10 @@ import (
 
 // Probe recognises relaunch's sockets in a process tree, from /proc: a
 // process polls one when the socket's inode is in one of its epoll sets
-// (fdinfo of the epoll fd), or accepts on one when a thread sits in
-// accept(2) on an fd that is the socket. select/poll users and io_uring
-// leave no trace there: the probe never sees them.
+// (fdinfo of the epoll fd) or a thread waits in select/poll with an fd that
+// is the socket in its read set (pollwait_linux.go), or accepts on one when
+// a thread sits in accept(2) on such an fd. io_uring leaves no trace there:
+// the probe never sees it.
 //
 // One scan runs every few ms while a generation starts, so it reads only
 // what it must and reuses its buffers. Not safe for concurrent use.
@@ -29,7 +30,13 @@ type Probe struct {
 	epfds  []int  // one process's epoll fds
 	held   []heldSocket
 	other  []otherSocket // the tree's TCP sockets that are not relaunch's
+	given  bool          // some process of the tree holds one of relaunch's sockets
 	epolls []EpollRef    // the tree's epoll instances seen by the last Scan (Watch)
+
+	lastSyscall []byte // the thread's syscall file, as first read
+	sysline     []byte // the same, read again
+	mem         []byte // read from a process's memory
+	class       int    // the scanned process's ELF class: 0 not read yet, 1 not 64-bit, 2 64-bit
 }
 
 // socket is one of relaunch's sockets.
@@ -38,6 +45,7 @@ type socket struct {
 	dev  uint64 // sockfs, encoded as the kernel prints it in fdinfo (sdev:)
 	fd   int    // the fd the children get it as: 3, 4, …
 	port int    // the local port of a TCP socket, 0 for any other
+	addr string // its local address, for messages
 }
 
 // heldSocket is one of relaunch's sockets as an fd of the process scanned.
@@ -55,8 +63,13 @@ type Result struct {
 	How       string // for the log: "pid 123 polls fd 3 (epoll)", "pid 123 blocks in accept on fd 3"
 	// OwnSocket is set when a process of the tree listens on a TCP socket
 	// of its own with the port of one of relaunch's: it ignores LISTEN_FDS.
-	// Only looked for while nothing is Accepting.
+	// With Closed, on any port. Only looked for while nothing is Accepting.
 	OwnSocket string
+	// Closed: no process of the tree holds any of relaunch's sockets any
+	// more, and it has TCP sockets of its own (an app that closes what it
+	// was given and binds elsewhere). Only looked for while nothing is
+	// Accepting.
+	Closed bool
 }
 
 // Bounds against a runaway tree or a file that never ends; a generation
@@ -84,13 +97,29 @@ func New(fds []int) *Probe {
 			switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
 			case *unix.SockaddrInet4:
 				s.port = sa.Port
+				s.addr = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
 			case *unix.SockaddrInet6:
 				s.port = sa.Port
+				s.addr = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
 			}
 		}
 		p.socks = append(p.socks, s)
 	}
 	return p
+}
+
+// Given names the sockets the probe recognises, for a message: "fd 3,
+// 127.0.0.1:8080", TCP ones with their address.
+func (p *Probe) Given() []string {
+	var out []string
+	for _, s := range p.socks {
+		name := "fd " + strconv.Itoa(s.fd)
+		if s.addr != "" {
+			name += ", " + s.addr
+		}
+		out = append(out, name)
+	}
+	return out
 }
 
 // Scan walks root and all its descendants once. It stops at the first
@@ -103,6 +132,7 @@ func (p *Probe) Scan(root int) Result {
 	p.pids = append(p.pids[:0], root)
 	p.other = p.other[:0]
 	p.epolls = p.epolls[:0]
+	p.given = false
 	for i := 0; i < len(p.pids) && i < maxPids; i++ {
 		if how := p.scanProcess(p.pids[i]); how != "" {
 			return Result{Accepting: true, How: how}
@@ -111,7 +141,12 @@ func (p *Probe) Scan(root int) Result {
 	if len(p.other) == 0 {
 		return Result{} // the cheap path: no socket of the app's own
 	}
-	return Result{OwnSocket: p.ownListener()}
+	if !p.given {
+		// Not one process still holds relaunch's sockets: the app closed
+		// them. Whatever it listens on is its own.
+		return Result{Closed: true, OwnSocket: p.ownListener(true)}
+	}
+	return Result{OwnSocket: p.ownListener(false)}
 }
 
 // scanProcess looks at one process and appends its children to p.pids.
@@ -125,7 +160,7 @@ func (p *Probe) scanProcess(pid int) string {
 	defer unix.Close(dir)
 
 	// The fds: relaunch's sockets, other TCP sockets, epoll instances.
-	p.held, p.epfds = p.held[:0], p.epfds[:0]
+	p.held, p.epfds, p.class = p.held[:0], p.epfds[:0], 0
 	if fdDir, err := unix.Openat(dir, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
 		p.ints = p.readDirInts(fdDir, p.ints[:0])
 		for _, fd := range p.ints {
@@ -133,15 +168,17 @@ func (p *Probe) scanProcess(pid int) string {
 		}
 		unix.Close(fdDir)
 	}
+	p.given = p.given || len(p.held) > 0
 	for _, ep := range p.epfds {
 		p.epolls = append(p.epolls, EpollRef{pid, ep})
 		if s, tfd := p.epollTarget(dir, ep); s >= 0 {
-			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, true)
+			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, "epoll")
 		}
 	}
 
-	// The threads: their children, and accept(2) when the process has one
-	// of relaunch's sockets (otherwise no thread can be accepting on it).
+	// The threads: their children, and accept(2), select or poll when the
+	// process has one of relaunch's sockets (otherwise no thread can be
+	// waiting on it).
 	taskDir, err := unix.Openat(dir, "task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return ""
@@ -151,8 +188,8 @@ func (p *Probe) scanProcess(pid int) string {
 	for _, tid := range p.ints {
 		task := "task/" + strconv.Itoa(tid) + "/"
 		if len(p.held) > 0 {
-			if s, fd := p.acceptTarget(dir, task+"syscall"); s >= 0 {
-				return "pid " + strconv.Itoa(pid) + " blocks in accept on " + p.fdName(s, fd, false)
+			if how := p.threadWaits(dir, pid, task+"syscall"); how != "" {
+				return how
 			}
 		}
 		if b := p.readAt(dir, task+"children"); b != nil {
@@ -239,27 +276,40 @@ func (p *Probe) epollTargetIn(b []byte) (sock, tfd int) {
 	return -1, 0
 }
 
-// acceptTarget reads a thread's /proc/P/task/T/syscall, "288 0x3 0x7ffd…"
+// threadWaits reads a thread's /proc/P/task/T/syscall, "288 0x3 0x7ffd…"
 // (the number, then the arguments in hex) while it is in a system call,
-// "running" otherwise. In accept or accept4 the first argument is the fd.
-// This sees any family, where wchan (inet_csk_accept) shows only TCP's.
-func (p *Probe) acceptTarget(dir int, path string) (sock, fd int) {
+// "running" otherwise, and says how it waits for one of relaunch's
+// sockets: in accept or accept4 the first argument is the fd (this sees any
+// family, where wchan, inet_csk_accept, shows only TCP's); select and poll
+// are decoded from the process's memory (pollwait_linux.go).
+func (p *Probe) threadWaits(dir, pid int, path string) string {
 	b := p.readAt(dir, path)
-	nr, rest, _ := bytes.Cut(b, []byte{' '})
-	if n, ok := atoi(nr); !ok || (n != unix.SYS_ACCEPT4 && n != sysAccept) {
-		return -1, 0
+	var args [6]uint64
+	nr, ok := syscallArgs(b, &args)
+	if !ok {
+		return ""
 	}
-	arg, _, _ := bytes.Cut(rest, []byte{' '})
-	v, err := strconv.ParseUint(string(bytes.TrimPrefix(arg, []byte("0x"))), 16, 32)
-	if err != nil {
-		return -1, 0
-	}
-	for _, h := range p.held {
-		if h.fd == int(v) {
-			return h.sock, h.fd
+	if nr == unix.SYS_ACCEPT4 || nr == sysAccept {
+		for _, h := range p.held {
+			if uint64(h.fd) == args[0] {
+				return "pid " + strconv.Itoa(pid) + " blocks in accept on " + p.fdName(h.sock, h.fd, "")
+			}
 		}
+		return ""
 	}
-	return -1, 0
+	call := waitCallOf(nr)
+	if call == notWaiting {
+		return ""
+	}
+	p.lastSyscall = append(p.lastSyscall[:0], b...)
+	if s, fd := p.pollTarget(dir, pid, path, call, args[:]); s >= 0 {
+		kind := "select"
+		if call == callPoll {
+			kind = "poll"
+		}
+		return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, fd, kind)
+	}
+	return ""
 }
 
 // sysAccept is accept(2)'s own number; -1 where libc reaches it only
@@ -286,13 +336,14 @@ var sysAccept = func() int {
 
 // fdName names relaunch's socket s by the fd the app got it as, and by the
 // app's own number when it dup'd it (Go's net.FileListener does).
-func (p *Probe) fdName(s, fd int, epoll bool) string {
+// poller is "epoll", "select", "poll", or "" for accept.
+func (p *Probe) fdName(s, fd int, poller string) string {
 	name := "fd " + strconv.Itoa(p.socks[s].fd)
 	switch {
-	case epoll && fd != p.socks[s].fd:
-		return name + " (epoll, as its fd " + strconv.Itoa(fd) + ")"
-	case epoll:
-		return name + " (epoll)"
+	case poller != "" && fd != p.socks[s].fd:
+		return name + " (" + poller + ", as its fd " + strconv.Itoa(fd) + ")"
+	case poller != "":
+		return name + " (" + poller + ")"
 	case fd != p.socks[s].fd:
 		return name + " (as its fd " + strconv.Itoa(fd) + ")"
 	}
@@ -312,14 +363,14 @@ func (p *Probe) sockByIno(ino, dev uint64) int {
 
 // ownListener looks the tree's other TCP sockets up in their process's
 // /proc/P/net/tcp and tcp6 (its network namespace's tables) and names the
-// first that listens on one of relaunch's ports.
-func (p *Probe) ownListener() string {
+// first that listens on one of relaunch's ports, or with anyPort on any.
+func (p *Probe) ownListener(anyPort bool) string {
 	for i, o := range p.other {
 		if slices.ContainsFunc(p.other[:i], func(x otherSocket) bool { return x.pid == o.pid }) {
 			continue // that process's tables are read already
 		}
 		for _, table := range [...]string{"tcp", "tcp6"} {
-			if addr := p.listenerIn(o.pid, table); addr != "" {
+			if addr := p.listenerIn(o.pid, table, anyPort); addr != "" {
 				return "pid " + strconv.Itoa(o.pid) + " listens on " + addr + " itself"
 			}
 		}
@@ -335,7 +386,7 @@ func (p *Probe) ownListener() string {
 // pid's other sockets listening on one of relaunch's ports. The kernel lists
 // listening sockets first, so reading stops at the first line in another
 // state: a busy host's connections are never read.
-func (p *Probe) listenerIn(pid int, table string) string {
+func (p *Probe) listenerIn(pid int, table string, anyPort bool) string {
 	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/net/"+table, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return ""
@@ -372,7 +423,7 @@ func (p *Probe) listenerIn(pid int, table string) string {
 			if k < len(f) || !bytes.Equal(f[3], []byte("0A")) {
 				return "" // past the listeners
 			}
-			if addr := p.ownAddr(pid, f[1], f[9]); addr != "" {
+			if addr := p.ownAddr(pid, f[1], f[9], anyPort); addr != "" {
 				return addr
 			}
 		}
@@ -385,14 +436,14 @@ func (p *Probe) listenerIn(pid int, table string) string {
 
 // ownAddr returns local ("0100007F:1F90") as an address when the socket
 // with inode ino is one of pid's other sockets and its port is one of
-// relaunch's.
-func (p *Probe) ownAddr(pid int, local, ino []byte) string {
+// relaunch's (or, with anyPort, any).
+func (p *Probe) ownAddr(pid int, local, ino []byte, anyPort bool) string {
 	hexAddr, hexPort, ok := bytes.Cut(local, []byte{':'})
 	if !ok {
 		return ""
 	}
 	port, err := strconv.ParseUint(string(hexPort), 16, 16)
-	if err != nil || !slices.ContainsFunc(p.socks, func(s socket) bool { return s.port != 0 && s.port == int(port) }) {
+	if err != nil || !anyPort && !slices.ContainsFunc(p.socks, func(s socket) bool { return s.port != 0 && s.port == int(port) }) {
 		return ""
 	}
 	i, err := strconv.ParseUint(string(ino), 10, 64)

@@ -201,20 +201,67 @@ func TestListenProbeNode(t *testing.T) {
 	t.Log(r.How)
 }
 
-// select() leaves no trace in /proc: such an app is never seen.
-func TestListenProbeSelectInvisible(t *testing.T) {
+// A Python server waiting in select() on fd 3 (its own fd 3: Python's
+// socket(fileno=3) keeps the number) is seen through its fd_set.
+func TestListenProbePythonSelect(t *testing.T) {
 	t.Parallel()
 	ln, _ := probeListener(t)
-	stamp := filepath.Join(t.TempDir(), "stamp")
-	cmd := startProbed(t, ln, []string{"PROBE_STAMP=" + stamp}, probePython3(t), "testdata/probe_select.py")
-	probeWaitFile(t, stamp, 10*time.Second)
-	// It writes the stamp right before its select(): a while of scans
-	// after that is enough.
-	watch := time.Second
-	if testing.Short() {
-		watch = 300 * time.Millisecond
+	cmd := startProbed(t, ln, nil, probePython3(t), "testdata/probe_select.py")
+	r := waitAccepting(t, probeFor(ln), cmd.Process.Pid, 10*time.Second)
+	if want := fmt.Sprintf("pid %d polls fd 3 (select)", cmd.Process.Pid); r.How != want {
+		t.Errorf("How = %q, want %q", r.How, want)
 	}
-	neverAccepting(t, probeFor(ln), cmd.Process.Pid, watch)
+}
+
+// Each raw call, the listener among other fds and at a number other than
+// 3 (fd 70: the second 64-bit word of an fd_set, the third pollfd after a
+// negative one).
+func TestListenProbeSelectPoll(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ mode, poller string }{
+		{"select", "select"}, {"pselect", "select"}, {"poll", "poll"}, {"ppoll", "poll"},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			t.Parallel()
+			ln, _ := probeListener(t)
+			cmd := startProbed(t, ln, []string{waitAppEnv + "=" + c.mode}, goAppPath(t))
+			r := waitAccepting(t, probeFor(ln), cmd.Process.Pid, 10*time.Second)
+			if want := fmt.Sprintf("pid %d polls fd 3 (%s, as its fd 70)", cmd.Process.Pid, c.poller); r.How != want {
+				t.Errorf("How = %q, want %q", r.How, want)
+			}
+		})
+	}
+}
+
+// A process that holds the listener but polls something else, or polls
+// the listener for writing only, is not accepting.
+func TestListenProbePollOther(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"pipe-only", "poll-write"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			ln, _ := probeListener(t)
+			cmd := startProbed(t, ln, []string{waitAppEnv + "=" + mode}, goAppPath(t))
+			waitInPoll(t, cmd.Process.Pid)
+			neverAccepting(t, probeFor(ln), cmd.Process.Pid, 300*time.Millisecond)
+		})
+	}
+}
+
+// waitInPoll waits until a thread of pid sits in poll or ppoll.
+func waitInPoll(t testing.TB, pid int) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/syscall", pid, task.Name()))
+			var args [6]uint64
+			if nr, ok := syscallArgs(b, &args); ok && waitCallOf(nr) == callPoll {
+				return
+			}
+		}
+	}
+	t.Fatalf("pid %d never waited in poll", pid)
 }
 
 // A process that holds fd 3 but does nothing with it.
@@ -263,6 +310,27 @@ func TestListenProbeOwnSocket(t *testing.T) {
 			}
 			t.Log(r.OwnSocket)
 		})
+	}
+}
+
+// An app that closes the socket it was given and listens elsewhere: named,
+// on its own port, with Closed.
+func TestListenProbeClosedOwnPort(t *testing.T) {
+	t.Parallel()
+	ln, port := probeListener(t)
+	stamp := filepath.Join(t.TempDir(), "stamp")
+	cmd := startProbed(t, ln, []string{"PROBE_STAMP=" + stamp}, probePython3(t), "testdata/probe_closed.py")
+	own := strings.TrimSpace(strings.TrimPrefix(probeWaitFile(t, stamp, 10*time.Second), "port "))
+	if own == strconv.Itoa(port) {
+		t.Fatalf("the app's own port %s is relaunch's", own)
+	}
+	want := fmt.Sprintf("pid %d listens on 127.0.0.1:%s itself", cmd.Process.Pid, own)
+	r := probeFor(ln).Scan(cmd.Process.Pid)
+	if !r.Closed || r.OwnSocket != want || r.Accepting {
+		t.Errorf("scan = %+v, want Closed and OwnSocket %q", r, want)
+	}
+	if g, want := probeFor(ln).Given(), fmt.Sprintf("fd 3, 127.0.0.1:%d", port); len(g) != 1 || g[0] != want {
+		t.Errorf("Given() = %q, want [%q]", g, want)
 	}
 }
 
@@ -327,18 +395,39 @@ func BenchmarkListenProbeScan(b *testing.B) {
 			}
 		}
 	})
+	// A thread blocked in select(): its fd_set read from its memory.
+	b.Run("select-accepting", func(b *testing.B) {
+		ln, _ := probeListener(b)
+		cmd := startProbed(b, ln, []string{waitAppEnv + "=select"}, goAppPath(b))
+		p := probeFor(ln)
+		waitAccepting(b, p, cmd.Process.Pid, 10*time.Second)
+		b.ReportAllocs()
+		for b.Loop() {
+			if !p.Scan(cmd.Process.Pid).Accepting {
+				b.Fatal("no longer accepting")
+			}
+		}
+	})
 	// The scan the launcher repeats while it waits: the whole tree walked,
-	// nothing found. A shell and a select() server under it.
+	// nothing found. A shell and, under it, a process that holds the
+	// listener and polls only a pipe (its pollfd array read each time).
 	b.Run("tree-not-yet", func(b *testing.B) {
 		ln, _ := probeListener(b)
-		stamp := filepath.Join(b.TempDir(), "stamp")
-		cmd := startProbed(b, ln, []string{"PROBE_STAMP=" + stamp}, "sh", "-c", `"$0" testdata/probe_select.py; exit $?`, probePython3(b))
-		probeWaitFile(b, stamp, 10*time.Second)
+		cmd := startProbed(b, ln, []string{waitAppEnv + "=pipe-only"}, "sh", "-c", `"$0"; exit $?`, goAppPath(b))
+		var app int
+		for end := time.Now().Add(10 * time.Second); app == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(end) {
+				b.Fatal("the app under sh did not start")
+			}
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+			app, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		waitInPoll(b, app)
 		p := probeFor(ln)
 		b.ReportAllocs()
 		for b.Loop() {
 			if p.Scan(cmd.Process.Pid).Accepting {
-				b.Fatal("select() server seen accepting")
+				b.Fatal("a pipe poller seen accepting")
 			}
 		}
 	})

@@ -24,6 +24,7 @@ const (
 	diagReqLen  = 56 // struct inet_diag_req_v2
 	diagMsgLen  = 72 // struct inet_diag_msg
 	diagIDOff   = 4  // inet_diag_msg.id (struct inet_diag_sockid)
+	diagUidOff  = 64 // inet_diag_msg.idiag_uid
 	diagInoOff  = 68 // inet_diag_msg.idiag_inode
 	tcpListenSt = 10 // TCP_LISTEN
 )
@@ -45,7 +46,8 @@ func diagListeners(family, port int) ([]Listener, error) {
 // diagSocket is one socket sock_diag lists.
 type diagSocket struct {
 	Listener
-	IP netip.Addr // the local address it is bound to
+	IP  netip.Addr // the local address it is bound to
+	Uid int        // its owner's
 }
 
 // diagSockets lists the sockets of family and proto (unix.IPPROTO_TCP or
@@ -109,7 +111,7 @@ func diagSockets(family, proto int, states uint32, port int) ([]diagSocket, erro
 				if family == unix.AF_INET {
 					ip, _ = netip.AddrFromSlice(id[4:8])
 				}
-				out = append(out, diagSocket{Listener{Local: local, Inode: uint64(ne.Uint32(m.Data[diagInoOff:]))}, ip})
+				out = append(out, diagSocket{Listener{Local: local, Inode: uint64(ne.Uint32(m.Data[diagInoOff:]))}, ip, int(ne.Uint32(m.Data[diagUidOff:]))})
 			}
 		}
 	}

@@ -1,5 +1,6 @@
-# An HTTP server that waits with select() on fd 3: /proc cannot show what
-# select() waits for, so relaunch's auto readiness falls back to 2s alive.
+# An HTTP server that waits with select() on fd 3 and never speaks
+# sd_notify: relaunch reads the fd_set of the thread blocked in select(), so
+# its auto readiness sees it accept.
 import os
 import select
 import signal

@@ -13,6 +13,7 @@
 //	GET /env         LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, NOTIFY_SOCKET, RELAUNCH_GENERATION, RELAUNCH_HANDOFF, PID as K=V lines
 //	GET /names       LISTEN_FDNAMES split on ':', one per line
 //	GET /helpers     pids of the helper processes started by -fork-helpers, one per line
+//	GET /healthz     200 "ok", or what -healthy-after, -health-status and -unhealthy-after say
 package main
 
 import (
@@ -40,27 +41,35 @@ import (
 var defaultVersion = "1"
 
 var (
-	version     = flag.String("version", defaultVersion, "version string reported by every response")
-	listenAddr  = flag.String("listen", "", "bind this address itself (host:port, or unix:/path) and ignore LISTEN_FDS")
-	initDelay   = flag.Duration("init-delay", 0, "sleep this long before creating the listeners (start-up work)")
-	exitAtStart = flag.Int("exit-at-start", -1, "exit with this status at once (a bad build); negative: off")
-	noNotify    = flag.Bool("no-notify", false, "never send READY=1")
-	notifyDelay = flag.Duration("notify-delay", 0, "send READY=1 this long after the listeners exist")
-	drainMode   = flag.String("drain", "graceful", "graceful: close listeners, wait 100ms, Shutdown; naive: Shutdown at once; shutdown: shutdown(2) the listeners (as C and Java servers do to wake their accept threads), then as graceful")
-	recordFile  = flag.String("record", "", "append one line per event (listening, ready, drain, usr1, exit) with a unix-nano timestamp")
-	forkHelpers = flag.Bool("fork-helpers", false, "every request starts /bin/true and never waits for it (leaves zombies for a subreaper)")
-	ignoreQuit  = flag.Bool("ignore-quit", false, "do not handle SIGQUIT (Go's default: dump goroutines, exit 2)")
-	reusePort   = flag.Bool("reuseport", false, "with -listen: bind with SO_REUSEPORT, so that a new process can bind the same port while this one serves (the overlap restart relaunch's benchmark compares with)")
-	joinReuse   = flag.Bool("join-reuseport", false, "after taking the listeners, open an extra SO_REUSEADDR+SO_REUSEPORT listening socket on fd 3's address and never accept on it (it joins the launcher's SO_REUSEPORT group)")
+	version        = flag.String("version", defaultVersion, "version string reported by every response")
+	listenAddr     = flag.String("listen", "", "bind this address itself (host:port, or unix:/path) and ignore LISTEN_FDS")
+	initDelay      = flag.Duration("init-delay", 0, "sleep this long before creating the listeners (start-up work)")
+	exitAtStart    = flag.Int("exit-at-start", -1, "exit with this status at once (a bad build); negative: off")
+	noNotify       = flag.Bool("no-notify", false, "never send READY=1")
+	notifyDelay    = flag.Duration("notify-delay", 0, "send READY=1 this long after the listeners exist")
+	drainMode      = flag.String("drain", "graceful", "graceful: close listeners, wait 100ms, Shutdown; naive: Shutdown at once; shutdown: shutdown(2) the listeners (as C and Java servers do to wake their accept threads), then as graceful")
+	recordFile     = flag.String("record", "", "append one line per event (listening, ready, drain, usr1, exit) with a unix-nano timestamp")
+	forkHelpers    = flag.Bool("fork-helpers", false, "every request starts /bin/true and never waits for it (leaves zombies for a subreaper)")
+	ignoreQuit     = flag.Bool("ignore-quit", false, "do not handle SIGQUIT (Go's default: dump goroutines, exit 2)")
+	healthyAfter   = flag.Duration("healthy-after", 0, "/healthz answers 503 until this long after the listeners exist")
+	healthStatus   = flag.Int("health-status", 200, "what /healthz answers (once -healthy-after has passed)")
+	unhealthyAfter = flag.Duration("unhealthy-after", 0, "/healthz answers 503 from this long after the listeners exist; 0: never")
+	crashAfter     = flag.Duration("crash-after", 0, "SIGKILL myself this long after the listeners exist (a crash); 0: never")
+	leaveOpen      = flag.String("leave-open", "", "when the generation of this number drains, it keeps its listening sockets open without accepting for a minute, then exits (an app that just leaves its accept loop)")
+	reusePort      = flag.Bool("reuseport", false, "with -listen: bind with SO_REUSEPORT, so that a new process can bind the same port while this one serves (the overlap restart relaunch's benchmark compares with)")
+	joinReuse      = flag.Bool("join-reuseport", false, "after taking the listeners, open an extra SO_REUSEADDR+SO_REUSEPORT listening socket on fd 3's address and never accept on it (it joins the launcher's SO_REUSEPORT group)")
 )
 
 var (
-	gen       = os.Getenv("RELAUNCH_GENERATION")
-	pid       = os.Getpid()
-	startFds  string // the fd table at the top of main
-	recordMu  sync.Mutex
-	helpersMu sync.Mutex
-	helpers   []int
+	listeningAt time.Time // set before any request is served
+	healthyOnce sync.Once // "healthy" is recorded at the first 2xx of /healthz
+	servedOnce  sync.Once // "served" at the first answer to a client (any other path)
+	gen         = os.Getenv("RELAUNCH_GENERATION")
+	pid         = os.Getpid()
+	startFds    string // the fd table at the top of main
+	recordMu    sync.Mutex
+	helpersMu   sync.Mutex
+	helpers     []int
 )
 
 func main() {
@@ -138,6 +147,14 @@ func main() {
 		joinReuseport(listeners[0])
 	}
 	record("listening")
+	listeningAt = time.Now()
+	if *crashAfter > 0 {
+		time.AfterFunc(*crashAfter, func() {
+			record("crash")
+			logf("demo: gen %s pid %d crashing (-crash-after %s)", gen, pid, *crashAfter)
+			syscall.Kill(pid, syscall.SIGKILL)
+		})
+	}
 	logf("demo: gen %s pid %d version %s listening on %d sockets", gen, pid, *version, len(listeners))
 
 	srv := &http.Server{Handler: handler(), ConnState: trackNew}
@@ -176,6 +193,9 @@ func main() {
 		case err := <-serveErr:
 			fatalf("%v", err)
 		case <-done:
+			if *leaveOpen != "" && *leaveOpen == gen {
+				time.Sleep(time.Minute)
+			}
 			record("exit")
 			logf("demo: gen %s pid %d exiting", gen, pid)
 			os.Exit(0)
@@ -200,6 +220,15 @@ func main() {
 // the connections accepted just before a moment to send their request, then
 // let Shutdown finish every request in flight.
 func drain(srv *http.Server, listeners []net.Listener) {
+	if *leaveOpen != "" && *leaveOpen == gen {
+		for _, l := range listeners {
+			if sc, ok := l.(syscall.Conn); ok {
+				if rc, err := sc.SyscallConn(); err == nil {
+					rc.Control(func(fd uintptr) { syscall.Dup(int(fd)) }) // kept open, never accepted on
+				}
+			}
+		}
+	}
 	if *drainMode == "shutdown" {
 		for _, l := range listeners {
 			if sc, ok := l.(syscall.Conn); ok {
@@ -255,7 +284,22 @@ func handler() http.Handler {
 	hello := func(w http.ResponseWriter) {
 		fmt.Fprintf(w, "version=%s pid=%d gen=%s\n", *version, pid, gen)
 	}
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { hello(w) })
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		servedOnce.Do(func() { record("served") })
+		hello(w)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		up := time.Since(listeningAt)
+		st := *healthStatus
+		if up < *healthyAfter || (*unhealthyAfter > 0 && up >= *unhealthyAfter) {
+			st = http.StatusServiceUnavailable
+		}
+		if st >= 200 && st < 300 {
+			healthyOnce.Do(func() { record("healthy") })
+		}
+		w.WriteHeader(st)
+		fmt.Fprintf(w, "%d %s\n", st, http.StatusText(st))
+	})
 	mux.HandleFunc("GET /sleep", func(w http.ResponseWriter, r *http.Request) {
 		d, err := time.ParseDuration(r.URL.Query().Get("d"))
 		if err != nil {

@@ -1,7 +1,7 @@
 # A server that waits for connections with select() on the socket it
-# inherits as fd 3: /proc does not show what select() waits for, so the
-# probe must never see it accepting. With PROBE_STAMP set it writes the time
-# (Unix ns) right before its first select().
+# inherits as fd 3: the probe decodes the fd_set of the blocked thread. With
+# PROBE_STAMP set it writes the time (Unix ns) right before its first
+# select().
 import os
 import select
 import socket
