@@ -50,6 +50,9 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
+	warmPid    int                    // the warm exec helper of the next start (warm_linux.go); 0: none
+	warmSlotID int                    // the slot whose sockets it holds
+	acceptedIn time.Duration          // how long the last generation seen accepting took (fastscan_linux.go)
 	probes     map[netip.AddrPort]int // health probes in flight: their source → the slot they test
 	canary     *generation            // the canary running, nil when none (canary_linux.go)
 	canaryEnds time.Time
@@ -193,6 +196,7 @@ func Run(cfg Config) (int, error) {
 	CatchSignals()
 	defer signal.Stop(sigs)
 	defer close(l.quit)
+	defer l.dropWarm()
 
 	if cfg.Build != "" && rs == nil {
 		if err := l.initialBuild(); err != nil {
@@ -200,6 +204,11 @@ func Run(cfg Config) (int, error) {
 		}
 	}
 	l.setupProbe()
+	if cfg.NonBlocking {
+		if err := l.setNonblocking(); err != nil {
+			return 1, startupError(err)
+		}
+	}
 	if len(cfg.Listeners) > 0 {
 		defer l.watchSlots()()
 	}
@@ -324,6 +333,7 @@ func (l *launcher) start(restart bool) error {
 	if err != nil {
 		return err
 	}
+	slot = l.warmSlot(slot)
 	delete(l.held, slot) // its queue is the new generation's
 	delete(l.abandoned, slot)
 	socks := l.socketsFor(slot)
@@ -359,13 +369,14 @@ func (l *launcher) start(restart bool) error {
 	pid, err := l.sys.start(procSpec{path: path, argv: l.cfg.Command, env: env, socks: socks, stdin: l.stdin, bin: from},
 		func(err error) { l.post(func() { l.onExec(g, err) }) },
 		func(ws syscall.WaitStatus) { l.post(func() { l.onExit(g, exitStatus{ws}) }) })
+	l.warmPid = 0 // it runs this start, or was discarded
 	if err != nil {
 		g.notify.Close()
 		closeFile(g.bin)
 		return err
 	}
 	g.pid = pid
-	g.startTicks, _ = procStartTicks(pid)
+	g.startTicks = startTicksOf(pid) // warm_linux.go
 	l.roots.add(g.id, pid)
 	l.gens = append(l.gens, g)
 	l.next = g
@@ -448,6 +459,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.pending = ""
 		l.upgrade(reason)
 	}
+	l.prepareLater(g) // warm_linux.go
 }
 
 func (l *launcher) onReadyTimeout(g *generation) {
@@ -743,8 +755,9 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 }
 
 func (l *launcher) owns(pid int) bool {
-	if pid == l.buildPid || pid == l.checkPid || l.keeper != nil && pid == l.keeper.Pid() {
-		return true // the keeper holds every socket, and is reaped by its own Wait
+	if pid == l.buildPid || pid == l.checkPid || pid == l.warmPid && pid != 0 ||
+		l.keeper != nil && pid == l.keeper.Pid() { // the keeper holds every socket, and is reaped by its own Wait
+		return true
 	}
 	for _, g := range l.gens {
 		if g.pid == pid {

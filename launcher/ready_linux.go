@@ -132,6 +132,9 @@ func (l *launcher) onExec(g *generation, err error) {
 // accept after their master's READY=1) becomes the method for the next ones.
 func (l *launcher) scan(g *generation) {
 	learning := g.state != starting
+	if learning || g.acceptHow != "" {
+		stopFast(g) // fastscan_linux.go
+	}
 	if g.exited || learning && l.learnedListen || g.acceptHow != "" {
 		return
 	}
@@ -149,6 +152,7 @@ func (l *launcher) scan(g *generation) {
 		l.warnOwnSocket(g, r)
 	}
 	if r.Accepting {
+		l.noteAccepting(g) // fastscan_linux.go
 		l.learnListen()
 		if learning {
 			return
@@ -164,11 +168,11 @@ func (l *launcher) scan(g *generation) {
 		}
 		return
 	}
-	every := scanEvery
-	if learning {
-		every = 10 * scanEvery
+	every := 10 * scanEvery
+	if !learning {
+		every = l.scanPeriod(g) // and checks between the scans: fastscan_linux.go
 	}
-	l.after(g, every, func() { l.scan(g) })
+	l.rescan(g, every)
 }
 
 // learnListen: under auto, the app was seen accepting on its socket.
