@@ -74,6 +74,8 @@ type machine struct {
 	adopting []adoptable
 	// probes are the health probes asked for and not answered yet.
 	probes []*fakeProbe
+	// scans counts the /proc scans of each root pid.
+	scans map[int]int
 }
 
 // orphan is a process a relaunch that died started: alive, not relaunch's
@@ -138,6 +140,10 @@ func (m *machine) sys() system {
 			return sig == m.l.cfg.DrainSignal && pr.catchesDrain, true
 		},
 		scan: func(_ *listenprobe.Probe, root int) listenprobe.Result {
+			if m.scans == nil {
+				m.scans = map[int]int{}
+			}
+			m.scans[root]++
 			if pr := m.proc(root); pr != nil && pr.alive && pr.accepting {
 				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root)}
 			}
