@@ -75,6 +75,17 @@ func (l *launcher) storeAll(sink storeSink) {
 	}
 }
 
+// storable says whether storeAll has anything to store: a pool, or a
+// shared socket relaunch bound that is not a unix one.
+func (l *launcher) storable() bool {
+	for _, ln := range l.cfg.Listeners {
+		if !ln.Stored && (ln.Pool != nil || ln.Socket != nil && !ln.Activated && ln.Socket.Addr().Network != "unix") {
+			return true
+		}
+	}
+	return false
+}
+
 func (l *launcher) store(sink storeSink, name string, fd int) int {
 	if err := sink.store(name, fd); err != nil {
 		l.log.Warn("cannot store " + name + " in " + sink.what + ": " + err.Error())

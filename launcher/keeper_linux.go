@@ -118,7 +118,7 @@ func (l *launcher) setUpStore(resumed bool) {
 		l.storeAll(keeperSink(l.keeper))
 	case storing:
 		l.storeAll(systemdSink())
-	case len(l.cfg.Listeners) > 0 && os.Getpid() != 1 && !l.cfg.NoKeeper:
+	case l.storable() && os.Getpid() != 1 && !l.cfg.NoKeeper:
 		c, err := keeper.Start(keeperGone(l.log))
 		if err != nil {
 			l.log.Warn("cannot start relaunch's keeper (" + err.Error() + "): if relaunch dies, the slots no generation holds close with it and steering is lost")
