@@ -300,3 +300,27 @@ func TestKeeperAcrossReexec(t *testing.T) {
 	upgradeTo(t, b, 2)
 	stopLoad(t, load)
 }
+
+// No keeper where it has nothing to keep (a unix socket: relaunch removes
+// its file at exit), nor with --no-keeper.
+func TestNoKeeper(t *testing.T) {
+	needE2E(t)
+	t.Parallel()
+	for name, args := range map[string][]string{
+		"unix":      {"-l", "unix://" + filepath.Join(shortTempDir(t), "s.sock")},
+		"no-keeper": {"-l", freeAddr(t), "--no-keeper"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := startRelaunch(t, append(args, "--no-watch-binary", "--", demoBin)...)
+			p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) ready", waitPid(t, p, 1)), 10*time.Second)
+			for _, c := range procChildren(p.Pid()) {
+				if isKeeper(c) {
+					t.Errorf("relaunch %v started a keeper (pid %d)", args, c)
+				}
+			}
+			if strings.Contains(p.Stderr(), "keeper") {
+				t.Errorf("relaunch %v speaks of a keeper:\n%s", args, p.Stderr())
+			}
+		})
+	}
+}
