@@ -237,8 +237,8 @@ func TestServerGunicornAuto(t *testing.T) {
 	gunicorn := needCommand(t, "gunicorn", "gunicorn")
 	appDir := filepath.Dir(testdataPath(t, "servers/app.py"))
 	run := runServer(t, freeAddr(t), serverCase{
-		args:      []string{"--drain-signal", "TERM", "--", gunicorn, "--workers", "2", "--chdir", appDir, "app:wsgi"},
-		answer:    "version=gunicorn ",
+		args:   []string{"--drain-signal", "TERM", "--", gunicorn, "--workers", "2", "--chdir", appDir, "app:wsgi"},
+		answer: "version=gunicorn ",
 		// A busy machine may start gunicorn in over 2s: gen 1, before
 		// anything was learned, is then ready by auto's blind fallback.
 		learning:  []string{": READY=1", ": alive for 2s"},
