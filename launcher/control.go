@@ -52,6 +52,18 @@ type GenStatus struct {
 	// why a fresh generation replaces it.
 	Health    string `json:"health,omitempty"`
 	Unhealthy string `json:"unhealthy,omitempty"`
+	// Workers are its processes under --workers (its pid and slot are
+	// worker 0's).
+	Workers []WorkerStatus `json:"workers,omitempty"`
+}
+
+// WorkerStatus is one worker of a generation, in a GenStatus.
+type WorkerStatus struct {
+	Worker   int    `json:"worker"` // its RELAUNCH_WORKER
+	Pid      int    `json:"pid"`
+	Slot     int    `json:"slot"`     // -1 without steered listeners
+	State    string `json:"state"`    // starting, serving, restarting, exited, or its generation's (draining…)
+	Restarts int    `json:"restarts"` // after it exited by itself
 }
 
 // CanaryStatus is the canary running, in a Status.

@@ -168,7 +168,8 @@ func (l *launcher) statusReport() *Status {
 			since = g.readyAt
 		}
 		s.Generations = append(s.Generations, GenStatus{Generation: g.id, Pid: g.pid, State: g.state.String(),
-			Since: since, Path: g.path, Slot: g.slot, Adopted: g.adopted, Ready: g.readyHow, Why: g.why, Health: g.health, Unhealthy: g.unhealthy})
+			Since: since, Path: g.path, Slot: g.slot, Adopted: g.adopted, Ready: g.readyHow, Why: g.why, Health: g.health, Unhealthy: g.unhealthy,
+			Workers: workersStatus(g)})
 	}
 	return s
 }

@@ -187,6 +187,13 @@ func (l *launcher) onReexec(c *os.File) {
 		answerFile(c, Answer{Error: msg})
 		return
 	}
+	if l.cfg.Workers > 0 {
+		// The state carried over knows one process per generation.
+		msg := "relaunch reexec does not carry workers over yet (--workers): restart relaunch instead"
+		l.log.Warn("reexec refused: " + msg)
+		answerFile(c, Answer{Error: msg})
+		return
+	}
 	if c != nil {
 		l.reexecClients = append(l.reexecClients, c)
 	}

@@ -180,7 +180,9 @@ func isTCP(s *sdlisten.Socket) bool {
 func (l *launcher) usedSlots() map[int]bool {
 	used := map[int]bool{l.steerSlot: true}
 	for _, g := range l.gens {
-		used[g.slot] = true
+		for _, s := range g.slots() {
+			used[s] = true
+		}
 	}
 	for i := range l.cfg.Listeners {
 		if l.frozen[i] >= 0 {
