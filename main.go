@@ -99,6 +99,7 @@ EXAMPLES:
    relaunch reexec --pidfile /run/app.pid    # relaunch execs its own (new) binary: same pid, sockets, generations
    relaunch promote --pidfile /run/app.pid   # with --canary: give the canary every connection now
    relaunch abort --pidfile /run/app.pid     # with --canary: back to the previous generation, the canary drains
+   relaunch scale 4 --pidfile /run/app.pid   # with --workers: 4 workers now, and in every next generation
    kill -TTIN $(cat /run/app.pid)            # the same, by signal`,
 		HideHelpCommand:        true,
 		UseShortOptionHandling: false,
@@ -498,10 +499,6 @@ func evidence(c *cli.Context, cfg *launcher.Config, handover launcher.Handover) 
 	return nil
 }
 
-// maxWorkers bounds --workers: the steering program picks among a
-// generation's slots with two instructions each.
-const maxWorkers = 64
-
 // parseWorkers reads --workers: 0 when not given (one process per
 // generation, restarted as a new one), else N.
 func parseWorkers(c *cli.Context) (int, error) {
@@ -511,11 +508,11 @@ func parseWorkers(c *cli.Context) (int, error) {
 	v := c.String("workers")
 	if v == "auto" {
 		// On Linux, the CPUs in relaunch's affinity mask (sched_getaffinity).
-		return min(runtime.NumCPU(), maxWorkers), nil
+		return min(runtime.NumCPU(), launcher.MaxWorkers), nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > maxWorkers {
-		return 0, usageError("bad value %q for --workers: use 1 to %d, or auto (one per CPU relaunch may run on)", v, maxWorkers)
+	if err != nil || n < 1 || n > launcher.MaxWorkers {
+		return 0, usageError("bad value %q for --workers: use 1 to %d, or auto (one per CPU relaunch may run on)", v, launcher.MaxWorkers)
 	}
 	return n, nil
 }

@@ -235,3 +235,43 @@ func TestWorkersFailedUpgrade(t *testing.T) {
 		t.Errorf("answered by generations %v; want only gen 1", res.Gens)
 	}
 }
+
+// relaunch scale 5, then scale 2, under load: 0 errors, and status
+// agrees (5 serving, then 2, the others drained and gone); the next
+// generation keeps 2.
+func TestWorkersScale(t *testing.T) {
+	t.Parallel()
+	_, addr, sock, _ := workersStart(t, 3)
+	pids := waitServing(t, sock, 1, 3)
+	load := startLoad(t, addr)
+	waitLoadOK(t, load, 50, 10*time.Second)
+	if code, out := client(t, sock, "scale", "5"); code != 0 || !strings.Contains(out, "5 workers, 2 starting") {
+		t.Fatalf("relaunch scale 5: %d %q", code, out)
+	}
+	five := waitServing(t, sock, 1, 5)
+	if !slices.Equal(five[:3], pids) {
+		t.Errorf("workers %v after scale 5; want the first three kept %v", five, pids)
+	}
+	got := answering(t, addr, five)
+	if got[five[4]] != "4" {
+		t.Errorf("worker 4 answers worker=%q", got[five[4]])
+	}
+	waitLoadOK(t, load, okSoFar(load)+50, 10*time.Second)
+	if code, out := client(t, sock, "scale", "2"); code != 0 || !strings.Contains(out, "2 workers, 3 draining") {
+		t.Fatalf("relaunch scale 2: %d %q", code, out)
+	}
+	two := waitServing(t, sock, 1, 2)
+	if !slices.Equal(two, pids[:2]) {
+		t.Errorf("workers %v after scale 2; want %v", two, pids[:2])
+	}
+	if left := waitProcsGone(five[2:], 20*time.Second); len(left) > 0 {
+		t.Errorf("scaled-away workers still there: %v", describeProcs(left))
+	}
+	waitLoadOK(t, load, okSoFar(load)+50, 10*time.Second)
+	if code, out := client(t, sock, "upgrade"); code != 0 {
+		t.Fatalf("relaunch upgrade: %d %s", code, out)
+	}
+	waitServing(t, sock, 2, 2)
+	waitLoadOK(t, load, okSoFar(load)+50, 10*time.Second)
+	stopLoad(t, load)
+}

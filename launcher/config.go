@@ -270,3 +270,7 @@ func ParseCanary(s string) (Canary, error) {
 	}
 	return Canary{Pct: pct, For: dur}, nil
 }
+
+// MaxWorkers bounds --workers and relaunch scale: the steering program
+// picks among a generation's slots with two instructions each.
+const MaxWorkers = 64

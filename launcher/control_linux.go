@@ -119,6 +119,8 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 		ans <- Answer{Status: l.statusReport()}
 	case "promote", "abort":
 		ans <- l.controlCanary(req.Cmd)
+	case "scale":
+		ans <- l.scale(req.Workers)
 	case "upgrade":
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch upgrade")
@@ -137,7 +139,7 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch rollback to the previous generation's binary (was " + l.prevBin.Name() + ")")
 	default:
-		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade, rollback, reexec, promote or abort", req.Cmd)}
+		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade, rollback, reexec, promote, abort or scale", req.Cmd)}
 	}
 }
 

@@ -75,6 +75,7 @@ type generation struct {
 	// of its own (its pid and slot are worker 0's, for status and the log);
 	// each worker is a *generation with lead set and a process.
 	workers  []*generation // a generation of workers: them, by index
+	retired  []*generation // a generation of workers: those relaunch scale took away, draining
 	lead     *generation   // a worker: its generation
 	worker   int           // a worker: its index (RELAUNCH_WORKER)
 	restarts int           // a worker: restarts after it exited by itself

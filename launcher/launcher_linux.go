@@ -58,6 +58,7 @@ type launcher struct {
 	probeOK       bool              // procfs can show this app's readiness
 	nWorkers      int               // --workers, as relaunch scale changed it; 0 without
 	routed        []int             // with workers: the slots new connections went to last
+	notifySeq     int               // numbers the workers' notify sockets
 	steerSlot     int               // the slot the pools steer to
 	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
 	slots         *slotWatch        // wakes the loop for stranded connections and dead listeners (slots_linux.go)
@@ -203,6 +204,7 @@ func Run(cfg Config) (int, error) {
 		}
 	}
 	l.setupProbe()
+	l.sayWorkers()
 	if len(cfg.Listeners) > 0 {
 		defer l.watchSlots()()
 	}

@@ -32,7 +32,7 @@ import (
 // procs are g's processes: its workers, or g itself.
 func (g *generation) procs() []*generation {
 	if g.workers != nil {
-		return g.workers
+		return append(slices.Clip(g.workers), g.retired...)
 	}
 	return []*generation{g}
 }
@@ -51,16 +51,22 @@ func (g *generation) slots() []int {
 // upSlots are the slots new connections to g go to: its workers that
 // serve, or every slot when none does (what queues waits for a restart).
 func (g *generation) upSlots() []int {
-	var s []int
-	for _, p := range g.procs() {
-		if p.slot >= 0 && !p.exited && (p.lead == nil || p.state == current) {
-			s = append(s, p.slot)
-		}
-	}
-	if len(s) == 0 {
+	if g.workers == nil {
 		return g.slots()
 	}
-	return s
+	var up, all []int
+	for _, w := range g.workers {
+		if w.slot >= 0 {
+			all = append(all, w.slot)
+			if !w.exited && w.state == current {
+				up = append(up, w.slot)
+			}
+		}
+	}
+	if len(up) == 0 {
+		return all
+	}
+	return up
 }
 
 // workerCount is how many workers the next generation gets.
@@ -77,7 +83,8 @@ func (l *launcher) startProc(p *generation, from *os.File) error {
 	}
 	name := "gen" + strconv.Itoa(p.id)
 	if p.lead != nil {
-		name += fmt.Sprintf("-w%d-%d", p.worker, p.restarts)
+		l.notifySeq++ // a worker scaled away may still hold its index's last name
+		name += fmt.Sprintf("-w%d-%d", p.worker, l.notifySeq)
 	}
 	var err error
 	if p.notify, err = l.notifySocketNamed(name); err != nil {
@@ -147,8 +154,11 @@ func (l *launcher) onWorkerExit(w *generation, st exitStatus) {
 		how = w.failReason + ", " + how
 	}
 	attrs := []any{"generation", g.id, "worker", w.worker, "pid", w.pid, "status", st.code()}
-	byItself := !l.stopping && !g.exited && w.failReason == "" && g.failReason == "" &&
+	byItself := !l.stopping && !g.exited && w.failReason == "" && g.failReason == "" && w.state != draining &&
 		(g.state == starting || g.state == current || g.state == canary)
+	if i := slices.Index(g.retired, w); i >= 0 {
+		g.retired = slices.Delete(g.retired, i, i+1) // its exit ends its part
+	}
 	switch {
 	case !byItself:
 		l.log.Info(fmt.Sprintf("%s exited: %s", w, how), attrs...)
@@ -183,7 +193,7 @@ func (l *launcher) endIfEmpty(g *generation) {
 		return
 	}
 	var st *exitStatus
-	for _, w := range g.workers {
+	for _, w := range g.procs() {
 		if !w.exited || w.restartT != nil {
 			return
 		}
@@ -223,7 +233,7 @@ func (l *launcher) restartWorker(w *generation) {
 				l.endIfEmpty(g)
 				return
 			}
-			if err := l.restartProc(w); err != nil {
+			if err := l.runWorker(w, true); err != nil {
 				l.log.Error(fmt.Sprintf("cannot restart %s: %v", w, err), "generation", g.id, "worker", w.worker)
 				l.restartWorker(w)
 			}
@@ -232,14 +242,17 @@ func (l *launcher) restartWorker(w *generation) {
 	w.restartT = t
 }
 
-// restartProc starts w's process again, as its generation's binary.
-func (l *launcher) restartProc(w *generation) error {
+// runWorker starts w's process (again, if restart), as its generation's
+// binary, in a generation that serves.
+func (l *launcher) runWorker(w *generation, restart bool) error {
 	g := w.lead
 	var from *os.File
 	if g.bin != nil && !samePath(g.bin, g.path) && !isScript(g.bin) {
 		from = g.bin // the path no longer holds what the generation runs
 	}
-	w.restarts++
+	if restart {
+		w.restarts++
+	}
 	w.exited, w.state, w.started = false, starting, l.sys.now()
 	w.notified, w.acceptHow, w.execErr, w.failReason = false, "", nil, ""
 	w.readyBy, w.healthy, w.probing, w.readyHow = "", false, false, ""
@@ -249,7 +262,11 @@ func (l *launcher) restartProc(w *generation) error {
 		return err
 	}
 	g.pid = g.workers[0].pid
-	l.log.Info(fmt.Sprintf("%s started again (restart %d)", w, w.restarts), "generation", g.id, "worker", w.worker, "pid", w.pid)
+	if restart {
+		l.log.Info(fmt.Sprintf("%s started again (restart %d)", w, w.restarts), "generation", g.id, "worker", w.worker, "pid", w.pid)
+	} else {
+		l.log.Info(fmt.Sprintf("%s started (relaunch scale)", w), "generation", g.id, "worker", w.worker, "pid", w.pid)
+	}
 	if l.cfg.ReadyTimeout > 0 {
 		l.after(w, l.cfg.ReadyTimeout, func() {
 			if !w.exited && w.state == starting {
@@ -282,7 +299,11 @@ func (l *launcher) workerReady(w *generation, how string) {
 		l.onReady(g, how)
 		return
 	}
-	l.log.Info(fmt.Sprintf("%s ready again in %s: %s; it gets new connections again", w, ms(w.readyAt.Sub(w.started)), how),
+	again := " again"
+	if w.restarts == 0 {
+		again = "" // added by relaunch scale
+	}
+	l.log.Info(fmt.Sprintf("%s ready%s in %s: %s; it gets new connections", w, again, ms(w.readyAt.Sub(w.started)), how),
 		"generation", g.id, "worker", w.worker, "pid", w.pid)
 	l.applyRoute()
 }
@@ -346,7 +367,10 @@ func (l *launcher) routedTo(slots []int) {
 // workersStatus is g's workers, for status.
 func workersStatus(g *generation) []WorkerStatus {
 	var ws []WorkerStatus
-	for _, w := range g.workers {
+	for _, w := range g.procs() {
+		if w == g {
+			return nil
+		}
 		state := "serving"
 		switch {
 		case w.restartT != nil:
@@ -355,6 +379,8 @@ func workersStatus(g *generation) []WorkerStatus {
 			state = "exited"
 		case w.state == starting:
 			state = "starting"
+		case w.state == draining:
+			state = "draining"
 		case g.state != current && g.state != canary:
 			state = g.state.String()
 		}
@@ -372,4 +398,141 @@ func (l *launcher) workersWaiting(g *generation) string {
 		}
 	}
 	return fmt.Sprintf("worker(s) %s still waiting for %s", strings.Join(ws, ", "), l.waitingFor())
+}
+
+// sayWorkers logs the workers per generation and what they cost in slots.
+func (l *launcher) sayWorkers() {
+	if l.nWorkers == 0 {
+		return
+	}
+	msg := fmt.Sprintf("workers: %d per generation", l.nWorkers)
+	if p := l.firstPool(); p >= 0 {
+		gens := "8 generations (--max-draining unbounded)"
+		if l.cfg.MaxDraining >= 0 {
+			gens = fmt.Sprintf("--max-draining %d + 2 generations", l.cfg.MaxDraining)
+		}
+		msg += fmt.Sprintf("; each steered address has a pool of %d slots: %d workers × %s", l.cfg.Listeners[p].Pool.Len(), l.nWorkers, gens)
+	}
+	l.log.Info(msg)
+}
+
+// scale changes the current generation's worker count to n (relaunch
+// scale): new workers start on free slots and get new connections once
+// ready; the last ones are steered away from, then drained. The next
+// generation has n workers too.
+func (l *launcher) scale(n int) Answer {
+	switch {
+	case l.nWorkers == 0:
+		return Answer{Error: "relaunch was started without --workers, so each generation is one process: start it with --workers N to scale"}
+	case n < 1 || n > MaxWorkers:
+		return Answer{Error: fmt.Sprintf("bad worker count %d: use 1 to %d", n, MaxWorkers)}
+	case l.stopping:
+		return Answer{Error: "relaunch is stopping"}
+	case l.next != nil:
+		return Answer{Error: fmt.Sprintf("%s is starting: scale once its upgrade is over", l.next)}
+	case l.canary != nil:
+		return Answer{Error: fmt.Sprintf("%s is a canary: scale once it is promoted or aborted", l.canary)}
+	}
+	if p := l.firstPool(); p >= 0 {
+		gens, what := 2, "the current generation and a starting one"
+		if l.cfg.MaxDraining >= 0 {
+			gens, what = l.cfg.MaxDraining+2, fmt.Sprintf("--max-draining %d + 2 generations", l.cfg.MaxDraining)
+		}
+		if size := l.cfg.Listeners[p].Pool.Len(); n*gens > size {
+			return Answer{Error: fmt.Sprintf("%d workers do not fit the pool of %d slots per address bound at start (%s need %d): at most %d; restart relaunch with a larger --workers to go further",
+				n, size, what, n*gens, size/gens)}
+		}
+	}
+	l.nWorkers = n
+	g := l.cur
+	if g == nil || g.workers == nil {
+		return Answer{Said: fmt.Sprintf("no generation serves now: the next one gets %d workers", n)}
+	}
+	from := len(g.workers)
+	var said string
+	switch {
+	case n > from:
+		for i := from; i < n; i++ {
+			slots, err := l.pickSlots(1)
+			if err != nil {
+				return Answer{Error: fmt.Sprintf("worker %d: %v", i, err)}
+			}
+			delete(l.held, slots[0])
+			delete(l.abandoned, slots[0])
+			w := &generation{id: g.id, path: g.path, slot: slots[0], state: starting, started: l.sys.now(), lead: g, worker: i}
+			g.workers = append(g.workers, w)
+			if err := l.runWorker(w, false); err != nil {
+				g.workers = g.workers[:i]
+				return Answer{Error: fmt.Sprintf("cannot start worker %d: %v", i, err)}
+			}
+		}
+		l.armSlots()
+		said = fmt.Sprintf("%s: %d workers, %d starting", g, n, n-from)
+	case n < from:
+		for _, w := range g.workers[n:] {
+			if w.restartT != nil { // down, waiting for its restart: not started again
+				w.restartT.Stop()
+				w.restartT = nil
+			}
+			if !w.exited {
+				g.retired = append(g.retired, w)
+				l.retireWorker(w)
+			}
+		}
+		g.workers = g.workers[:n]
+		g.pid = g.workers[0].pid
+		l.applyRoute()
+		said = fmt.Sprintf("%s: %d workers, %d draining", g, n, from-n)
+	default:
+		said = fmt.Sprintf("%s has %d workers already", g, n)
+	}
+	l.log.Info("relaunch scale: " + said)
+	return Answer{Said: said}
+}
+
+// retireWorker drains w, which relaunch scale took away: with steering,
+// once it is out of the route, --settle has passed and its slot's queue
+// is empty, as handOver does for a generation.
+func (l *launcher) retireWorker(w *generation) {
+	w.state = draining
+	drain := func() {
+		if w.exited {
+			return
+		}
+		w.drainAt = l.sys.now()
+		l.sys.signal(w.pid, l.cfg.DrainSignal)
+		l.log.Info(fmt.Sprintf("%s draining (relaunch scale): sent %s", w, signalName(l.cfg.DrainSignal)), "generation", w.id, "worker", w.worker, "pid", w.pid)
+		if d := l.cfg.DrainTimeout; d > 0 {
+			l.after(w, d, func() {
+				if !w.exited {
+					w.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", d)
+					l.sys.killGroup(w.pid, syscall.SIGKILL)
+				}
+			})
+		}
+	}
+	if !l.steered() {
+		drain()
+		return
+	}
+	since := l.sys.now()
+	var wait func()
+	wait = func() {
+		if w.exited {
+			return
+		}
+		q := 0
+		for i, ln := range l.cfg.Listeners {
+			if ln.Pool != nil && l.frozen[i] < 0 {
+				n, _ := ln.Pool.Queued(w.slot)
+				q += n
+			}
+		}
+		if q > 0 && l.sys.now().Sub(since) < l.cfg.Settle+maxQueueWait {
+			l.after(w, queuePoll, wait)
+			return
+		}
+		drain()
+	}
+	l.after(w, l.cfg.Settle, wait)
 }

@@ -314,3 +314,73 @@ func TestMachineWorkersStop(t *testing.T) {
 		t.Errorf("a worker was restarted during the stop")
 	}
 }
+
+// relaunch scale: up starts workers on free slots, routed to once ready;
+// down steers away from the last ones, then drains them; the next
+// generation keeps the count.
+func TestMachineWorkersScale(t *testing.T) {
+	m := steeredMachine(t, 12, Config{Workers: 2})
+	m.readyAll(1)
+	if a := m.l.scale(4); a.Error != "" {
+		t.Fatal(a.Error)
+	}
+	if len(m.gen(1).workers) != 4 || len(m.procs) != 4 {
+		t.Fatalf("%d workers, %d processes after scale 4", len(m.gen(1).workers), len(m.procs))
+	}
+	if got := m.route().Slots; !slices.Equal(got, []int{0, 1}) {
+		t.Errorf("new workers routed to before they are ready: %v", got)
+	}
+	m.readyWorker(1, 2)
+	m.readyWorker(1, 3)
+	if got := m.route().Slots; !slices.Equal(got, []int{0, 1, 2, 3}) {
+		t.Errorf("route %v after scale 4; want [0 1 2 3]", got)
+	}
+	if envOf(m.procs[3].spec, "RELAUNCH_WORKER") != "3" {
+		t.Errorf("the fourth worker's env: %v", m.procs[3].spec.env)
+	}
+	gone := m.pids(1)[1:]
+	if a := m.l.scale(1); a.Error != "" {
+		t.Fatal(a.Error)
+	}
+	if got := m.route().Slots; !slices.Equal(got, []int{0}) {
+		t.Errorf("route %v after scale 1; want [0]", got)
+	}
+	for _, pid := range gone {
+		if len(m.got(pid)) != 0 {
+			t.Errorf("worker %d signalled before --settle", pid)
+		}
+	}
+	if ws := m.l.statusReport().Generations[0].Workers; len(ws) != 4 || ws[1].State != "draining" {
+		t.Errorf("status while draining: %+v", ws)
+	}
+	m.advance(100 * time.Millisecond)
+	for _, pid := range gone {
+		if m.proc(pid).alive || !slices.Equal(m.got(pid), []syscall.Signal{syscall.SIGQUIT}) {
+			t.Errorf("worker %d: alive %v, got %v; want drained by SIGQUIT", pid, m.proc(pid).alive, m.got(pid))
+		}
+	}
+	if ws := m.l.statusReport().Generations[0].Workers; len(ws) != 1 {
+		t.Errorf("status after the drain: %+v; want one worker", ws)
+	}
+	m.want("1:current")
+	// The next generation keeps the count.
+	if a := m.l.scale(3); a.Error != "" {
+		t.Fatal(a.Error)
+	}
+	m.signal(syscall.SIGUSR2)
+	if n := len(m.gen(2).workers); n != 3 {
+		t.Errorf("the next generation has %d workers; want 3", n)
+	}
+	// Refused: while an upgrade runs, past the pool, without --workers.
+	if a := m.l.scale(2); !strings.Contains(a.Error, "is starting") {
+		t.Errorf("scale during an upgrade: %+v", a)
+	}
+	m.readyAll(2)
+	if a := m.l.scale(7); !strings.Contains(a.Error, "at most 6") {
+		t.Errorf("scale 7 on a pool of 12 (unbounded --max-draining): %+v", a)
+	}
+	m2 := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}})
+	if a := m2.l.scale(2); !strings.Contains(a.Error, "without --workers") {
+		t.Errorf("scale without --workers: %+v", a)
+	}
+}
