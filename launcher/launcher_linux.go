@@ -17,11 +17,13 @@ import (
 	"github.com/relaunch/relaunch/handoff"
 	"github.com/relaunch/relaunch/internal/broker"
 	"github.com/relaunch/relaunch/internal/keeper"
+	"github.com/relaunch/relaunch/sdlisten"
 	"github.com/relaunch/relaunch/watch"
 )
 
 // Restart back-off.
 const (
+	reapAfter    = 20 * time.Millisecond // a SIGCHLD's reap of orphans waits for the rest of its burst
 	backoffMin   = 100 * time.Millisecond
 	backoffMax   = 30 * time.Second
 	healthyAfter = 10 * time.Second
@@ -55,16 +57,18 @@ type launcher struct {
 	canaryEnds time.Time
 	abandoned  map[int]bool // slots of aborted canaries: no generation is coming for what queued there
 
-	probeOK       bool              // procfs can show this app's readiness
-	nWorkers      int               // --workers, as relaunch scale changed it; 0 without
-	routed        []int             // with workers: the slots new connections went to last
-	notifySeq     int               // numbers the workers' notify sockets
-	steerSlot     int               // the slot the pools steer to
-	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
-	slots         *slotWatch        // wakes the loop for stranded connections and dead listeners (slots_linux.go)
-	awaySince     map[int]time.Time // per slot: since when new connections are steered elsewhere; absent: never steered to
-	held          map[int]time.Time // slots whose stranded connections wait for the next generation, since when
-	relays        int               // rescued connections being relayed
+	probeOK       bool                              // procfs can show this app's readiness
+	nWorkers      int                               // --workers, as relaunch scale changed it; 0 without
+	routed        []int                             // with workers: the slots new connections went to last
+	notifySeq     int                               // numbers the workers' notify sockets
+	reapSoon      bool                              // a reap of orphans is due (SIGCHLD)
+	inodes        map[*sdlisten.Pool]map[uint64]int // the pools' sockets' inodes → slot (tripwire_linux.go)
+	steerSlot     int                               // the slot the pools steer to
+	frozen        []int                             // per listener: the slot a disturbed pool is shared on; -1 steers
+	slots         *slotWatch                        // wakes the loop for stranded connections and dead listeners (slots_linux.go)
+	awaySince     map[int]time.Time                 // per slot: since when new connections are steered elsewhere; absent: never steered to
+	held          map[int]time.Time                 // slots whose stranded connections wait for the next generation, since when
+	relays        int                               // rescued connections being relayed
 	rescued       RescueCounts
 	rescueSaid    string          // what became of the last stranded connection, for the log
 	warnedRevive  map[string]bool // addresses whose dead listener was said
@@ -734,7 +738,17 @@ func (l *launcher) cancelRestart() {
 func (l *launcher) onSignal(sig syscall.Signal) {
 	switch sig {
 	case syscall.SIGCHLD:
-		reapOrphans(l.owns)
+		// Once per burst: the exits of an upgrade's old workers come
+		// together, and each reap reads every thread's children in /proc.
+		if !l.reapSoon {
+			l.reapSoon = true
+			l.sys.afterFunc(reapAfter, func() {
+				l.post(func() {
+					l.reapSoon = false
+					reapOrphans(l.owns)
+				})
+			})
+		}
 	case syscall.SIGUSR2, syscall.SIGHUP:
 		l.upgrade(signalName(sig))
 	case ReexecSignal:

@@ -2,7 +2,6 @@ package launcher
 
 import (
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -117,9 +116,17 @@ func (g *genRoots) genOf(pid int) (int, bool) {
 // any of them).
 func children() []int {
 	var pids []int
-	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	// The task directory, then each task's file: a glob of
+	// /proc/self/task/*/children would list every task's directory too, at
+	// every SIGCHLD (a third of relaunch's CPU in an upgrade of 8 workers).
+	d, err := os.Open("/proc/self/task")
+	if err != nil {
+		return nil
+	}
+	tasks, _ := d.Readdirnames(-1)
+	d.Close()
 	for _, t := range tasks {
-		b, err := os.ReadFile(t)
+		b, err := os.ReadFile("/proc/self/task/" + t + "/children")
 		if err != nil {
 			continue
 		}

@@ -148,7 +148,9 @@ func (l *launcher) onWorkerExit(w *generation, st exitStatus) {
 	w.notify.Close()
 	l.dropProbes(w)
 	l.sys.killGroup(w.pid, syscall.SIGKILL) // what it left in its group goes with it
-	l.reviveDead()
+	if l.slots == nil {
+		l.reviveDead() // else the slot watch says when a drain shut a listener down
+	}
 	how := st.String()
 	if w.failReason != "" {
 		how = w.failReason + ", " + how
