@@ -47,8 +47,8 @@ func diagListeners(family, port int) ([]Listener, error) {
 // diagSocket is one socket sock_diag lists.
 type diagSocket struct {
 	Listener
-	IP  netip.Addr // the local address it is bound to
-	Uid int        // its owner's
+	IP   netip.Addr // the local address it is bound to
+	Uid  int        // its owner's
 	Port int
 }
 
