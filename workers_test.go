@@ -275,3 +275,39 @@ func TestWorkersScale(t *testing.T) {
 	waitLoadOK(t, load, okSoFar(load)+50, 10*time.Second)
 	stopLoad(t, load)
 }
+
+// A single-process node app (testdata/apps/server.js) with --workers 2:
+// each worker seen accepting in /proc (--ready listen), 5 upgrades under
+// load, 0 errors; both workers answer; the old ones exit.
+func TestWorkersNode(t *testing.T) {
+	t.Parallel()
+	needE2E(t, "relaunch")
+	node := needCommand(t, "node", "nodejs")
+	dir := shortTempDir(t)
+	sock := filepath.Join(dir, "ctl.sock")
+	addr := freeAddr(t)
+	startRelaunch(t, "--listen", addr, "--no-watch-binary", "--workers", "2", "--drain-signal", "TERM", "--ready", "listen",
+		"--control", sock, "--", node, testdataPath(t, "apps/server.js"))
+	waitHTTP(t, addr, "version=node ", 20*time.Second)
+	pids := waitServing(t, sock, 1, 2)
+	load := startLoad(t, addr)
+	waitLoadOK(t, load, 20, 10*time.Second)
+	for g := 2; g <= 6; g++ {
+		if code, out := client(t, sock, "upgrade"); code != 0 {
+			t.Fatalf("upgrade to gen %d: %d %s", g, code, out)
+		}
+		news := waitServing(t, sock, g, 2)
+		if left := waitProcsGone(pids, 20*time.Second); len(left) > 0 {
+			t.Fatalf("gen %d's workers still there: %v", g-1, describeProcs(left))
+		}
+		pids = news
+		waitLoadOK(t, load, okSoFar(load)+20, 10*time.Second)
+	}
+	res := stopLoad(t, load)
+	if res.Gens["6"] == 0 {
+		t.Errorf("gen 6 answered none of the load: %v", res.Gens)
+	}
+	if got := answering(t, addr, pids); len(got) != 2 {
+		t.Errorf("answered by %v; want both workers %v", got, pids)
+	}
+}
