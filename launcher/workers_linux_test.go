@@ -384,3 +384,45 @@ func TestMachineWorkersScale(t *testing.T) {
 		t.Errorf("scale without --workers: %+v", a)
 	}
 }
+
+// --health with workers: each worker is probed on its own slot once
+// ready; the generation is ready when every worker answered 2xx. A
+// canary of workers gets its share over all its slots.
+func TestMachineWorkersHealthCanary(t *testing.T) {
+	m := steeredMachine(t, 12, Config{Workers: 2, Health: &Health{Path: "/healthz"}, Canary: Canary{Pct: 20, For: time.Minute}})
+	m.readyAll(1)
+	if len(m.probes) != 2 {
+		t.Fatalf("%d probes in flight; want one per worker", len(m.probes))
+	}
+	slots := []int{m.probes[0].spec.slot, m.probes[1].spec.slot}
+	slices.Sort(slots)
+	if !slices.Equal(slots, []int{0, 1}) {
+		t.Fatalf("probes to slots %v; want [0 1]", slots)
+	}
+	m.answer(200)
+	m.want("1:starting")
+	m.answer(503)
+	m.want("1:starting")
+	m.advance(healthRetry)
+	m.answer(200)
+	m.want("1:current")
+
+	m.signal(syscall.SIGUSR2)
+	m.readyAll(2)
+	m.answer(200)
+	m.answer(200)
+	m.want("1:current 2:canary")
+	if r := m.route(); !slices.Equal(r.Slots, []int{0, 1}) || !slices.Equal(r.Canary, []int{2, 3}) || r.CanaryPct != 20 {
+		t.Fatalf("route %s; want [0 1], canary 20%% to [2 3]", r)
+	}
+	// A worker of the canary that exits aborts it.
+	m.crashWorker(2, 1, exitCode(1))
+	m.advance(time.Second)
+	m.want("1:current")
+	if r := m.route(); !slices.Equal(r.Slots, []int{0, 1}) || len(r.Canary) != 0 {
+		t.Errorf("route %s after the abort; want [0 1] alone", r)
+	}
+	if !strings.Contains(m.l.lastFailure, "canary aborted") {
+		t.Errorf("last failure %q", m.l.lastFailure)
+	}
+}
