@@ -6,11 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/relaunch/relaunch/internal/loadtest"
 	"github.com/relaunch/relaunch/launcher"
 )
 
@@ -100,4 +103,38 @@ func runTime(b *testing.B, pid int) time.Duration {
 		}
 	}
 	return sum
+}
+
+// Throughput of a CPU-bound handler (the demo's /spin, about 2 ms of CPU
+// per request) of a single-threaded server (the demo with GOMAXPROCS=1)
+// with --workers 1 and --workers auto, 8 closed-loop clients
+// for 5 s each, alternated over 3 rounds; `make bench` runs it:
+//
+//	go test -run '^$' -bench WorkersThroughput -benchtime 1x .
+func BenchmarkWorkersThroughput(b *testing.B) {
+	needE2E(b, "relaunch", "demo")
+	rate := map[string]float64{}
+	for range 3 {
+		for _, w := range []string{"1", "auto"} {
+			addr := freeAddr(b)
+			// GOMAXPROCS=1: a single-threaded server, as node or a Python
+			// one is; a Go server uses every CPU in one process already.
+			p := startRelaunchOpts(b, procOpts{Env: []string{"GOMAXPROCS=1"}}, "--listen", addr, "--no-watch-binary", "--workers", w, "--", demoBin)
+			waitHTTP(b, addr, "gen=1", 20*time.Second)
+			res, err := loadtest.Run(b.Context(), loadtest.Config{Addr: addr, Path: "/spin?n=2000000", Clients: 8, Duration: 5 * time.Second, Timeout: 30 * time.Second})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Failed() > 0 {
+				b.Fatalf("--workers %s: %d requests failed: %v", w, res.Failed(), res.ErrorMessages)
+			}
+			rate[w] += float64(res.OK) / res.Elapsed.Seconds() / 3
+			p.Signal(syscall.SIGTERM)
+			p.MustWait(30 * time.Second)
+		}
+	}
+	b.ReportMetric(rate["1"], "req/s-workers-1")
+	b.ReportMetric(rate["auto"], "req/s-workers-auto")
+	b.ReportMetric(rate["auto"]/rate["1"], "ratio")
+	b.Logf("CPU-bound /spin, single-threaded demo: --workers 1 %.0f req/s, --workers auto (%d CPUs) %.0f req/s: ×%.2f", rate["1"], runtime.NumCPU(), rate["auto"], rate["auto"]/rate["1"])
 }

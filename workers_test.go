@@ -311,3 +311,38 @@ func TestWorkersNode(t *testing.T) {
 		t.Errorf("answered by %v; want both workers %v", got, pids)
 	}
 }
+
+// relaunch SIGKILLed under load with --workers 2: its workers keep
+// serving, and a relaunch started again adopts them as one generation of
+// two (same pids), upgrades them together; 0 errors.
+func TestWorkersAdopt(t *testing.T) {
+	t.Parallel()
+	needE2E(t)
+	dir := shortTempDir(t)
+	sock := filepath.Join(dir, "ctl.sock")
+	addr := freeAddr(t)
+	args := []string{"-l", addr, "--no-watch-binary", "--workers", "2", "--ready", "notify", "--control", sock, "--", demoBin}
+	a := startRelaunch(t, args...)
+	waitHTTP(t, addr, "gen=1", 20*time.Second)
+	pids := waitServing(t, sock, 1, 2)
+	load := startLoad(t, addr)
+	waitLoadOK(t, load, 100, 10*time.Second)
+	a.Signal(syscall.SIGKILL)
+	a.MustWait(10 * time.Second)
+	waitLoadOK(t, load, okSoFar(load)+200, 15*time.Second)
+
+	b := startRelaunch(t, args...)
+	b.WaitLog(t, "adopted gen 1", 10*time.Second)
+	if got := waitServing(t, sock, 1, 2); !slices.Equal(got, pids) {
+		t.Errorf("adopted workers %v; want %v", got, pids)
+	}
+	if code, out := client(t, sock, "upgrade"); code != 0 {
+		t.Fatalf("relaunch upgrade: %d %s", code, out)
+	}
+	waitServing(t, sock, 2, 2)
+	if left := waitProcsGone(pids, 20*time.Second); len(left) > 0 {
+		t.Errorf("the adopted workers are still there: %v", describeProcs(left))
+	}
+	waitLoadOK(t, load, okSoFar(load)+100, 15*time.Second)
+	stopLoad(t, load)
+}

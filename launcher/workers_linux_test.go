@@ -426,3 +426,43 @@ func TestMachineWorkersHealthCanary(t *testing.T) {
 		t.Errorf("last failure %q", m.l.lastFailure)
 	}
 }
+
+// A relaunch started again after its own death adopts a generation of
+// workers as one: its workers on their slots, the route over them; a
+// worker that exits is restarted alone; the next upgrade drains them all.
+func TestMachineWorkersAdopt(t *testing.T) {
+	a, _ := sdlisten.ParseAddr("127.0.0.1:0")
+	p, err := sdlisten.BindPool(a, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Listeners: []Listener{{Pool: p}}, Settle: 100 * time.Millisecond,
+		MaxDraining: -1, Workers: 2}, func(m *machine) {
+		m.l.state = &savedState{Format: 1, LastID: 3}
+		for i, pid := range []int{2001, 2002} {
+			m.l.state.Gens = append(m.l.state.Gens, savedGen{ID: 3, Pid: pid, Slot: 4 + i, State: "current"})
+			m.orphan(pid)
+			m.adopting = append(m.adopting, adoptable{id: 3, pid: pid, slot: 4 + i, worker: i})
+		}
+	})
+	m.want("3:current")
+	if g := m.gen(3); len(g.workers) != 2 || g.pid != 2001 || m.worker(3, 1).pid != 2002 {
+		t.Fatalf("adopted %v with workers %v", g, g.workers)
+	}
+	if got := m.route().Slots; !slices.Equal(got, []int{4, 5}) {
+		t.Errorf("route %v; want the adopted workers' slots [4 5]", got)
+	}
+	m.exit(m.proc(2002), exitCode(1))
+	m.settle()
+	m.want("3:current")
+	m.advance(backoffMin)
+	if w := m.worker(3, 1); w.exited || w.restarts != 1 || w.slot != 5 || envOf(m.procs[len(m.procs)-1].spec, "RELAUNCH_WORKER") != "1" {
+		t.Errorf("worker 1 after its exit: exited %v restarts %d slot %d", w.exited, w.restarts, w.slot)
+	}
+	m.readyWorker(3, 1)
+	m.signal(syscall.SIGUSR2)
+	m.readyAll(4)
+	m.advance(100 * time.Millisecond)
+	m.want("4:current")
+}
