@@ -378,9 +378,11 @@ func (l *launcher) start(restart bool) error {
 	return nil
 }
 
-func (l *launcher) readNotify(g *generation) {
+// readNotify reads n, g's notify socket, until it is closed. n is passed
+// rather than read from g: a worker restarted alone gets a new one.
+func (l *launcher) readNotify(g *generation, n *sdlisten.NotifyListener) {
 	for {
-		m, err := g.notify.Recv()
+		m, err := n.Recv()
 		if err != nil {
 			return
 		}

@@ -494,7 +494,7 @@ func (l *launcher) resume(r *Resume) error {
 			if err := l.watchAdopted(g); err != nil {
 				return err
 			}
-			go l.readNotify(g)
+			go l.readNotify(g, g.notify)
 			names = append(names, fmt.Sprintf("%s %s (adopted)", g, g.state))
 			continue
 		}
@@ -507,7 +507,7 @@ func (l *launcher) resume(r *Resume) error {
 				l.onExit(g, exitStatus{ws})
 			})
 		}()
-		go l.readNotify(g)
+		go l.readNotify(g, g.notify)
 		if g.state == draining && l.cfg.DrainTimeout > 0 {
 			l.drainTimer(g, l.cfg.DrainTimeout-time.Since(g.drainAt))
 		}

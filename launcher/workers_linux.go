@@ -107,7 +107,7 @@ func (l *launcher) startProc(p *generation, from *os.File) error {
 	p.pid = pid
 	p.startTicks, _ = procStartTicks(pid)
 	l.roots.add(p.id, pid)
-	go l.readNotify(p)
+	go l.readNotify(p, p.notify)
 	return nil
 }
 
