@@ -209,6 +209,7 @@ func TestAdoptRefused(t *testing.T) {
 
 	b := startProc(t, procOpts{Env: env, Dir: tmp}, append(as(65533), rl, "-l", addr, "--no-watch-binary", "--", demo)...)
 	code := b.MustWait(10 * time.Second)
+	waitOutput(t, b)
 	out := b.Stderr()
 	if code != 1 || !strings.Contains(out, "in use by") || !strings.Contains(out, "uid 65534") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 		t.Errorf("relaunch as uid 65533 exited %d: %q; want 1, one line naming uid 65534", code, out)

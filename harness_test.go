@@ -46,7 +46,6 @@ import (
 
 	"github.com/relaunch/relaunch/internal/loadtest"
 	"github.com/relaunch/relaunch/launcher"
-	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // The binaries TestMain builds, all in e2eDir.
@@ -67,8 +66,8 @@ const harnessMarkerEnv = "RELAUNCH_E2E_MARKER"
 // harnessM: the builds, then the tests.
 func TestMain(m *testing.M) {
 	// A relaunch run by a script starts its exec helper from this binary
-	// (/proc/self/exe) with the app's argv: it must exec the app, not test.
-	sdlisten.RunExecHelper()
+	// (/proc/self/exe) with the app's argv: internal/exechelper's init
+	// execs the app before any test code runs.
 	testscript.Main(harnessM{m}, map[string]func(){"relaunch": func() { os.Exit(relaunchMain()) }})
 }
 
@@ -646,8 +645,22 @@ func isKeeper(pid int) bool {
 // Descendants returns every descendant of the process, from /proc.
 func (p *relaunchProc) Descendants() []int { return procDescendants(p.Pid()) }
 
-// procChildren reads /proc/PID/task/*/children.
+// procChildren reads /proc/PID/task/*/children, without relaunch's warm
+// exec helper (launcher/warm_linux.go): it is no generation's yet
+// (TestWarmExecHelper checks it).
 func procChildren(pid int) []int {
+	kids := procChildrenAll(pid)
+	return slices.DeleteFunc(kids, isWarmHelper)
+}
+
+// isWarmHelper says whether pid is a warm exec helper, from its argv.
+func isWarmHelper(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.HasPrefix(string(b), "relaunch-exec-helper\x00")
+}
+
+// procChildrenAll reads /proc/PID/task/*/children.
+func procChildrenAll(pid int) []int {
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	var kids []int
 	for _, f := range tasks {
@@ -1200,8 +1213,8 @@ func TestHarnessSmoke(t *testing.T) {
 				t.Errorf("record event %+v: wrong pid or gen", e)
 			}
 		}
-		if got := strings.Join(names, " "); got != "listening drain exit" {
-			t.Errorf("record events %q, want listening drain exit", got)
+		if got := strings.Join(slices.DeleteFunc(names, func(n string) bool { return n == "served" }), " "); got != "listening drain exit" {
+			t.Errorf("record events %q, want listening drain exit (and served)", got)
 		}
 		if d, _ := findEvent(evs, "drain", ""); len(d.Args) != 1 || d.Args[0] != "SIGTERM" {
 			t.Errorf("drain event %+v", d)

@@ -44,8 +44,9 @@ func main() { os.Exit(relaunchMain()) }
 // relaunchMain is the whole command, for main and for the CLI scripts'
 // in-process relaunch (script_test.go).
 func relaunchMain() int {
-	sdlisten.RunExecHelper() // first: a helper process must not parse flags
-	keeper.Main()            // nor a keeper
+	// The exec helper (a generation's first process) never gets here: it
+	// execs the app from internal/exechelper's init.
+	keeper.Main() // nor a keeper
 	tuneMemory()
 	if !isClientCommand(os.Args) {
 		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal
@@ -155,6 +156,8 @@ func flags() []cli.Flag {
 			Usage: "development: run `CMD` (with /bin/sh) on every change under --watch, and at start; a success upgrades, a failure keeps the current generation"},
 		&cli.StringSliceFlag{Name: "ignore", EnvVars: env("IGNORE"),
 			Usage: "changes under --watch matching `GLOB` (a name or an absolute path) do not count; repeatable"},
+		&cli.BoolFlag{Name: "nonblocking", EnvVars: env("NONBLOCKING"),
+			Usage: "pass the listening sockets in non-blocking mode (O_NONBLOCK, as systemd's NonBlocking=): for apps that poll them and expect accept() never to block (nginx without accept_mutex)"},
 		&cli.BoolFlag{Name: "fdstore", EnvVars: env("FDSTORE"),
 			Usage: "under systemd: keep the sockets in its fd store (FDSTORE=1; the unit needs FileDescriptorStoreMax=), so a restarted relaunch takes the very same sockets back; automatic where systemd sets $FDSTORE"},
 		&cli.BoolFlag{Name: "no-keeper", EnvVars: env("NO_KEEPER"),
@@ -271,6 +274,7 @@ func config(c *cli.Context) (launcher.Config, error) {
 		Settle:       c.Duration("settle"),
 		PIDFile:      c.String("pidfile"),
 		FDStore:      c.Bool("fdstore"),
+		NonBlocking:  c.Bool("nonblocking"),
 		NoKeeper:     c.Bool("no-keeper"),
 		Control:      c.String("control"),
 		Version:      version,

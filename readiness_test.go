@@ -117,6 +117,13 @@ func TestReadySelectAndPollServers(t *testing.T) {
 				line := p.WaitLog(t, fmt.Sprintf("gen %d (pid %d) ready in", g, genPids(p)[g]), time.Second)
 				_, after, _ := strings.Cut(line, " ready in ")
 				_, reason, _ := strings.Cut(after, ": ")
+				if g == 1 && reason == "alive for 2s" {
+					// Before anything was learned, auto's blind fallback
+					// may come first: a busy machine started Python slowly.
+					// From then on relaunch waits for what it sees.
+					t.Log(line)
+					continue
+				}
 				if !how.MatchString(reason) {
 					t.Errorf("gen %d: %q; want it ready by %s", g, line, how)
 				}
@@ -160,8 +167,9 @@ func TestReadyAutoPrefersNotify(t *testing.T) {
 	p.WaitLog(t, "the app sends READY=1", 5*time.Second)
 	upgradeTo(t, p, 2)
 	line := p.WaitLog(t, fmt.Sprintf("gen 2 (pid %d) ready in", genPids(p)[2]), 5*time.Second)
-	if !strings.HasSuffix(line, "READY=1") {
-		t.Errorf("gen 2 should be ready by READY=1: %q", line)
+	_, after, _ := strings.Cut(line, " ready in ")
+	if _, how, _ := strings.Cut(after, ": "); !strings.HasPrefix(how, "READY=1") && !strings.HasSuffix(how, "READY=1") {
+		t.Errorf("gen 2 should be ready by READY=1 (it accepted 500ms before): %q", line)
 	}
 	p.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited", genPids(p)[1]), 10*time.Second)
 	evs := readRecord(t, rec)

@@ -365,6 +365,19 @@ func TestServerHAProxy(t *testing.T) {
 // through its drain (testdata/servers/nginx.conf says more).
 func TestServerNginx(t *testing.T) {
 	t.Parallel()
+	runNginx(t, true)
+}
+
+// nginx without accept_mutex, its workers all polling the socket, as its
+// own binary upgrade runs it: relaunch passes the socket non-blocking
+// (--nonblocking), so the worker that loses a race gets EAGAIN instead of
+// hanging in accept4() through its drain.
+func TestServerNginxNonblocking(t *testing.T) {
+	t.Parallel()
+	runNginx(t, false)
+}
+
+func runNginx(t *testing.T, mutex bool) {
 	needE2E(t, "relaunch")
 	nginx := needCommand(t, "nginx", "nginx")
 	addr := freeAddr(t)
@@ -374,12 +387,21 @@ func TestServerNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := strings.ReplaceAll(string(tmpl), "@LISTEN@", addr)
+	args := []string{"--ready", "listen"}
+	if !mutex {
+		const on = "accept_mutex on;"
+		if !strings.Contains(conf, on) {
+			t.Fatalf("testdata/servers/nginx.conf has no %q to turn off", on)
+		}
+		conf = strings.ReplaceAll(conf, on, "accept_mutex off;")
+		args = append(args, "--nonblocking")
+	}
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	script := `NGINX="3;" exec "$1" -e stderr -p "$2" -c nginx.conf -g "pid nginx-$RELAUNCH_GENERATION.pid;"`
 	run := runServer(t, addr, serverCase{
-		args:   []string{"--ready", "listen", "--", "/bin/sh", "-c", script, "sh", nginx, dir},
+		args:   append(args, "--", "/bin/sh", "-c", script, "sh", nginx, dir),
 		answer: "version=nginx ",
 		ready:  []string{"polls fd 3 (epoll"},
 	})
@@ -389,10 +411,34 @@ func TestServerNginx(t *testing.T) {
 	}
 	// Each generation had its own pid file; the last one's is still there.
 	last := serverUpgrades + 1
+	if !mutex {
+		// What makes the upgrades above safe: every worker polls a
+		// non-blocking socket (a blocking one passes them as well, mostly).
+		for _, w := range procDescendants(genPids(run.p)[last]) {
+			if fl, err := fdFlags(w, 3); err != nil || fl&syscall.O_NONBLOCK == 0 {
+				t.Errorf("nginx worker %d: fd 3 flags %#o, %v; want O_NONBLOCK", w, fl, err)
+			}
+		}
+	}
 	data, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("nginx-%d.pid", last)))
 	if pid := genPids(run.p)[last]; err != nil || strings.TrimSpace(string(data)) != strconv.Itoa(pid) {
 		t.Errorf("nginx-%d.pid: %q, %v; want gen %d's pid %d", last, data, err, last, pid)
 	}
+}
+
+// fdFlags reads the file status flags of pid's fd (octal in fdinfo).
+func fdFlags(pid, fd int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "flags:"); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+			return int(n), err
+		}
+	}
+	return 0, fmt.Errorf("no flags in /proc/%d/fdinfo/%d", pid, fd)
 }
 
 // node's http module: server.listen({fd: 3}) (testdata/apps/server.js, which

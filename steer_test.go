@@ -342,7 +342,7 @@ func TestSteerMaxDraining(t *testing.T) {
 			// --rescue relay: what the default does is rescue_test.go's.
 			p, addr := steerStart(t, "--max-draining", "0", "--handover", mode, "--rescue", "relay", "--", demoBin)
 			stopProcess(t, waitPid(t, p, 1))
-			queued := startLoadConfig(t, loadtest.Config{Addr: addr, Clients: 3, Requests: 3, Timeout: 5 * time.Second})
+			queued := startLoadConfig(t, loadtest.Config{Addr: addr, Clients: 3, Requests: 3, Timeout: 20 * time.Second}) // a busy machine is slow to queue and switch: the answer is what counts
 			steerWaitQueued(t, addrPort(t, addr), 3, 10*time.Second)
 			upgradeTo(t, p, 2)
 			res := queued.Wait()

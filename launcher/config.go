@@ -71,6 +71,10 @@ type Config struct {
 	// (FDSTORE=1), also done when systemd sets $FDSTORE.
 	FDStore bool
 
+	// NonBlocking puts the sockets handed to the generations in
+	// non-blocking mode (O_NONBLOCK), as systemd's NonBlocking= does.
+	NonBlocking bool
+
 	// NoKeeper starts no keeper (internal/keeper) where the fd store is
 	// not used: relaunch's death then closes the slots no generation holds.
 	NoKeeper bool

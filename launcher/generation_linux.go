@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/relaunch/relaunch/internal/exechelper"
 	"github.com/relaunch/relaunch/internal/listenprobe"
 	"github.com/relaunch/relaunch/sdlisten"
 )
@@ -71,6 +72,9 @@ type generation struct {
 	unhealthy string // why a fresh generation replaces it
 	wasCanary bool   // it was a canary: its next readiness promotes it
 
+	scanSeq int       // the scan due is the one armed last (fastscan_linux.go)
+	fast    *fastScan // the fast scan while it starts; nil before its first epoll instance is seen
+
 	// --workers (workers_linux.go): a generation of workers has no process
 	// of its own (its pid and slot are worker 0's, for status and the log);
 	// each worker is a *generation with lead set and a process.
@@ -103,8 +107,8 @@ func (s exitStatus) String() string {
 	return "status " + strconv.Itoa(s.ws.ExitStatus())
 }
 
-// startProcess forks relaunch's own binary as the exec helper (sdlisten's
-// RunExecHelper), in its own process group, with exactly stdio, the sockets
+// startProcess forks relaunch's own binary as the exec helper
+// (internal/exechelper), in its own process group, with exactly stdio, the sockets
 // and the helper's error pipe. It returns the pid and the read end of the
 // pipe: EOF there means the exec succeeded, bytes are the exec error.
 //
@@ -126,7 +130,7 @@ func startProcess(path string, argv, env []string, socks []*sdlisten.Socket, std
 		files = append(files, bin.Fd())
 		path = fmt.Sprintf("/proc/self/fd/%d", errFd+1)
 	}
-	env = append(env, sdlisten.HelperEnv(path, errFd)...)
+	env = append(env, exechelper.Env(path, errFd)...)
 	pid, err := syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Env:   env,
 		Files: files,

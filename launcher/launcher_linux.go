@@ -52,6 +52,9 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
+	warmPid    int                    // the warm exec helper of the next start (warm_linux.go); 0: none
+	warmSlotID int                    // the slot whose sockets it holds
+	acceptedIn time.Duration          // how long the last generation seen accepting took (fastscan_linux.go)
 	probes     map[netip.AddrPort]int // health probes in flight: their source → the slot they test
 	canary     *generation            // the canary running, nil when none (canary_linux.go)
 	canaryEnds time.Time
@@ -201,6 +204,7 @@ func Run(cfg Config) (int, error) {
 	CatchSignals()
 	defer signal.Stop(sigs)
 	defer close(l.quit)
+	defer l.dropWarm()
 
 	if cfg.Build != "" && rs == nil {
 		if err := l.initialBuild(); err != nil {
@@ -209,6 +213,11 @@ func Run(cfg Config) (int, error) {
 	}
 	l.setupProbe()
 	l.sayWorkers()
+	if cfg.NonBlocking {
+		if err := l.setNonblocking(); err != nil {
+			return 1, startupError(err)
+		}
+	}
 	if len(cfg.Listeners) > 0 {
 		defer l.watchSlots()()
 	}
@@ -333,6 +342,9 @@ func (l *launcher) start(restart bool) error {
 	if err != nil {
 		return err
 	}
+	if l.nWorkers == 0 {
+		slots[0] = l.warmSlot(slots[0]) // workers start no warm helper
+	}
 	for _, s := range slots {
 		delete(l.held, s) // its queue is the new generation's
 		delete(l.abandoned, s)
@@ -360,6 +372,7 @@ func (l *launcher) start(restart bool) error {
 	} else {
 		err = l.startProc(g, from)
 	}
+	l.warmPid = 0 // it runs this start, or was discarded
 	if err != nil {
 		closeFile(g.bin)
 		return err
@@ -448,6 +461,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.pending = ""
 		l.upgrade(reason)
 	}
+	l.prepareLater(g) // warm_linux.go
 }
 
 // awaitHealth: with --health, g is ready only once a probe steered to it
@@ -778,7 +792,8 @@ func (l *launcher) onSignal(sig syscall.Signal) {
 }
 
 func (l *launcher) owns(pid int) bool {
-	if pid == l.buildPid || pid == l.checkPid {
+	if pid == l.buildPid || pid == l.checkPid || pid == l.warmPid && pid != 0 ||
+		l.keeper != nil && pid == l.keeper.Pid() { // the keeper holds every socket, and is reaped by its own Wait
 		return true
 	}
 	for _, g := range l.gens {

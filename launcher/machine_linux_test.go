@@ -74,6 +74,8 @@ type machine struct {
 	adopting []adoptable
 	// probes are the health probes asked for and not answered yet.
 	probes []*fakeProbe
+	// scans counts the /proc scans of each root pid.
+	scans map[int]int
 }
 
 // orphan is a process a relaunch that died started: alive, not relaunch's
@@ -138,6 +140,10 @@ func (m *machine) sys() system {
 			return sig == m.l.cfg.DrainSignal && pr.catchesDrain, true
 		},
 		scan: func(_ *listenprobe.Probe, root int) listenprobe.Result {
+			if m.scans == nil {
+				m.scans = map[int]int{}
+			}
+			m.scans[root]++
 			if pr := m.proc(root); pr != nil && pr.alive && pr.accepting {
 				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root)}
 			}
@@ -697,4 +703,74 @@ func TestMachineAdopt(t *testing.T) {
 		m.signal(syscall.SIGUSR2)
 		m.want("5:current 6:starting")
 	})
+}
+
+// The warm exec helper: once a generation is ready, the next one's helper
+// is prepared on the slot the next start would take; that start takes it
+// even when a lower slot has been freed meanwhile, and runs with its
+// sockets. A crash restart takes the crashed generation's slot instead.
+func TestMachineWarmHelperSlot(t *testing.T) {
+	a, _ := sdlisten.ParseAddr("127.0.0.1:0")
+	p, err := sdlisten.BindPool(a, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Listeners: []Listener{{Pool: p}},
+		Settle: 100 * time.Millisecond, MaxDraining: -1})
+	var prepared []procSpec
+	m.l.sys.prepare = func(p procSpec) (int, error) {
+		prepared = append(prepared, p)
+		return 9000 + len(prepared), nil
+	}
+	m.l.sys.discard = func() {}
+	warmFd := func() int {
+		t.Helper()
+		if len(prepared) == 0 {
+			t.Fatal("no warm helper prepared")
+		}
+		return prepared[len(prepared)-1].socks[0].Fd()
+	}
+
+	m.ready(1) // slot 0
+	m.advance(time.Second)
+	if warmFd() != p.Slot(1).Fd() || m.l.warmPid != 9001 || !m.l.owns(9001) {
+		t.Fatalf("after gen 1 ready: warm helper on fd %d (pid %d); want slot 1's fd %d, pid 9001, owned", warmFd(), m.l.warmPid, p.Slot(1).Fd())
+	}
+	m.signal(syscall.SIGUSR2)
+	if g := m.gen(2); g.slot != 1 || m.l.warmPid != 0 {
+		t.Fatalf("gen 2 on slot %d, warm pid %d; want slot 1, none left", g.slot, m.l.warmPid)
+	}
+	m.ready(2)
+	m.advance(200 * time.Millisecond) // settling, its drain signal: no warm helper yet
+	if len(prepared) != 1 {
+		t.Fatalf("%d warm helpers prepared 200ms after gen 2 was ready; want none since gen 1's", len(prepared)-1)
+	}
+	m.advance(time.Second)
+	m.want("2:current")
+	if warmFd() != p.Slot(0).Fd() {
+		t.Fatalf("after gen 1 exited: warm helper on fd %d; want slot 0's, %d", warmFd(), p.Slot(0).Fd())
+	}
+	m.signal(syscall.SIGUSR2)
+	m.procs[1].stuck = true // gen 2 drains long
+	m.ready(3)
+	m.advance(time.Second)
+	m.want("2:draining 3:current")
+	if warmFd() != p.Slot(2).Fd() {
+		t.Fatalf("with gen 2 draining: warm helper on fd %d; want slot 2's, %d", warmFd(), p.Slot(2).Fd())
+	}
+	m.crash(2, killedBy(syscall.SIGKILL)) // slot 1 is free again, and lower
+	m.signal(syscall.SIGUSR2)
+	if g := m.gen(4); g.slot != 2 || m.procs[3].spec.socks[0].Fd() != p.Slot(2).Fd() {
+		t.Fatalf("gen 4 on slot %d; want slot 2, the warm helper's", g.slot)
+	}
+	m.ready(4)
+	m.advance(time.Second)
+
+	// A crash restart: no current generation, the crashed one's slot.
+	m.crash(4, killedBy(syscall.SIGKILL))
+	m.advance(backoffMin)
+	if g := m.gen(5); g == nil || g.slot != 2 {
+		t.Fatalf("the restart is on slot %v; want 2, the crashed generation's", g)
+	}
 }

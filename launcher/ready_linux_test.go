@@ -46,6 +46,10 @@ func TestMachineAutoLearnsBoth(t *testing.T) {
 
 	// READY=1 first: not ready until it accepts, however long (no 2s fallback).
 	m.signal(syscall.SIGUSR2)
+	m.advance(time.Second)
+	if n := m.scans[m.procs[1].pid]; n != 0 {
+		t.Errorf("gen 2 scanned %d times before its READY=1; want none (it is looked at from READY=1 on)", n)
+	}
 	m.ready(2)
 	m.advance(5 * time.Second)
 	m.want("1:current 2:starting")
@@ -56,14 +60,15 @@ func TestMachineAutoLearnsBoth(t *testing.T) {
 		t.Errorf("gen 2 ready by %q; want %q", got, want)
 	}
 
-	// Accepting first: not ready until READY=1.
+	// Accepting first: not ready until READY=1, and then at once (the
+	// tree is looked at from READY=1 on, not during its whole start).
 	m.signal(syscall.SIGUSR2)
 	m.procs[2].accepting = true
 	m.advance(5 * time.Second)
 	m.want("2:current 3:starting")
 	m.ready(3)
 	m.want("3:current")
-	if got, want := m.readyHow(3), fmt.Sprintf("pid %d polls fd 3 (epoll), then READY=1", m.procs[2].pid); got != want {
+	if got, want := m.readyHow(3), fmt.Sprintf("READY=1, then pid %d polls fd 3 (epoll)", m.procs[2].pid); got != want {
 		t.Errorf("gen 3 ready by %q; want %q", got, want)
 	}
 }

@@ -34,6 +34,12 @@ type system struct {
 	// watchExit calls exited, from any goroutine, when pid (not relaunch's
 	// child: an adopted generation) is gone.
 	watchExit func(pid int, exited func()) error
+
+	// prepare starts the exec helper of a next start ahead, with p's
+	// sockets and stdin (warm_linux.go), and returns its pid; a start that
+	// fits it then runs on it. discard kills it. Both optional (nil).
+	prepare func(p procSpec) (int, error)
+	discard func()
 }
 
 // timer is a *time.Timer, or a fake one.
@@ -50,11 +56,15 @@ type procSpec struct {
 }
 
 func osSystem() system {
+	warm := &warmSystem{}
 	return system{
 		start: func(p procSpec, execd func(error), exited func(syscall.WaitStatus)) (int, error) {
-			pid, pipe, err := startProcess(p.path, p.argv, p.env, p.socks, p.stdin, p.bin)
-			if err != nil {
-				return 0, err
+			pid, pipe := warm.take(p)
+			if pid == 0 {
+				var err error
+				if pid, pipe, err = startProcess(p.path, p.argv, p.env, p.socks, p.stdin, p.bin); err != nil {
+					return 0, err
+				}
 			}
 			go func() {
 				execd(readExecError(pipe))
@@ -70,5 +80,7 @@ func osSystem() system {
 		handles:   signalHandled,
 		scan:      (*listenprobe.Probe).Scan,
 		watchExit: watchPidfd,
+		prepare:   warm.prepare,
+		discard:   warm.discard,
 	}
 }

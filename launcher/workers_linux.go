@@ -105,7 +105,7 @@ func (l *launcher) startProc(p *generation, from *os.File) error {
 		return err
 	}
 	p.pid = pid
-	p.startTicks, _ = procStartTicks(pid)
+	p.startTicks = startTicksOf(pid) // warm_linux.go
 	l.roots.add(p.id, pid)
 	go l.readNotify(p, p.notify)
 	return nil
@@ -258,7 +258,7 @@ func (l *launcher) runWorker(w *generation, restart bool) error {
 	w.exited, w.state, w.started = false, starting, l.sys.now()
 	w.notified, w.acceptHow, w.execErr, w.failReason = false, "", nil, ""
 	w.readyBy, w.healthy, w.probing, w.readyHow = "", false, false, ""
-	w.failSt = nil
+	w.failSt, w.fast = nil, nil // its fast scan was its old process's, stopped at its exit
 	if err := l.startProc(w, from); err != nil {
 		w.exited = true
 		return err
@@ -288,6 +288,7 @@ func (l *launcher) workerReady(w *generation, how string) {
 		return
 	}
 	w.state, w.readyAt, w.readyHow = current, l.sys.now(), how
+	stopFast(w)
 	if g.state == starting {
 		for _, v := range g.workers {
 			if v.state != current || v.exited {

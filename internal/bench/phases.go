@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -131,15 +132,41 @@ func (b *bench) loadConfig(addr string) loadtest.Config {
 func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 	kinds := schedule(b.cfg.signals, b.cfg.renames)
 	logf("relaunch: the demo (-init-delay %v) under relaunch, %.0f req/s, %d upgrades", b.cfg.initDelay, b.cfg.rate, len(kinds))
-	r, err := b.startRelaunch(ctx)
+	r, err := b.startRelaunch(ctx, b.record)
 	if err != nil {
 		return nil, err
 	}
+	return b.upgrades(ctx, r, "relaunch", kinds, b.record, true)
+}
+
+// procfsPhase runs the demo that never sends READY=1 under relaunch's
+// --ready auto, which then sees it accepting in /proc, and upgrades it by
+// SIGUSR2. relaunch is stopped when it returns.
+func (b *bench) procfsPhase(ctx context.Context) (*phase, error) {
+	logf("procfs: the demo without READY=1 (-no-notify) under relaunch --ready auto, %.0f req/s, %d upgrades", b.cfg.rate, b.cfg.procfs)
+	r, err := b.startRelaunch(ctx, b.procfsRecord, "-no-notify")
+	if err != nil {
+		return nil, err
+	}
+	p, err := b.upgrades(ctx, r, "procfs", schedule(b.cfg.procfs, 0), b.procfsRecord, false)
+	status, serr := b.stopRelaunch()
+	b.rl = nil
+	if err == nil {
+		err = serr
+	}
+	logf("procfs: relaunch stopped: %s", status)
+	return p, err
+}
+
+// upgrades puts load on the app under relaunch r and upgrades it once per
+// kind. The main run also measures the control windows, relaunch's memory
+// at start and the /proc/net/tcp6 read.
+func (b *bench) upgrades(ctx context.Context, r *relaunchProc, name string, kinds []string, record string, main bool) (*phase, error) {
 	cur, err := probe(ctx, r.addr, time.Second)
 	if err != nil {
 		return nil, err
 	}
-	p := &phase{name: "relaunch", addr: r.addr}
+	p := &phase{name: name, addr: r.addr}
 	if p.memStart, err = readMem(r.pid()); err != nil {
 		return nil, err
 	}
@@ -157,7 +184,7 @@ func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 	// Control windows: the poller alone, as long as it runs in an upgrade,
 	// with no upgrade, to tell its own weight on the latency from the
 	// upgrade's.
-	for range min(controlWindows, len(kinds)) {
+	for range min(controlWindows, len(kinds)) * boolInt(main) {
 		t0 := time.Now()
 		pollNew(ctx, r.addr, func(answer) bool { return false }, b.cfg.initDelay+20*time.Millisecond)
 		if ctx.Err() != nil {
@@ -205,7 +232,7 @@ func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 		cur = a
 		p.upgrades = append(p.upgrades, u)
 		if (i+1)%10 == 0 || i+1 == len(kinds) {
-			logf("relaunch: %d/%d upgrades; the last (%s): gen %d answered %v after the trigger", i+1, len(kinds), kind, a.gen, u.first.Sub(u.trigger).Round(time.Millisecond))
+			logf("%s: %d/%d upgrades; the last (%s): gen %d answered %v after the trigger", name, i+1, len(kinds), kind, a.gen, u.first.Sub(u.trigger).Round(time.Millisecond))
 		}
 		next = later(u.trigger.Add(b.cfg.interval), u.first.Add(b.cfg.window+steadyGap))
 	}
@@ -218,16 +245,18 @@ func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 		return nil, err
 	}
 	p.res = run.Stop()
-	logf("relaunch: %s", p.res)
+	logf("%s: %s", name, p.res)
 	// What relaunch's tripwire reads before each upgrade (launcher/tripwire_linux.go),
 	// timed here after the load: with no IPv6 listener, the kernel walks
 	// every connection, TIME_WAIT ones included, to print nothing.
-	p.tcp6TW = timeWait()
-	t := time.Now()
-	if f, err := os.Open("/proc/net/tcp6"); err == nil {
-		io.Copy(io.Discard, f)
-		f.Close()
-		p.tcp6 = time.Since(t)
+	if main {
+		p.tcp6TW = timeWait()
+		t := time.Now()
+		if f, err := os.Open("/proc/net/tcp6"); err == nil {
+			io.Copy(io.Discard, f)
+			f.Close()
+			p.tcp6 = time.Since(t)
+		}
 	}
 	// Every generation but the current one has drained and exited.
 	for g := 1; g < cur.gen; g++ {
@@ -236,10 +265,17 @@ func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 		}
 	}
 	p.logs = r.entries()
-	if p.recs, err = readRecords(b.record); err != nil {
+	if p.recs, err = readRecords(record); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // idleResult is relaunch's CPU use while idle.
@@ -421,6 +457,80 @@ func (b *bench) naivePhase(ctx context.Context) (*phase, error) {
 	p.res = run.Stop()
 	logf("naive: %s", p.res)
 	if p.recs, err = readRecords(b.naiveRecord); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// overlapPhase runs the overlap baseline: the demo on a port of its own,
+// bound with SO_REUSEPORT; per restart a new process binds the same port
+// (both accept meanwhile), and once it answers, the old one is stopped
+// (SIGTERM: it closes its listener and drains). What was queued on the old
+// one's socket when it closed is reset: the overlap's price.
+func (b *bench) overlapPhase(ctx context.Context) (*phase, error) {
+	logf("overlap: the demo on its own port with SO_REUSEPORT, %.0f req/s, %d restarts (start a new one, stop the old one once the new one answers)", b.cfg.rate, b.cfg.overlap)
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	start := func() (*exec.Cmd, time.Time, error) {
+		return b.startDemo(b.demo[0], addr, b.overlapRecord, b.cfg.initDelay, "-reuseport")
+	}
+	cmd, _, err := start()
+	if err != nil {
+		return nil, err
+	}
+	stopping := make(chan error, b.cfg.overlap+1) // the old processes' waits
+	defer func() { b.stopDemo(cmd) }()
+	cur, err := waitServing(ctx, addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	p := &phase{name: "overlap", addr: addr}
+	run, err := loadtest.Start(ctx, b.loadConfig(addr))
+	if err != nil {
+		return nil, err
+	}
+	defer run.Stop()
+	if err := sleepCtx(ctx, b.cfg.warmup); err != nil {
+		return nil, err
+	}
+	next := time.Now()
+	for i := range b.cfg.overlap {
+		if err := sleepUntil(ctx, next); err != nil {
+			return nil, err
+		}
+		old := cmd
+		u := upgrade{kind: "restart", oldPid: old.Process.Pid, tw: timeWait()}
+		u.trigger = time.Now()
+		if cmd, u.spawned, err = start(); err != nil {
+			return nil, err
+		}
+		a, n, failed, err := pollNew(ctx, addr, func(a answer) bool { return a.pid == cmd.Process.Pid }, 15*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("overlap restart %d: %v", i+1, err)
+		}
+		old.Process.Signal(syscall.SIGTERM)
+		go func() { stopping <- b.wait(old) }()
+		u.first, u.newPid, u.polls, u.failed = a.recv, a.pid, n, failed
+		cur = a
+		p.upgrades = append(p.upgrades, u)
+		if (i+1)%10 == 0 || i+1 == b.cfg.overlap {
+			logf("overlap: %d/%d restarts; the last answered %v after its start", i+1, b.cfg.overlap, u.first.Sub(u.trigger).Round(time.Millisecond))
+		}
+		next = later(u.trigger.Add(b.cfg.interval), u.first.Add(b.cfg.window+steadyGap))
+	}
+	if err := sleepUntil(ctx, cur.recv.Add(b.cfg.window+b.cfg.warmup)); err != nil {
+		return nil, err
+	}
+	p.res = run.Stop()
+	logf("overlap: %s", p.res)
+	for range p.upgrades {
+		if err := <-stopping; err != nil {
+			return nil, fmt.Errorf("overlap: an old process's exit: %v", err)
+		}
+	}
+	if p.recs, err = readRecords(b.overlapRecord); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -25,12 +25,14 @@ type bench struct {
 	root string // the module's directory
 	tmp  string // removed by cleanup
 
-	relaunchBin string
-	demo        [2]string // built with defaultVersion 1 and 2
-	appPath     string    // the binary relaunch runs and watches: a copy of demo[0], then renamed over
-	nextPath    string    // the copy prepared for the next rename, in appPath's directory
-	record      string    // the demo's -record file under relaunch
-	naiveRecord string    // and in the naive baseline
+	relaunchBin   string
+	demo          [2]string // built with defaultVersion 1 and 2
+	appPath       string    // the binary relaunch runs and watches: a copy of demo[0], then renamed over
+	nextPath      string    // the copy prepared for the next rename, in appPath's directory
+	record        string    // the demo's -record file under relaunch
+	naiveRecord   string    // and in the naive baseline
+	procfsRecord  string    // the demo without READY=1 under relaunch
+	overlapRecord string    // the overlap baseline
 
 	mu    sync.Mutex
 	owned map[int]*exec.Cmd // started here and not yet waited for
@@ -60,6 +62,8 @@ func (b *bench) setup(ctx context.Context) error {
 	b.nextPath = filepath.Join(appDir, ".demo.next")
 	b.record = filepath.Join(b.tmp, "record-relaunch")
 	b.naiveRecord = filepath.Join(b.tmp, "record-naive")
+	b.procfsRecord = filepath.Join(b.tmp, "record-procfs")
+	b.overlapRecord = filepath.Join(b.tmp, "record-overlap")
 	if err := os.Mkdir(appDir, 0o755); err != nil {
 		return err
 	}
@@ -285,12 +289,14 @@ func (r *relaunchProc) read(rd io.Reader) {
 }
 
 // startRelaunch starts relaunch on 127.0.0.1 (a port the kernel picks) with
-// the app, and waits until its first generation answers.
-func (b *bench) startRelaunch(ctx context.Context) (*relaunchProc, error) {
+// the app, its events recorded in record, and waits until its first
+// generation answers.
+func (b *bench) startRelaunch(ctx context.Context, record string, appArgs ...string) (*relaunchProc, error) {
 	args := []string{
 		"--listen", "127.0.0.1:0", "--log-format", "json", "--debounce", b.cfg.debounce.String(),
-		"--", b.appPath, "-init-delay", b.cfg.initDelay.String(), "-record", b.record,
+		"--", b.appPath, "-init-delay", b.cfg.initDelay.String(), "-record", record,
 	}
+	args = append(args, appArgs...)
 	cmd := exec.Command(b.relaunchBin, args...)
 	cmd.Dir = b.tmp
 	// Its stderr, which every generation inherits, is a pipe of ours: the
@@ -367,13 +373,14 @@ func (b *bench) ours(pid int) bool {
 	return err == nil && strings.HasPrefix(exe, b.tmp+string(filepath.Separator))
 }
 
-// startDemo starts bin on addr by itself (the naive baseline and the direct
-// throughput run) and returns when it was started.
-func (b *bench) startDemo(bin, addr, record string, initDelay time.Duration) (*exec.Cmd, time.Time, error) {
+// startDemo starts bin on addr by itself (the naive and overlap baselines,
+// the direct throughput run) and returns when it was started.
+func (b *bench) startDemo(bin, addr, record string, initDelay time.Duration, extra ...string) (*exec.Cmd, time.Time, error) {
 	args := []string{"-listen", addr, "-init-delay", initDelay.String()}
 	if record != "" {
 		args = append(args, "-record", record)
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = b.tmp
 	t := time.Now()

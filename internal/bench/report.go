@@ -17,6 +17,8 @@ type report struct {
 	when    time.Time
 	rl      *phase
 	naive   *phase
+	procfs  *phase // the demo without READY=1 under relaunch; nil when not run
+	overlap *phase // the SO_REUSEPORT overlap baseline; nil when not run
 	idle    *idleResult
 	tput    *tputResult
 	mem     memory
@@ -184,6 +186,138 @@ func (r *report) naiveFigures() naiveFigures {
 	return f
 }
 
+// cutover is one way to start a new process and switch to it, for the
+// side-by-side table: per upgrade, its steps.
+type cutover struct {
+	name     string
+	total    dist // trigger → first answer of the new process
+	spawn    dist // trigger → forked (relaunch: its "started" line)
+	exec     dist // fork → the app listens, minus -init-delay
+	ready    dist // the app listens → relaunch's "ready" line; empty for the overlap
+	answer   dist // relaunch's "ready" line (the overlap: the app listens) → first answer
+	failed   int  // requests of the load that failed in the run
+	requests int  // requests of the load in the run
+	cpu      time.Duration
+}
+
+// relaunchCutover is the SIGUSR2 upgrades of a relaunch run.
+func (r *report) relaunchCutover(name string, p *phase) cutover {
+	c := cutover{name: name, failed: p.res.Failed(), requests: p.res.Total}
+	if n := len(p.upgrades); n > 0 {
+		c.cpu = p.upgradeCPU / time.Duration(n)
+	}
+	gens, _ := genInfos(p.logs)
+	recGen := map[int]map[string]time.Time{}
+	for pid, g := range p.recs.gen {
+		recGen[g] = p.recs.at[pid]
+	}
+	for _, u := range p.upgrades {
+		if u.kind != "SIGUSR2" {
+			continue
+		}
+		c.total = append(c.total, u.first.Sub(u.trigger))
+		g := gens[u.newGen]
+		if g == nil || g.readyAt.IsZero() {
+			continue
+		}
+		c.spawn = append(c.spawn, g.startedAt.Sub(u.trigger))
+		c.answer = append(c.answer, u.first.Sub(g.readyAt))
+		if rec := recGen[u.newGen]; rec != nil && !rec["listening"].IsZero() {
+			c.exec = append(c.exec, rec["listening"].Sub(g.startedAt)-r.cfg.initDelay)
+			c.ready = append(c.ready, g.readyAt.Sub(rec["listening"]))
+		}
+	}
+	return c
+}
+
+// overlapCutover is the overlap baseline's restarts.
+func (r *report) overlapCutover(p *phase) cutover {
+	c := cutover{name: "overlap", failed: p.res.Failed(), requests: p.res.Total}
+	for _, u := range p.upgrades {
+		c.total = append(c.total, u.first.Sub(u.trigger))
+		c.spawn = append(c.spawn, u.spawned.Sub(u.trigger))
+		if rec := p.recs.at[u.newPid]; rec != nil && !rec["listening"].IsZero() {
+			c.exec = append(c.exec, rec["listening"].Sub(u.spawned)-r.cfg.initDelay)
+			c.answer = append(c.answer, u.first.Sub(rec["listening"]))
+		}
+	}
+	return c
+}
+
+// cutovers is the side-by-side runs: the overlap first, when run.
+func (r *report) cutovers() []cutover {
+	var cs []cutover
+	if r.overlap != nil {
+		cs = append(cs, r.overlapCutover(r.overlap))
+	}
+	if r.cfg.signals > 0 {
+		cs = append(cs, r.relaunchCutover("relaunch, `READY=1`", r.rl))
+	}
+	if r.procfs != nil {
+		cs = append(cs, r.relaunchCutover("relaunch, procfs (`auto`, no `READY=1`)", r.procfs))
+	}
+	return cs
+}
+
+// cutoverTable is the side-by-side section of results.md.
+func (r *report) cutoverTable() string {
+	cs := r.cutovers()
+	if len(cs) < 2 {
+		return ""
+	}
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("## Cutover, side by side\n\n")
+	w("The same app (`-init-delay %s`), the same load (%.0f req/s), started anew by a trigger, p50 (max) over the triggers: ", ms(r.cfg.initDelay), r.cfg.rate)
+	w("**overlap** is the fastest switch without relaunch: the app binds its port itself with `SO_REUSEPORT`, a new process binds it too while the old one serves, and the old one is stopped (`SIGTERM`: it closes its listener, then drains) once the new one answers; the trigger is the new process's start. ")
+	w("**relaunch** is its `SIGUSR2` upgrades, with the demo that sends `READY=1`, and with the demo that does not (`-no-notify`: `--ready auto` sees it accepting in `/proc`).\n\n")
+	w("| |")
+	for _, c := range cs {
+		w(" %s |", c.name)
+	}
+	w("\n|---|")
+	for range cs {
+		w("---|")
+	}
+	w("\n")
+	row := func(name string, f func(c cutover) string) {
+		w("| %s |", name)
+		for _, c := range cs {
+			w(" %s |", f(c))
+		}
+		w("\n")
+	}
+	row("triggers", func(c cutover) string { return fmt.Sprint(len(c.total)) })
+	row("**trigger → first answer of the new process**", func(c cutover) string { return "**" + c.total.String() + "**" })
+	if cs[0].name == "overlap" {
+		base := cs[0].total.p50()
+		row("p50 beyond the overlap's", func(c cutover) string {
+			if c.name == "overlap" {
+				return ""
+			}
+			return ms(c.total.p50() - base)
+		})
+	}
+	row("trigger → new process forked (relaunch: its `started` line)", func(c cutover) string { return c.spawn.String() })
+	row(fmt.Sprintf("fork → the app listens, minus its %s `-init-delay` (relaunch: its exec helper too)", ms(r.cfg.initDelay)), func(c cutover) string { return c.exec.String() })
+	row("the app listens → relaunch logs `ready` (`READY=1` received, or seen in `/proc`)", func(c cutover) string {
+		if c.name == "overlap" {
+			return ""
+		}
+		return c.ready.String()
+	})
+	row("relaunch logs `ready` (overlap: the app listens) → first answer (1 ms poll)", func(c cutover) string { return c.answer.String() })
+	row("requests of the load that failed in the run", func(c cutover) string { return fmt.Sprintf("%d of %d", c.failed, c.requests) })
+	row("relaunch's own CPU per upgrade (`schedstat`, trigger to first answer)", func(c cutover) string {
+		if c.name == "overlap" {
+			return ""
+		}
+		return ms(c.cpu)
+	})
+	w("\n")
+	return b.String()
+}
+
 // target is one line of the targets table.
 type target struct {
 	name, measured, verdict string
@@ -341,6 +475,8 @@ func (r *report) markdown() string {
 		w("Anomalies: %d generations started for %d upgrades; %d upgrades without their log lines; %d whose `upgrade:` line names another trigger; failed upgrades: %q.\n\n",
 			f.starts, len(r.rl.upgrades), f.missing, f.wrongReason, f.failed)
 	}
+
+	w("%s", r.cutoverTable())
 
 	w("![latency of every request over time, upgrades marked](latency.png)\n\n")
 

@@ -24,13 +24,14 @@ import (
 type Probe struct {
 	socks []socket
 
-	buf   []byte // file contents, dirents
-	pids  []int  // the tree, in the order walked
-	ints  []int  // fds or tids of one directory
-	epfds []int  // one process's epoll fds
-	held  []heldSocket
-	other []otherSocket // the tree's TCP sockets that are not relaunch's
-	given bool          // some process of the tree holds one of relaunch's sockets
+	buf    []byte // file contents, dirents
+	pids   []int  // the tree, in the order walked
+	ints   []int  // fds or tids of one directory
+	epfds  []int  // one process's epoll fds
+	held   []heldSocket
+	other  []otherSocket // the tree's TCP sockets that are not relaunch's
+	given  bool          // some process of the tree holds one of relaunch's sockets
+	epolls []EpollRef    // the tree's epoll instances seen by the last Scan (Watch)
 
 	lastSyscall []byte // the thread's syscall file, as first read
 	sysline     []byte // the same, read again
@@ -130,6 +131,7 @@ func (p *Probe) Scan(root int) Result {
 	}
 	p.pids = append(p.pids[:0], root)
 	p.other = p.other[:0]
+	p.epolls = p.epolls[:0]
 	p.given = false
 	for i := 0; i < len(p.pids) && i < maxPids; i++ {
 		if how := p.scanProcess(p.pids[i]); how != "" {
@@ -168,6 +170,7 @@ func (p *Probe) scanProcess(pid int) string {
 	}
 	p.given = p.given || len(p.held) > 0
 	for _, ep := range p.epfds {
+		p.epolls = append(p.epolls, EpollRef{pid, ep})
 		if s, tfd := p.epollTarget(dir, ep); s >= 0 {
 			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, "epoll")
 		}
@@ -244,7 +247,11 @@ func (p *Probe) classifyFd(pid, fdDir, fd int) {
 // the device, never on the number. It returns the socket's index and tfd, or
 // -1.
 func (p *Probe) epollTarget(dir, epfd int) (sock, tfd int) {
-	b := p.readAt(dir, "fdinfo/"+strconv.Itoa(epfd))
+	return p.epollTargetIn(p.readAt(dir, "fdinfo/"+strconv.Itoa(epfd)))
+}
+
+// epollTargetIn is epollTarget on the fdinfo text b.
+func (p *Probe) epollTargetIn(b []byte) (sock, tfd int) {
 	for len(b) > 0 {
 		var line []byte
 		line, b, _ = bytes.Cut(b, []byte{'\n'})

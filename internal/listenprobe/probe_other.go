@@ -39,3 +39,27 @@ func Whose(inode uint64) Holder { return Holder{Inode: inode} }
 
 // SocketInodes sees nothing.
 func SocketInodes(pid int) []uint64 { return nil }
+
+// EpollRef is an epoll instance of a process.
+type EpollRef struct{ Pid, Fd int }
+
+// Epolls sees none.
+func (p *Probe) Epolls() []EpollRef { return nil }
+
+// Watch watches nothing here.
+type Watch struct{}
+
+// NewWatch returns a Watch that sees nothing.
+func (p *Probe) NewWatch() *Watch { return &Watch{} }
+
+// Add does nothing.
+func (w *Watch) Add([]EpollRef) {}
+
+// Len is 0.
+func (w *Watch) Len() int { return 0 }
+
+// Polled is false.
+func (w *Watch) Polled() bool { return false }
+
+// Close does nothing.
+func (w *Watch) Close() {}

@@ -18,6 +18,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -57,6 +58,7 @@ var (
 	unhealthyAfter = flag.Duration("unhealthy-after", 0, "/healthz answers 503 from this long after the listeners exist; 0: never")
 	crashAfter     = flag.Duration("crash-after", 0, "SIGKILL myself this long after the listeners exist (a crash); 0: never")
 	leaveOpen      = flag.String("leave-open", "", "when the generation of this number drains, it keeps its listening sockets open without accepting for a minute, then exits (an app that just leaves its accept loop)")
+	reusePort      = flag.Bool("reuseport", false, "with -listen: bind with SO_REUSEPORT, so that a new process can bind the same port while this one serves (the overlap restart relaunch's benchmark compares with)")
 	joinReuse      = flag.Bool("join-reuseport", false, "after taking the listeners, open an extra SO_REUSEADDR+SO_REUSEPORT listening socket on fd 3's address and never accept on it (it joins the launcher's SO_REUSEPORT group)")
 )
 
@@ -120,7 +122,15 @@ func main() {
 		if strings.HasPrefix(addr, "unix:") {
 			network, addr = "unix", strings.TrimPrefix(addr, "unix:")
 		}
-		l, err := net.Listen(network, addr)
+		var lc net.ListenConfig
+		if *reusePort {
+			lc.Control = func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, soReusePort, 1) })
+				return cmp.Or(err, serr)
+			}
+		}
+		l, err := lc.Listen(context.Background(), network, addr)
 		if err != nil {
 			fatalf("listen %s: %v", *listenAddr, err)
 		}
@@ -513,6 +523,8 @@ func fatalf(format string, args ...any) {
 // getsockname gives it) and never accepts on it: it joins the SO_REUSEPORT
 // group of the launcher's sockets, which a launcher's tripwire must notice.
 // The socket stays open until the process exits.
+const soReusePort = 0xf // SO_REUSEPORT on Linux; the syscall package does not name it
+
 func joinReuseport(l net.Listener) {
 	ta, ok := l.Addr().(*net.TCPAddr)
 	if !ok {
@@ -530,7 +542,6 @@ func joinReuseport(l net.Listener) {
 		copy(s6.Addr[:], ta.IP.To16())
 		sa = s6
 	}
-	const soReusePort = 0xf // SO_REUSEPORT on Linux; the syscall package does not name it
 	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err == nil {
 		err = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)

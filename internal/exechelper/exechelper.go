@@ -1,0 +1,109 @@
+// Package exechelper is relaunch's exec helper. Go's fork/exec sets the
+// child's environment before the child has a pid, yet strict readers
+// (libsystemd, go-systemd, gunicorn) demand LISTEN_PID == getpid(). So
+// relaunch starts itself (/proc/self/exe) with the variables of Env; in that
+// process this package, from its init, sets LISTEN_PID to the process's own
+// pid, marks every fd past the sockets close-on-exec, and execs the real
+// command. The pid survives execve, so the value is right.
+//
+// It runs from init, and imports syscall alone, so that the Go runtime
+// initialises the fewest packages before it (relaunch's others, with the CLI
+// and its man-page renderer, take milliseconds on a busy machine: at every
+// start of a generation). Any binary that links it (relaunch, its test
+// binary) is a helper when started with these variables.
+package exechelper
+
+const (
+	pathEnv  = "RELAUNCH_EXEC_PATH"  // the resolved command to exec
+	errFdEnv = "RELAUNCH_EXEC_ERRFD" // fd of the pipe that reports an exec failure
+	waitEnv  = "RELAUNCH_EXEC_WAIT"  // a warm helper: fd of the pipe its order comes on
+)
+
+// WarmArgv is a warm helper's argv, until its order comes: what ps shows.
+var WarmArgv = []string{"relaunch-exec-helper", "(waiting for the next generation)"}
+
+// Env returns the environment entries that make a process started from
+// relaunch's own binary exec path, reporting a failure to exec on errFd (the
+// write end of a close-on-exec pipe passed as that fd number; it is always
+// the fd right after the sockets).
+func Env(path string, errFd int) []string {
+	return []string{pathEnv + "=" + path, errFdEnv + "=" + itoa(errFd)}
+}
+
+// WarmEnv returns the environment entries of a warm helper: one started
+// ahead of the next generation, its Go runtime up, that waits for its order
+// (Order) on fd ctlFd, a pipe, then execs at once, as one started with Env
+// would. EOF without an order: it exits 0.
+func WarmEnv(errFd, ctlFd int) []string {
+	return []string{waitEnv + "=" + itoa(ctlFd), errFdEnv + "=" + itoa(errFd)}
+}
+
+// Order is a warm helper's order: exec path with argv and exactly env.
+func Order(path string, argv, env []string) []byte {
+	var b []byte
+	b = append(append(b, path...), 0)
+	b = append(append(b, itoa(len(argv))...), 0)
+	for _, s := range append(argv[:len(argv):len(argv)], env...) {
+		b = append(append(b, s...), 0)
+	}
+	return b
+}
+
+// parseOrder undoes Order.
+func parseOrder(b []byte) (path string, argv, env []string, ok bool) {
+	var f []string
+	for len(b) > 0 {
+		i := 0
+		for i < len(b) && b[i] != 0 {
+			i++
+		}
+		if i == len(b) {
+			return "", nil, nil, false // every field ends with a NUL
+		}
+		f = append(f, string(b[:i]))
+		b = b[i+1:]
+	}
+	if len(f) < 2 {
+		return "", nil, nil, false
+	}
+	n, ok := atoi(f[1])
+	if !ok || n < 1 || n > len(f)-2 {
+		return "", nil, nil, false
+	}
+	return f[0], f[2 : 2+n], f[2+n:], true
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	neg := n < 0
+	if neg {
+		n = -n
+	}
+	var b [20]byte
+	i := len(b)
+	for ; n > 0; n /= 10 {
+		i--
+		b[i] = byte('0' + n%10)
+	}
+	if neg {
+		i--
+		b[i] = '-'
+	}
+	return string(b[i:])
+}
+
+func atoi(s string) (int, bool) {
+	if s == "" || len(s) > 9 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}

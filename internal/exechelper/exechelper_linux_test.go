@@ -1,0 +1,116 @@
+package exechelper
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// helper starts this test binary as the exec helper of path with argv: its
+// init execs path. Fd 3 is the error pipe (errFd 4 when sockets is set: fd 3
+// is then a stand-in socket), and one more fd, not close-on-exec, follows.
+func helper(t *testing.T, path string, listenFds bool, argv ...string) (out string, pipe string, status int) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	extra, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	files := []*os.File{pw, extra}
+	errFd := 3
+	env := []string{"PATH=/usr/bin:/bin"}
+	if listenFds {
+		files = append([]*os.File{extra}, files...)
+		errFd = 4
+		env = append(env, "LISTEN_FDS=1")
+	}
+	cmd := &exec.Cmd{Path: self, Args: argv, ExtraFiles: files,
+		Env: append(env, Env(path, errFd)...)}
+	o, err := cmd.Output()
+	pw.Close()
+	b, _ := io.ReadAll(pr)
+	if ee, ok := err.(*exec.ExitError); ok {
+		status = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(o), string(b), status
+}
+
+// The command runs with its own argv, LISTEN_PID is its pid (set only with
+// LISTEN_FDS), the helper's variables are gone, and no fd from the error
+// pipe up survives the exec; the pipe reads EOF: success.
+func TestHelperExecs(t *testing.T) {
+	script := `echo "$0|$1|$LISTEN_PID|$$|${RELAUNCH_EXEC_PATH-unset}|${RELAUNCH_EXEC_ERRFD-unset}"; ls /proc/$$/fd`
+	out, pipe, status := helper(t, "/bin/sh", true, "sh", "-c", script, "zero", "one")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	f := strings.Split(lines[0], "|")
+	if status != 0 || pipe != "" || len(f) != 6 {
+		t.Fatalf("status %d, pipe %q, output %q", status, pipe, out)
+	}
+	if f[0] != "zero" || f[1] != "one" || f[2] != f[3] || f[4] != "unset" || f[5] != "unset" {
+		t.Errorf("argv, LISTEN_PID, pid, helper variables: %q; want zero|one|PID|PID|unset|unset", lines[0])
+	}
+	// sh's fds: 0-2, the stand-in socket 3; not the error pipe (4) nor
+	// the extra fd (5).
+	for _, fd := range lines[1:] {
+		if fd == "4" || fd == "5" {
+			t.Errorf("fd %s survived the exec: sh has %q", fd, lines[1:])
+		}
+	}
+	if !slices.Contains(lines[1:], "3") {
+		t.Errorf("the socket, fd 3, did not survive the exec: sh has %q", lines[1:])
+	}
+
+	out, _, _ = helper(t, "/bin/sh", false, "sh", "-c", `echo "${LISTEN_PID-unset}"`)
+	if strings.TrimSpace(out) != "unset" {
+		t.Errorf("without LISTEN_FDS, LISTEN_PID = %q; want unset", out)
+	}
+}
+
+// A command that cannot be exec'd: the pipe says why, the status is a
+// shell's.
+func TestHelperExecFails(t *testing.T) {
+	_, pipe, status := helper(t, "/nonexistent/app", false, "app")
+	if status != 127 || pipe != "/nonexistent/app: no such file or directory" {
+		t.Errorf("status %d, pipe %q; want 127 and the path with ENOENT", status, pipe)
+	}
+	dir := t.TempDir()
+	_, pipe, status = helper(t, dir, false, "app")
+	if status != 126 || !strings.HasPrefix(pipe, dir+": permission denied") {
+		t.Errorf("a directory: status %d, pipe %q; want 126, permission denied", status, pipe)
+	}
+}
+
+func TestItoaAtoi(t *testing.T) {
+	for _, n := range []int{0, 7, 10, 4242, 123456789} {
+		s := itoa(n)
+		if s != strconv.Itoa(n) {
+			t.Errorf("itoa(%d) = %q", n, s)
+		}
+		if m, ok := atoi(s); !ok || m != n {
+			t.Errorf("atoi(%q) = %d, %v", s, m, ok)
+		}
+	}
+	if itoa(-12) != "-12" {
+		t.Errorf("itoa(-12) = %q", itoa(-12))
+	}
+	for _, s := range []string{"", "-1", "1x", "1234567890"} {
+		if _, ok := atoi(s); ok {
+			t.Errorf("atoi(%q) ok", s)
+		}
+	}
+}

@@ -1,0 +1,55 @@
+package listenprobe
+
+import (
+	"os"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A Watch of an epoll instance a Scan found sees relaunch's socket added to
+// it, and only then; a closed Watch sees nothing.
+func TestWatchSeesTheSocketAdded(t *testing.T) {
+	ln, _ := probeListener(t)
+	other, _ := probeListener(t)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	add := func(f *os.File) {
+		t.Helper()
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f.Fd())}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(f.Fd()), &ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(other) // a socket that is not relaunch's
+
+	p := New([]int{int(ln.Fd())})
+	p.Scan(os.Getpid()) // sees this process, and its epoll instances
+	self := EpollRef{os.Getpid(), ep}
+	if !slices.Contains(p.Epolls(), self) {
+		t.Fatalf("Epolls() = %v; want %v among them", p.Epolls(), self)
+	}
+	w := p.NewWatch()
+	defer w.Close()
+	w.Add([]EpollRef{self})
+	w.Add([]EpollRef{self}) // once
+	if w.Len() != 1 {
+		t.Fatalf("Len() = %d; want 1", w.Len())
+	}
+	if w.Polled() {
+		t.Fatal("Polled() before the socket is in the set")
+	}
+	add(ln)
+	if !w.Polled() {
+		t.Fatal("Polled() false after the socket was added")
+	}
+	w.Close()
+	w.Add([]EpollRef{self})
+	if w.Polled() || w.Len() != 0 {
+		t.Fatalf("a closed Watch: Polled() true or Len() %d", w.Len())
+	}
+}
