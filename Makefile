@@ -29,7 +29,11 @@ demo: build
 # upgrades against a naive stop-then-start restart of the same app under the
 # same load; writes bench/results.md (also printed) and bench/latency.png,
 # which docs/performance.md quotes. `make bench BENCHFLAGS=-quick` is a smoke test.
+# Then --workers (workers_bench_test.go): a CPU-bound handler with 1 worker
+# against auto, and relaunch's CPU per upgrade by listeners and workers
+# (-benchtime 20x for steadier figures).
 # Not part of `make test`.
 .PHONY: bench
 bench:
 	$(GO) run ./internal/bench -out bench $(BENCHFLAGS)
+	$(GO) test -run '^$$' -bench 'WorkersThroughput|UpgradeCPU' -benchtime 1x -count 1 .

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 )
 
 // The control socket's client: relaunch status | upgrade | rollback | reexec
-// | promote | abort.
+// | promote | abort | scale N.
 
 // isClientCommand says whether args name a client subcommand. The app's
 // own command never does: it comes after "--" or after the options.
@@ -22,7 +23,7 @@ func isClientCommand(args []string) bool {
 		return false
 	}
 	switch args[1] {
-	case "status", "upgrade", "rollback", "reexec", "promote", "abort":
+	case "status", "upgrade", "rollback", "reexec", "promote", "abort", "scale":
 		return true
 	}
 	return false
@@ -40,13 +41,18 @@ const statusTimeout = 5 * time.Second
 func runClient(args []string, stdout, stderr io.Writer) int {
 	cmd := args[1]
 	usage := func(msg string) int {
-		fmt.Fprintf(stderr, "relaunch %s: %s\nusage: relaunch %s [--control PATH | --pidfile PATH] [--json] [--timeout D]\n", cmd, msg, cmd)
+		n := ""
+		if cmd == "scale" {
+			n = " N"
+		}
+		fmt.Fprintf(stderr, "relaunch %s: %s\nusage: relaunch %s%s [--control PATH | --pidfile PATH] [--json] [--timeout D]\n", cmd, msg, cmd, n)
 		return 2
 	}
 	var control, pidfile string
 	var asJSON, timeoutSet bool
 	var timeout time.Duration
 	var extra string
+	var args1 []string
 	app := &cli.App{
 		Name:      "relaunch " + cmd,
 		HideHelp:  true,
@@ -65,14 +71,32 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		ExitErrHandler: func(*cli.Context, error) {},
 		Action: func(c *cli.Context) error {
 			timeoutSet = c.IsSet("timeout")
-			extra = c.Args().First()
+			args1 = c.Args().Slice()
 			return nil
 		},
 	}
-	if err := app.Run(append([]string{app.Name}, args[2:]...)); err != nil {
+	rest := args[2:]
+	var count []string
+	if cmd == "scale" && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		count, rest = rest[:1], rest[1:] // relaunch scale N --control PATH
+	}
+	if err := app.Run(append([]string{app.Name}, rest...)); err != nil {
 		return usage(cliError(err))
 	}
-	if extra != "" {
+	args1 = append(count, args1...)
+	req := launcher.Request{Cmd: cmd}
+	if cmd == "scale" {
+		if len(args1) == 0 {
+			return usage(fmt.Sprintf("how many workers? give N, 1 to %d", launcher.MaxWorkers))
+		}
+		n, err := strconv.Atoi(args1[0])
+		if err != nil || n < 1 || n > launcher.MaxWorkers {
+			return usage(fmt.Sprintf("bad worker count %q: use 1 to %d", args1[0], launcher.MaxWorkers))
+		}
+		req.Workers, args1 = n, args1[1:]
+	}
+	if len(args1) > 0 {
+		extra = args1[0]
 		return usage(fmt.Sprintf("unexpected %q", extra))
 	}
 	// status answers at once: a relaunch that does not is stuck, and
@@ -87,7 +111,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	if path == "" {
 		return usage("which relaunch? give --control PATH (or the --pidfile it was started with)")
 	}
-	ans, err := launcher.Ask(path, launcher.Request{Cmd: cmd}, timeout)
+	ans, err := launcher.Ask(path, req, timeout)
 	if err != nil {
 		fmt.Fprintln(stderr, "relaunch "+cmd+": "+err.Error())
 		return 1

@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,6 +100,7 @@ EXAMPLES:
    relaunch reexec --pidfile /run/app.pid    # relaunch execs its own (new) binary: same pid, sockets, generations
    relaunch promote --pidfile /run/app.pid   # with --canary: give the canary every connection now
    relaunch abort --pidfile /run/app.pid     # with --canary: back to the previous generation, the canary drains
+   relaunch scale 4 --pidfile /run/app.pid   # with --workers: 4 workers now, and in every next generation
    kill -TTIN $(cat /run/app.pid)            # the same, by signal`,
 		HideHelpCommand:        true,
 		UseShortOptionHandling: false,
@@ -125,6 +128,8 @@ func flags() []cli.Flag {
 			Usage: "then a draining generation gets SIGKILL; 0 waits forever"},
 		&cli.IntFlag{Name: "max-draining", Value: -1, DefaultText: "unbounded", EnvVars: env("MAX_DRAINING"),
 			Usage: "at most `N` generations draining at once (0 to 62); the oldest is killed past that"},
+		&cli.StringFlag{Name: "workers", Value: "1", EnvVars: env("WORKERS"),
+			Usage: "`N` processes per generation (1 to 64, or auto: one per CPU relaunch may run on), each with RELAUNCH_WORKER=0..N-1 and, steered, a slot of its own; a worker that exits is restarted alone"},
 		&cli.StringFlag{Name: "health", EnvVars: env("HEALTH"),
 			Usage: "`[NAME=]PATH`: a new generation is ready only once GET PATH, sent through the first TCP --listen address (or the one named NAME) and steered to it, answers 2xx; needs the steered handover"},
 		&cli.DurationFlag{Name: "health-interval", EnvVars: env("HEALTH_INTERVAL"),
@@ -238,6 +243,7 @@ func action(c *cli.Context) error {
 	if cfg.MaxDraining >= 0 {
 		slots = cfg.MaxDraining + 2
 	}
+	slots *= max(cfg.Workers, 1) // a slot per worker
 	if resume != nil {
 		cfg.Listeners, cfg.Resume = resume.Listeners, resume
 	} else if cfg.Listeners, cfg.Taken, err = launcher.OpenListeners(addrs, handover, slots, cfg.Logger); err != nil {
@@ -333,6 +339,9 @@ func config(c *cli.Context) (launcher.Config, error) {
 	// something else.
 	if n := cfg.MaxDraining; c.IsSet("max-draining") && (n < 0 || n > maxDrainingCap) {
 		return cfg, usageError("bad value %d for --max-draining: use 0 to %d (a steered address binds N+2 sockets), or leave it unset for no bound", n, maxDrainingCap)
+	}
+	if cfg.Workers, err = parseWorkers(c); err != nil {
+		return cfg, err
 	}
 	// Parse every address before binding any: a typo must not leave the
 	// first sockets bound, nor start anything.
@@ -492,4 +501,22 @@ func evidence(c *cli.Context, cfg *launcher.Config, handover launcher.Handover) 
 		}
 	}
 	return nil
+}
+
+// parseWorkers reads --workers: 0 when not given (one process per
+// generation, restarted as a new one), else N.
+func parseWorkers(c *cli.Context) (int, error) {
+	if !c.IsSet("workers") {
+		return 0, nil
+	}
+	v := c.String("workers")
+	if v == "auto" {
+		// On Linux, the CPUs in relaunch's affinity mask (sched_getaffinity).
+		return min(runtime.NumCPU(), launcher.MaxWorkers), nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > launcher.MaxWorkers {
+		return 0, usageError("bad value %q for --workers: use 1 to %d, or auto (one per CPU relaunch may run on)", v, launcher.MaxWorkers)
+	}
+	return n, nil
 }

@@ -32,6 +32,7 @@ import (
 type adoptable struct {
 	id, pid, slot int
 	path          string
+	worker        int // its RELAUNCH_WORKER; -1 without
 }
 
 // findAdoptable lists the generations of an earlier relaunch that hold
@@ -58,9 +59,9 @@ func (l *launcher) findAdoptable() []adoptable {
 		if !holds {
 			continue
 		}
-		if id := generationOf(pid); id > 0 {
+		if id, worker := generationOf(pid); id > 0 {
 			exe, _ := os.Readlink("/proc/" + p.Name() + "/exe")
-			found = append(found, adoptable{id: id, pid: pid, slot: slot, path: strings.TrimSuffix(exe, " (deleted)")})
+			found = append(found, adoptable{id: id, pid: pid, slot: slot, path: strings.TrimSuffix(exe, " (deleted)"), worker: worker})
 		}
 	}
 	slices.SortFunc(found, func(a, b adoptable) int { return b.id - a.id })
@@ -86,18 +87,23 @@ func (l *launcher) listenerSlots() map[uint64]int {
 
 // generationOf is the RELAUNCH_GENERATION of pid's environment, 0 when it
 // has none (not an app a relaunch started) or it cannot be read.
-func generationOf(pid int) int {
+func generationOf(pid int) (id, worker int) {
+	worker = -1
 	env, err := readBounded("/proc/"+strconv.Itoa(pid)+"/environ", 1<<20)
 	if err != nil {
-		return 0
+		return 0, -1
 	}
 	for _, kv := range strings.Split(string(env), "\x00") {
 		if v, ok := strings.CutPrefix(kv, "RELAUNCH_GENERATION="); ok {
-			id, _ := strconv.Atoi(v)
-			return id
+			id, _ = strconv.Atoi(v)
+		}
+		if v, ok := strings.CutPrefix(kv, "RELAUNCH_WORKER="); ok {
+			if w, err := strconv.Atoi(v); err == nil && w >= 0 {
+				worker = w
+			}
 		}
 	}
-	return 0
+	return id, worker
 }
 
 // adopt makes the generations found relaunch's own: the newest current,
@@ -127,8 +133,35 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 			}
 		}
 	}
+	if l.nWorkers > 0 && cur >= 0 {
+		// Workers: the first one found of the current generation decides.
+		cur = slices.IndexFunc(found, func(a adoptable) bool { return a.id == found[cur].id })
+	}
+	leads := map[int]*generation{} // --workers: by id, the generations the workers found are of
+	var curLead *generation
 	for i, a := range found {
 		g := &generation{id: a.id, pid: a.pid, path: a.path, slot: a.slot, started: now, readyAt: now, adopted: true}
+		if l.nWorkers > 0 {
+			lead, seen := leads[a.id]
+			if !seen {
+				lead = &generation{id: a.id, path: a.path, started: now, readyAt: now, adopted: true}
+				leads[a.id] = lead
+			}
+			g.lead, g.worker, g.state = lead, max(a.worker, 0), current
+			if l.hasPools() && g.slot < 0 {
+				g.slot = l.steerSlot
+			}
+			if err := l.adoptWorker(g); err != nil {
+				return false, err
+			}
+			if i == cur {
+				curLead = lead
+			}
+			if seen {
+				continue // its generation's state is decided by its first worker
+			}
+			g = lead
+		}
 		sg, known := saved[a.pid]
 		known = known && sg.ID == a.id
 		if known && l.hasPools() && sg.Slot >= 0 {
@@ -137,18 +170,24 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 		if l.hasPools() && g.slot < 0 {
 			g.slot = l.steerSlot
 		}
-		var err error
-		if g.notify, err = l.notifySocket(g.id); err != nil {
-			return false, err
-		}
-		if err := l.watchAdopted(g); err != nil {
-			g.notify.Close()
-			return false, err
+		if g.lead == nil && g.workers == nil {
+			var err error
+			if g.notify, err = l.notifySocket(g.id); err != nil {
+				return false, err
+			}
+			if err := l.watchAdopted(g); err != nil {
+				g.notify.Close()
+				return false, err
+			}
+			l.roots.add(g.id, g.pid)
 		}
 		l.gens = append(l.gens, g)
-		l.roots.add(g.id, g.pid)
 		l.lastID = max(l.lastID, g.id)
 		switch {
+		case i == cur && g.workers != nil:
+			g.state = current
+			l.cur, l.everUp = g, true // steered to once all its workers are in
+			l.handoff.SetCurrent(g.id)
 		case i == cur:
 			g.state = current
 			l.cur, l.everUp = g, true
@@ -173,8 +212,20 @@ func (l *launcher) adopt(found []adoptable) (bool, error) {
 				l.drainTimer(g, l.cfg.DrainTimeout)
 			}
 		}
-		l.log.Info(fmt.Sprintf("adopted %s, %s, which outlived the relaunch that started it", g, g.state),
-			"generation", g.id, "pid", g.pid, "state", g.state.String())
+		if g.workers == nil {
+			l.log.Info(fmt.Sprintf("adopted %s, %s, which outlived the relaunch that started it", g, g.state),
+				"generation", g.id, "pid", g.pid, "state", g.state.String())
+		}
+	}
+	for _, lead := range leads {
+		slices.SortFunc(lead.workers, func(a, b *generation) int { return a.worker - b.worker })
+		lead.pid, lead.slot = lead.workers[0].pid, lead.workers[0].slot
+		l.log.Info(fmt.Sprintf("adopted %s, %s, with %d workers, which outlived the relaunch that started it", lead, lead.state, len(lead.workers)),
+			"generation", lead.id, "pid", lead.pid, "state", lead.state.String())
+	}
+	if curLead != nil && l.hasPools() {
+		l.steerGen(curLead)
+		l.watchHealth(curLead)
 	}
 	slices.SortFunc(l.gens, func(a, b *generation) int { return a.id - b.id }) // oldest first, as always
 	for _, g := range toDrain {
@@ -198,7 +249,9 @@ func (l *launcher) watchAdopted(g *generation) error {
 			ws := syscall.WaitStatus(1 << 8)
 			if l.stopping {
 				ws = 0
-			} else if g.failReason == "" {
+			} else if g.failReason == "" && g.lead == nil {
+				// (A worker's failReason would say relaunch ended it: it
+				// would not be restarted.)
 				g.failReason = "its exit status is unknown (adopted: not relaunch's child)"
 			}
 			l.onExit(g, exitStatus{ws})
@@ -238,4 +291,22 @@ func fdInode(fd int) uint64 {
 	var st unix.Stat_t
 	unix.Fstat(fd, &st)
 	return st.Ino
+}
+
+// adoptWorker makes g, a worker of a generation being adopted, relaunch's:
+// a notify socket of its own for a restart's sake, its exit watched.
+func (l *launcher) adoptWorker(g *generation) error {
+	lead := g.lead
+	var err error
+	l.notifySeq++
+	if g.notify, err = l.notifySocketNamed(fmt.Sprintf("gen%d-w%d-%d", g.id, g.worker, l.notifySeq)); err != nil {
+		return err
+	}
+	if err := l.watchAdopted(g); err != nil {
+		g.notify.Close()
+		return err
+	}
+	l.roots.add(g.id, g.pid)
+	lead.workers = append(lead.workers, g)
+	return nil
 }

@@ -21,8 +21,11 @@ import (
 // slot, a canary's share to its slot, probes to the generation they test.
 func (l *launcher) route() sdlisten.Route {
 	r := sdlisten.Route{Slots: []int{l.steerSlot}, Probes: maps.Clone(l.probes)} // the pool keeps it
+	if l.cur != nil && l.cur.workers != nil {
+		r.Slots = l.cur.upSlots()
+	}
 	if l.canary != nil {
-		r.Canary, r.CanaryPct = []int{l.canary.slot}, l.cfg.Canary.Pct
+		r.Canary, r.CanaryPct = l.canary.upSlots(), l.cfg.Canary.Pct
 	}
 	return r
 }
@@ -30,6 +33,9 @@ func (l *launcher) route() sdlisten.Route {
 // applyRoute sets the route on every steered pool.
 func (l *launcher) applyRoute() {
 	r := l.route()
+	if l.nWorkers > 0 {
+		l.routedTo(r.Slots)
+	}
 	for i, ln := range l.cfg.Listeners {
 		if ln.Pool == nil || l.frozen[i] >= 0 {
 			continue
@@ -54,7 +60,9 @@ func (l *launcher) startCanary(g *generation, how string) {
 	g.state, g.readyAt, g.readyHow, g.wasCanary = canary, l.sys.now(), how, true
 	l.canary, l.next = g, nil
 	l.canaryEnds = l.sys.now().Add(l.cfg.Canary.For)
-	delete(l.awaySince, g.slot)
+	for _, s := range g.slots() {
+		delete(l.awaySince, s)
+	}
 	l.applyRoute()
 	l.log.Info(fmt.Sprintf("%s ready in %s: %s; it is a canary: %d%% of new connections for %s, %s keeps the rest (relaunch promote or abort ends it early)",
 		g, ms(g.readyAt.Sub(g.started)), how, l.cfg.Canary.Pct, l.cfg.Canary.For, l.cur),
@@ -86,11 +94,13 @@ func (l *launcher) abortCanary(why string) {
 		return
 	}
 	l.canary = nil
-	l.awaySince[g.slot] = l.sys.now()
 	if l.abandoned == nil {
 		l.abandoned = map[int]bool{}
 	}
-	l.abandoned[g.slot] = true
+	for _, s := range g.slots() {
+		l.awaySince[s] = l.sys.now()
+		l.abandoned[s] = true
+	}
 	l.applyRoute()
 	reason := "canary aborted: " + why
 	l.log.Error(fmt.Sprintf("%s: %s; every new connection goes to %s again", g, reason, l.cur),

@@ -42,6 +42,11 @@ type Config struct {
 	MaxDraining  int           // more draining generations than this: the oldest is killed; < 0 is unbounded
 	StopTimeout  time.Duration // on TERM/INT, time before SIGKILL
 
+	// Workers > 0 (--workers): each generation is that many processes,
+	// each on a slot of its own, restarted alone (workers_linux.go); 0 is
+	// one process per generation, restarted as a new generation.
+	Workers int
+
 	// Health, when set, makes a generation ready only once GET Path,
 	// steered to it, answers 2xx; HealthInterval > 0 probes the current
 	// generation every interval (liveness).
@@ -269,3 +274,7 @@ func ParseCanary(s string) (Canary, error) {
 	}
 	return Canary{Pct: pct, For: dur}, nil
 }
+
+// MaxWorkers bounds --workers and relaunch scale: the steering program
+// picks among a generation's slots with two instructions each.
+const MaxWorkers = 64

@@ -16,7 +16,8 @@ import (
 
 // Request is what a client asks.
 type Request struct {
-	Cmd string `json:"cmd"` // "status", "upgrade", "rollback", "reexec", "promote" or "abort"
+	Cmd     string `json:"cmd"`               // "status", "upgrade", "rollback", "reexec", "promote", "abort" or "scale"
+	Workers int    `json:"workers,omitempty"` // scale: the new worker count
 }
 
 // ReexecOutcome is what the re-executed relaunch says.
@@ -52,6 +53,18 @@ type GenStatus struct {
 	// why a fresh generation replaces it.
 	Health    string `json:"health,omitempty"`
 	Unhealthy string `json:"unhealthy,omitempty"`
+	// Workers are its processes under --workers (its pid and slot are
+	// worker 0's).
+	Workers []WorkerStatus `json:"workers,omitempty"`
+}
+
+// WorkerStatus is one worker of a generation, in a GenStatus.
+type WorkerStatus struct {
+	Worker   int    `json:"worker"` // its RELAUNCH_WORKER
+	Pid      int    `json:"pid"`
+	Slot     int    `json:"slot"`     // -1 without steered listeners
+	State    string `json:"state"`    // starting, serving, restarting, exited, or its generation's (draining…)
+	Restarts int    `json:"restarts"` // after it exited by itself
 }
 
 // CanaryStatus is the canary running, in a Status.
@@ -132,6 +145,13 @@ func (s *Status) Text() string {
 			g.Since.Format(time.RFC3339), time.Since(g.Since).Round(time.Second), g.Path, adopted)
 		if g.Unhealthy != "" {
 			fmt.Fprintf(&b, "  unhealthy: %s; a fresh generation replaces it\n", g.Unhealthy)
+		}
+		for _, w := range g.Workers {
+			slot := ""
+			if w.Slot >= 0 {
+				slot = fmt.Sprintf("  slot %d", w.Slot)
+			}
+			fmt.Fprintf(&b, "  worker %d  pid %d  %-10s%s  restarts %d\n", w.Worker, w.Pid, w.State, slot, w.Restarts)
 		}
 	}
 	if c := s.Canary; c != nil {

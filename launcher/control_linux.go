@@ -119,6 +119,8 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 		ans <- Answer{Status: l.statusReport()}
 	case "promote", "abort":
 		ans <- l.controlCanary(req.Cmd)
+	case "scale":
+		ans <- l.scale(req.Workers)
 	case "upgrade":
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch upgrade")
@@ -137,7 +139,7 @@ func (l *launcher) onControl(req Request, ans chan<- Answer) {
 		l.waiters = append(l.waiters, ans)
 		l.upgrade("relaunch rollback to the previous generation's binary (was " + l.prevBin.Name() + ")")
 	default:
-		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade, rollback, reexec, promote or abort", req.Cmd)}
+		ans <- Answer{Error: fmt.Sprintf("unknown request %q: status, upgrade, rollback, reexec, promote, abort or scale", req.Cmd)}
 	}
 }
 
@@ -168,7 +170,8 @@ func (l *launcher) statusReport() *Status {
 			since = g.readyAt
 		}
 		s.Generations = append(s.Generations, GenStatus{Generation: g.id, Pid: g.pid, State: g.state.String(),
-			Since: since, Path: g.path, Slot: g.slot, Adopted: g.adopted, Ready: g.readyHow, Why: g.why, Health: g.health, Unhealthy: g.unhealthy})
+			Since: since, Path: g.path, Slot: g.slot, Adopted: g.adopted, Ready: g.readyHow, Why: g.why, Health: g.health, Unhealthy: g.unhealthy,
+			Workers: workersStatus(g)})
 	}
 	return s
 }

@@ -30,6 +30,7 @@
 //	health_linux.go     --health: probes steered to one generation, liveness
 //	canary_linux.go     the route (steered slot, canary share, probes), --canary
 //	slots_linux.go      slots between generations: stranded connections, dead listeners
+//	workers_linux.go    --workers: a generation of N processes, a worker restarted alone, relaunch scale
 //	tripwire_linux.go   a steered group disturbed by an app: stop steering
 //	control*.go         the control socket (status, upgrade, rollback)
 //	reexec_linux.go     relaunch re-executing itself, its state carried over

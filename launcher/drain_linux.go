@@ -59,8 +59,10 @@ func (l *launcher) handOver(old *generation) {
 		q := 0
 		for i, ln := range l.cfg.Listeners {
 			if ln.Pool != nil && l.frozen[i] < 0 {
-				n, _ := ln.Pool.Queued(old.slot)
-				q += n
+				for _, s := range old.slots() {
+					n, _ := ln.Pool.Queued(s)
+					q += n
+				}
 			}
 		}
 		if q > 0 && l.sys.now().Sub(since) < l.cfg.Settle+maxQueueWait {
@@ -85,7 +87,7 @@ func (l *launcher) freeSlot(reason string) {
 			g.failReason = "killed early: every slot is taken (more generations than --max-draining + 2)"
 			l.log.Warn(fmt.Sprintf("no free slot for a new generation: killing %s, the oldest one draining; the upgrade follows when it is gone", g),
 				"generation", g.id, "pid", g.pid)
-			l.sys.killGroup(g.pid, syscall.SIGKILL)
+			l.killGen(g)
 			return
 		}
 	}
@@ -93,12 +95,20 @@ func (l *launcher) freeSlot(reason string) {
 
 func (l *launcher) drain(g *generation) {
 	g.state, g.drainAt = draining, l.sys.now()
-	if handled, known := l.sys.handles(g.pid, l.cfg.DrainSignal); known {
+	pid := g.pid
+	for _, p := range g.procs() {
+		if !p.exited {
+			pid = p.pid // a worker that runs tells how its generation takes the signal
+			break
+		}
+	}
+	if handled, known := l.sys.handles(pid, l.cfg.DrainSignal); known {
 		g.drainDefault = !handled
 	} else {
 		g.drainDefault = true // unreadable: judged by how it dies
 	}
-	l.sys.signal(g.pid, l.cfg.DrainSignal)
+	l.signalGen(g, l.cfg.DrainSignal)
+	defer l.retire(g) // workers waiting for a restart are not restarted
 	l.log.Info(fmt.Sprintf("%s draining: sent %s", g, signalName(l.cfg.DrainSignal)), "generation", g.id, "pid", g.pid)
 	if l.cfg.DrainTimeout > 0 {
 		l.drainTimer(g, l.cfg.DrainTimeout)
@@ -110,7 +120,7 @@ func (l *launcher) drainTimer(g *generation, d time.Duration) {
 	l.after(g, max(d, 0), func() {
 		if !g.exited {
 			g.failReason = fmt.Sprintf("still draining after %s (--drain-timeout)", l.cfg.DrainTimeout)
-			l.sys.killGroup(g.pid, syscall.SIGKILL)
+			l.killGen(g)
 		}
 	})
 }
@@ -129,7 +139,7 @@ func (l *launcher) limitDraining() {
 	}
 	for i := 0; i < len(ds)-l.cfg.MaxDraining; i++ {
 		ds[i].failReason = fmt.Sprintf("more than %d generations draining (--max-draining)", l.cfg.MaxDraining)
-		l.sys.killGroup(ds[i].pid, syscall.SIGKILL)
+		l.killGen(ds[i])
 	}
 }
 

@@ -65,7 +65,7 @@ func exclusive(a sdlisten.Addr) error {
 func orphanGeneration(pid int) string {
 	id := 0
 	if pid > 0 {
-		id = generationOf(pid)
+		id, _ = generationOf(pid)
 	}
 	if id == 0 {
 		return ""

@@ -74,6 +74,18 @@ type generation struct {
 
 	scanSeq int       // the scan due is the one armed last (fastscan_linux.go)
 	fast    *fastScan // the fast scan while it starts; nil before its first epoll instance is seen
+
+	// --workers (workers_linux.go): a generation of workers has no process
+	// of its own (its pid and slot are worker 0's, for status and the log);
+	// each worker is a *generation with lead set and a process.
+	workers  []*generation // a generation of workers: them, by index
+	retired  []*generation // a generation of workers: those relaunch scale took away, draining
+	lead     *generation   // a worker: its generation
+	worker   int           // a worker: its index (RELAUNCH_WORKER)
+	restarts int           // a worker: restarts after it exited by itself
+	backoff  time.Duration // a worker: its next crash restart delay
+	restartT timer         // a worker: its restart, pending
+	failSt   *exitStatus   // a generation of workers: how the first one that failed it exited
 }
 
 // exitStatus is a wait status as a shell reports it: the code, or 128+signal.
@@ -187,5 +199,15 @@ func stdinFd() (int, func()) {
 
 // String is how the log names a generation: "gen 3 (pid 4242)".
 func (g *generation) String() string {
+	switch {
+	case g.lead != nil:
+		return fmt.Sprintf("gen %d worker %d (pid %d)", g.id, g.worker, g.pid)
+	case g.workers != nil:
+		pids := make([]string, len(g.workers))
+		for i, w := range g.workers {
+			pids[i] = strconv.Itoa(w.pid)
+		}
+		return fmt.Sprintf("gen %d (pids %s)", g.id, strings.Join(pids, " "))
+	}
 	return fmt.Sprintf("gen %d (pid %d)", g.id, g.pid)
 }

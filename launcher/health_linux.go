@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -336,7 +337,7 @@ func (l *launcher) liveness(g *generation) {
 func (l *launcher) dropProbes(g *generation) {
 	n := len(l.probes)
 	for src, s := range l.probes {
-		if s == g.slot {
+		if slices.Contains(g.slots(), s) {
 			delete(l.probes, src)
 		}
 	}

@@ -161,8 +161,10 @@ func (l *launcher) saveState() {
 	}
 	st := savedState{Format: 1, LastID: l.lastID}
 	for _, g := range l.gens {
-		if g.pid > 0 {
-			st.Gens = append(st.Gens, savedGen{ID: g.id, Pid: g.pid, Slot: g.slot, State: g.state.String(), DrainAt: g.drainAt})
+		for _, p := range g.procs() { // each worker, with its generation's state
+			if p.pid > 0 && !p.exited {
+				st.Gens = append(st.Gens, savedGen{ID: g.id, Pid: p.pid, Slot: p.slot, State: g.state.String(), DrainAt: g.drainAt})
+			}
 		}
 	}
 	b, _ := json.Marshal(st)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 
 // Restart back-off.
 const (
+	reapAfter    = 20 * time.Millisecond // a SIGCHLD's reap of orphans waits for the rest of its burst
 	backoffMin   = 100 * time.Millisecond
 	backoffMax   = 30 * time.Second
 	healthyAfter = 10 * time.Second
@@ -58,13 +60,18 @@ type launcher struct {
 	canaryEnds time.Time
 	abandoned  map[int]bool // slots of aborted canaries: no generation is coming for what queued there
 
-	probeOK       bool              // procfs can show this app's readiness
-	steerSlot     int               // the slot the pools steer to
-	frozen        []int             // per listener: the slot a disturbed pool is shared on; -1 steers
-	slots         *slotWatch        // wakes the loop for stranded connections and dead listeners (slots_linux.go)
-	awaySince     map[int]time.Time // per slot: since when new connections are steered elsewhere; absent: never steered to
-	held          map[int]time.Time // slots whose stranded connections wait for the next generation, since when
-	relays        int               // rescued connections being relayed
+	probeOK       bool                              // procfs can show this app's readiness
+	nWorkers      int                               // --workers, as relaunch scale changed it; 0 without
+	routed        []int                             // with workers: the slots new connections went to last
+	notifySeq     int                               // numbers the workers' notify sockets
+	reapSoon      bool                              // a reap of orphans is due (SIGCHLD)
+	inodes        map[*sdlisten.Pool]map[uint64]int // the pools' sockets' inodes → slot (tripwire_linux.go)
+	steerSlot     int                               // the slot the pools steer to
+	frozen        []int                             // per listener: the slot a disturbed pool is shared on; -1 steers
+	slots         *slotWatch                        // wakes the loop for stranded connections and dead listeners (slots_linux.go)
+	awaySince     map[int]time.Time                 // per slot: since when new connections are steered elsewhere; absent: never steered to
+	held          map[int]time.Time                 // slots whose stranded connections wait for the next generation, since when
+	relays        int                               // rescued connections being relayed
 	rescued       RescueCounts
 	rescueSaid    string          // what became of the last stranded connection, for the log
 	warnedRevive  map[string]bool // addresses whose dead listener was said
@@ -120,7 +127,8 @@ func newLauncher(cfg Config, sys system) *launcher {
 	if l.env == nil {
 		l.env = os.Environ()
 	}
-	l.env = withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), handoff.Env) // a nested relaunch's own
+	l.env = withoutEnv(withoutEnv(withoutEnv(l.env, "RELAUNCH_GENERATION"), "RELAUNCH_WORKER"), handoff.Env) // a nested relaunch's own
+	l.nWorkers = cfg.Workers
 	l.frozen = make([]int, len(cfg.Listeners))
 	for i := range l.frozen {
 		l.frozen[i] = -1
@@ -204,6 +212,7 @@ func Run(cfg Config) (int, error) {
 		}
 	}
 	l.setupProbe()
+	l.sayWorkers()
 	if cfg.NonBlocking {
 		if err := l.setNonblocking(); err != nil {
 			return 1, startupError(err)
@@ -329,32 +338,24 @@ func (l *launcher) start(restart bool) error {
 		l.log.Warn(fmt.Sprintf("the crashed generation ran the #! script %s, which is no longer there: its interpreter opens a script by path, so the restart runs what %s holds now", path, path))
 		kept, fromKept = nil, false
 	}
-	slot, err := l.pickSlot()
+	slots, err := l.pickSlots(l.workerCount())
 	if err != nil {
 		return err
 	}
-	slot = l.warmSlot(slot)
-	delete(l.held, slot) // its queue is the new generation's
-	delete(l.abandoned, slot)
-	socks := l.socketsFor(slot)
+	if l.nWorkers == 0 {
+		slots[0] = l.warmSlot(slots[0]) // workers start no warm helper
+	}
+	for _, s := range slots {
+		delete(l.held, s) // its queue is the new generation's
+		delete(l.abandoned, s)
+	}
 	l.lastID++
-	g := &generation{id: l.lastID, path: path, slot: slot, state: starting, started: l.sys.now()}
-	if l.probeOK {
-		g.probe = probeOf(socks)
-	}
-	if g.notify, err = l.notifySocket(g.id); err != nil {
-		return err
-	}
-	env := append(sdlisten.ChildEnv(l.env, socks),
-		"NOTIFY_SOCKET="+g.notify.Path(),
-		"RELAUNCH_GENERATION="+strconv.Itoa(g.id),
-		handoff.Env+"="+l.handoff.Path())
+	g := &generation{id: l.lastID, path: path, slot: slots[0], state: starting, started: l.sys.now()}
 	switch {
 	case kept != nil && kept == l.startFrom:
 		g.bin, l.startFrom = l.startFrom, nil
 	case kept != nil: // l.crashBin stays for the next restart, should this one fail
 		if g.bin, err = dupFile(kept); err != nil {
-			g.notify.Close()
 			return fmt.Errorf("cannot keep the crashed generation's binary: %v", err)
 		}
 	default:
@@ -366,18 +367,16 @@ func (l *launcher) start(restart bool) error {
 	if fromKept {
 		from = g.bin
 	}
-	pid, err := l.sys.start(procSpec{path: path, argv: l.cfg.Command, env: env, socks: socks, stdin: l.stdin, bin: from},
-		func(err error) { l.post(func() { l.onExec(g, err) }) },
-		func(ws syscall.WaitStatus) { l.post(func() { l.onExit(g, exitStatus{ws}) }) })
+	if l.nWorkers > 0 {
+		err = l.startWorkers(g, slots, from)
+	} else {
+		err = l.startProc(g, from)
+	}
 	l.warmPid = 0 // it runs this start, or was discarded
 	if err != nil {
-		g.notify.Close()
 		closeFile(g.bin)
 		return err
 	}
-	g.pid = pid
-	g.startTicks = startTicksOf(pid) // warm_linux.go
-	l.roots.add(g.id, pid)
 	l.gens = append(l.gens, g)
 	l.next = g
 	l.armSlots()
@@ -385,17 +384,18 @@ func (l *launcher) start(restart bool) error {
 	if from != nil {
 		how = " (the file relaunch kept open: the path no longer holds it)"
 	}
-	l.log.Info(fmt.Sprintf("%s started: %s%s", g, path, how), "generation", g.id, "pid", pid, "path", path)
-	go l.readNotify(g)
+	l.log.Info(fmt.Sprintf("%s started: %s%s", g, path, how), "generation", g.id, "pid", g.pid, "path", path)
 	if l.cfg.ReadyTimeout > 0 {
 		l.after(g, l.cfg.ReadyTimeout, func() { l.onReadyTimeout(g) })
 	}
 	return nil
 }
 
-func (l *launcher) readNotify(g *generation) {
+// readNotify reads n, g's notify socket, until it is closed. n is passed
+// rather than read from g: a worker restarted alone gets a new one.
+func (l *launcher) readNotify(g *generation, n *sdlisten.NotifyListener) {
 	for {
-		m, err := g.notify.Recv()
+		m, err := n.Recv()
 		if err != nil {
 			return
 		}
@@ -406,15 +406,14 @@ func (l *launcher) readNotify(g *generation) {
 
 // onReady promotes the starting generation and drains the old current one.
 func (l *launcher) onReady(g *generation, how string) {
-	if g != l.next || g.exited {
+	if g.lead != nil {
+		if g.exited || g.state != starting || l.awaitHealth(g, how) {
+			return
+		}
+		l.workerReady(g, how)
 		return
 	}
-	if l.cfg.Health != nil && !g.healthy {
-		if g.readyBy == "" { // the first of the ways it can show it
-			g.readyBy = how
-			l.log.Info(fmt.Sprintf("%s ready (%s); checking its health: GET %s", g, how, l.cfg.Health.Path), "generation", g.id, "pid", g.pid)
-			l.healthCheck(g)
-		}
+	if g != l.next || g.exited || l.awaitHealth(g, how) {
 		return
 	}
 	if l.wantsCanary(g) {
@@ -433,7 +432,7 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.cur, l.next, l.everUp = g, nil, true
 	l.handoff.SetCurrent(g.id)
 	if g.usr1 {
-		l.sys.signal(g.pid, syscall.SIGUSR1)
+		l.signalGen(g, syscall.SIGUSR1)
 	}
 	l.log.Info(fmt.Sprintf("%s ready in %s: %s", g, ms(g.readyAt.Sub(g.started)), how),
 		"generation", g.id, "pid", g.pid, "ready_ms", g.readyAt.Sub(g.started).Milliseconds(), "how", how)
@@ -441,7 +440,10 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.log.Info(fmt.Sprintf("rebuilt in %s · %s ready in %s", ms(l.built), g, ms(g.readyAt.Sub(g.started))),
 			summaryKey, true, "generation", g.id, "pid", g.pid)
 	}
-	if l.hasPools() {
+	switch {
+	case l.hasPools() && g.workers != nil:
+		l.steerGen(g)
+	case l.hasPools():
 		l.steerTo(g.slot)
 	}
 	closeFile(l.crashBin) // a generation serves again: its binary is what a next crash restarts
@@ -462,6 +464,20 @@ func (l *launcher) onReady(g *generation, how string) {
 	l.prepareLater(g) // warm_linux.go
 }
 
+// awaitHealth: with --health, g is ready only once a probe steered to it
+// answers 2xx; it says whether that is still awaited.
+func (l *launcher) awaitHealth(g *generation, how string) bool {
+	if l.cfg.Health == nil || g.healthy {
+		return false
+	}
+	if g.readyBy == "" { // the first of the ways it can show it
+		g.readyBy = how
+		l.log.Info(fmt.Sprintf("%s ready (%s); checking its health: GET %s", g, how, l.cfg.Health.Path), "generation", g.id, "pid", g.pid)
+		l.healthCheck(g)
+	}
+	return true
+}
+
 func (l *launcher) onReadyTimeout(g *generation) {
 	if g.exited || g.state != starting {
 		return
@@ -475,7 +491,10 @@ func (l *launcher) onReadyTimeout(g *generation) {
 		g.failReason = fmt.Sprintf("not healthy after %s (--ready-timeout; ready by %s, but GET %s never answered 2xx: the last answer was %s)",
 			l.cfg.ReadyTimeout, g.readyBy, l.cfg.Health.Path, last)
 	}
-	l.sys.killGroup(g.pid, syscall.SIGKILL)
+	if g.workers != nil {
+		g.failReason = fmt.Sprintf("not ready after %s (--ready-timeout): %s", l.cfg.ReadyTimeout, l.workersWaiting(g))
+	}
+	l.killGen(g)
 }
 
 // upgrade starts a new generation now, or after the one in flight.
@@ -501,7 +520,7 @@ func (l *launcher) upgrade(reason string) {
 	if l.cur != nil && l.steered() {
 		l.checkTripwire()
 	}
-	if _, err := l.pickSlot(); err == errNoSlot {
+	if _, err := l.pickSlots(l.workerCount()); err == errNoSlot {
 		l.freeSlot(reason)
 		return
 	}
@@ -540,13 +559,19 @@ func (l *launcher) stillServes() string {
 }
 
 func (l *launcher) onExit(g *generation, st exitStatus) {
+	if g.lead != nil {
+		l.onWorkerExit(g, st)
+		return
+	}
 	g.exited = true
 	l.roots.remove(g.id)
 	l.handoff.Exited(g.id)
 	for _, t := range g.timers {
 		t.Stop()
 	}
-	g.notify.Close()
+	if g.notify != nil { // a generation of workers has none
+		g.notify.Close()
+	}
 	l.dropProbes(g)
 	if g == l.cur && !l.stopping {
 		// Its crash restarts run this file, whatever is at its path now.
@@ -557,12 +582,14 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	}
 	g.bin = nil
 	var daemon []int
-	if !l.stopping && (g == l.cur || g == l.next) && st.ws.Exited() && st.ws.ExitStatus() == 0 {
+	if !l.stopping && (g == l.cur || g == l.next) && st.ws.Exited() && st.ws.ExitStatus() == 0 && g.workers == nil {
 		daemon = l.leftovers(g) // before the group is killed: a daemon may not have left it yet
 	}
 	// Whatever the leader left in its group goes with it: a generation is
 	// over when its main process is.
-	l.sys.killGroup(g.pid, syscall.SIGKILL)
+	if g.workers == nil {
+		l.sys.killGroup(g.pid, syscall.SIGKILL)
+	}
 	for i, x := range l.gens {
 		if x == g {
 			l.gens = append(l.gens[:i], l.gens[i+1:]...)
@@ -727,14 +754,24 @@ func (l *launcher) cancelRestart() {
 func (l *launcher) onSignal(sig syscall.Signal) {
 	switch sig {
 	case syscall.SIGCHLD:
-		reapOrphans(l.owns)
+		// Once per burst: the exits of an upgrade's old workers come
+		// together, and each reap reads every thread's children in /proc.
+		if !l.reapSoon {
+			l.reapSoon = true
+			l.sys.afterFunc(reapAfter, func() {
+				l.post(func() {
+					l.reapSoon = false
+					reapOrphans(l.owns)
+				})
+			})
+		}
 	case syscall.SIGUSR2, syscall.SIGHUP:
 		l.upgrade(signalName(sig))
 	case ReexecSignal:
 		l.onReexec(nil)
 	case syscall.SIGUSR1:
 		if l.cur != nil {
-			l.sys.signal(l.cur.pid, sig)
+			l.signalGen(l.cur, sig)
 		}
 		// A starting generation gets it once ready: it may not handle USR1
 		// yet (the default action kills), and it must not miss a log
@@ -760,8 +797,10 @@ func (l *launcher) owns(pid int) bool {
 		return true
 	}
 	for _, g := range l.gens {
-		if g.pid == pid {
-			return true
+		for _, p := range g.procs() {
+			if p.pid == pid {
+				return true
+			}
 		}
 	}
 	return false
@@ -789,12 +828,13 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 	}
 	l.outer.stopping()
 	l.log.Info(fmt.Sprintf("stopping: sent %s to %d generation(s)", signalName(sig), len(l.gens)))
-	for _, g := range l.gens {
+	for _, g := range slices.Clone(l.gens) { // retire may end one
 		if g.state == draining && sig == l.cfg.DrainSignal {
 			continue // already told
 		}
 		g.state = stopping
-		l.sys.signal(g.pid, sig)
+		l.signalGen(g, sig)
+		l.retire(g)
 	}
 	if len(l.gens) == 0 {
 		l.done = true
@@ -813,8 +853,9 @@ func (l *launcher) stop(sig syscall.Signal, timeout time.Duration) {
 }
 
 func (l *launcher) killAll() {
-	for _, g := range l.gens {
-		l.sys.killGroup(g.pid, syscall.SIGKILL)
+	for _, g := range slices.Clone(l.gens) {
+		l.killGen(g)
+		l.retire(g)
 	}
 }
 

@@ -212,7 +212,11 @@ func newMachine(t *testing.T, cfg Config, setup ...func(*machine)) *machine {
 		close(m.l.quit)
 		m.l.handoff.Close()
 		for _, g := range m.l.gens {
-			g.notify.Close()
+			for _, p := range g.procs() {
+				if p.notify != nil && !p.exited {
+					p.notify.Close()
+				}
+			}
 			closeFile(g.bin)
 		}
 		closeFile(m.l.prevBin)

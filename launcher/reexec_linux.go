@@ -187,6 +187,13 @@ func (l *launcher) onReexec(c *os.File) {
 		answerFile(c, Answer{Error: msg})
 		return
 	}
+	if l.cfg.Workers > 0 {
+		// The state carried over knows one process per generation.
+		msg := "relaunch reexec does not carry workers over yet (--workers): restart relaunch instead"
+		l.log.Warn("reexec refused: " + msg)
+		answerFile(c, Answer{Error: msg})
+		return
+	}
 	if c != nil {
 		l.reexecClients = append(l.reexecClients, c)
 	}
@@ -487,7 +494,7 @@ func (l *launcher) resume(r *Resume) error {
 			if err := l.watchAdopted(g); err != nil {
 				return err
 			}
-			go l.readNotify(g)
+			go l.readNotify(g, g.notify)
 			names = append(names, fmt.Sprintf("%s %s (adopted)", g, g.state))
 			continue
 		}
@@ -500,7 +507,7 @@ func (l *launcher) resume(r *Resume) error {
 				l.onExit(g, exitStatus{ws})
 			})
 		}()
-		go l.readNotify(g)
+		go l.readNotify(g, g.notify)
 		if g.state == draining && l.cfg.DrainTimeout > 0 {
 			l.drainTimer(g, l.cfg.DrainTimeout-time.Since(g.drainAt))
 		}

@@ -357,7 +357,12 @@ func plural(n int, one, many string) string {
 // notifySocket makes generation id's notify socket. A runtime directory
 // that was removed is made again first, and the handoff socket follows it.
 func (l *launcher) notifySocket(id int) (*sdlisten.NotifyListener, error) {
-	name := "gen" + strconv.Itoa(id) + ".sock"
+	return l.notifySocketNamed("gen" + strconv.Itoa(id))
+}
+
+// notifySocketNamed makes the notify socket name.sock.
+func (l *launcher) notifySocketNamed(name string) (*sdlisten.NotifyListener, error) {
+	name += ".sock"
 	for try := 0; ; try++ {
 		if l.runDir.gone() {
 			old := l.runDir.path

@@ -53,7 +53,11 @@ const (
 type slotWatch struct {
 	epfd, wake int
 	stop, done chan struct{}
+	armed      map[int]unix.EpollEvent // fd → how it is armed; the loop's
 }
+
+// fired: fd's one-shot registration went off, so it is disarmed.
+func (w *slotWatch) fired(fd int) { delete(w.armed, fd) }
 
 func newSlotWatch() (*slotWatch, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -103,6 +107,15 @@ func (w *slotWatch) arm(fd, ln, slot int, queue bool) {
 	if queue {
 		ev.Events |= unix.EPOLLIN
 	}
+	// Armed as wanted and not fired since: an epoll_ctl per slot and
+	// address at every start and exit would grow with workers × addresses.
+	if w.armed == nil {
+		w.armed = map[int]unix.EpollEvent{}
+	}
+	if w.armed[fd] == ev {
+		return
+	}
+	w.armed[fd] = ev
 	if unix.EpollCtl(w.epfd, unix.EPOLL_CTL_MOD, fd, &ev) != nil {
 		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
 	}
@@ -159,6 +172,13 @@ func (l *launcher) armSlots() {
 
 // onSlot: a watched socket hung up or has a connection queued.
 func (l *launcher) onSlot(ln, slot int) {
+	if l.slots != nil {
+		if p := l.cfg.Listeners[ln].Pool; p != nil && slot >= 0 {
+			l.slots.fired(p.Slot(slot).Fd())
+		} else if s := l.cfg.Listeners[ln].Socket; s != nil {
+			l.slots.fired(s.Fd())
+		}
+	}
 	if l.stopping {
 		return // relaunch closes every socket soon
 	}
@@ -180,7 +200,9 @@ func isTCP(s *sdlisten.Socket) bool {
 func (l *launcher) usedSlots() map[int]bool {
 	used := map[int]bool{l.steerSlot: true}
 	for _, g := range l.gens {
-		used[g.slot] = true
+		for _, s := range g.slots() {
+			used[s] = true
+		}
 	}
 	for i := range l.cfg.Listeners {
 		if l.frozen[i] >= 0 {

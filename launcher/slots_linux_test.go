@@ -145,7 +145,7 @@ func TestRescueLateHandshake(t *testing.T) {
 			t.Errorf("the tripwire blames %q for a held late handshake", why)
 		}
 		// The next generation takes the held slot, queue and all.
-		if s, err := r.l.pickSlot(); err != nil || s != 0 {
+		if s, err := r.l.pickSlot(nil); err != nil || s != 0 {
 			t.Errorf("the next generation gets slot %d (%v); want 0, the held one", s, err)
 		}
 	})

@@ -48,16 +48,35 @@ func (l *launcher) socketsFor(slot int) []*sdlisten.Socket {
 	return socks
 }
 
-// pickSlot chooses the slot of a generation about to start. A restart
-// after a crash takes the crashed generation's slot: new connections are
-// still steered there, and it serves what queued meanwhile.
-func (l *launcher) pickSlot() (int, error) {
+// pickSlots chooses the n slots of a generation about to start (one per
+// worker); -1 each without pools.
+func (l *launcher) pickSlots(n int) ([]int, error) {
+	var got []int
+	for range n {
+		s, err := l.pickSlot(got)
+		if err != nil {
+			return nil, err
+		}
+		got = append(got, s)
+	}
+	return got, nil
+}
+
+// pickSlot chooses a slot of a generation about to start, other than
+// taken. A restart after a crash takes the crashed generation's slot: new
+// connections are still steered there, and it serves what queued meanwhile.
+func (l *launcher) pickSlot(taken []int) (int, error) {
 	if !l.hasPools() {
 		return -1, nil
 	}
 	used := map[int]bool{}
 	for _, g := range l.gens {
-		used[g.slot] = true
+		for _, s := range g.slots() {
+			used[s] = true
+		}
+	}
+	for _, s := range taken {
+		used[s] = true
 	}
 	if l.cur == nil && !used[l.steerSlot] {
 		return l.steerSlot, nil

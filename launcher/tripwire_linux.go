@@ -20,11 +20,13 @@ import (
 // checkTripwire freezes every disturbed pool on the current slot.
 func (l *launcher) checkTripwire() {
 	l.reviveDead()
+	// One sock_diag dump serves every address, and gives the slots' queues.
+	var snap listenprobe.Snapshot
 	for i, ln := range l.cfg.Listeners {
 		if ln.Pool == nil || l.frozen[i] >= 0 {
 			continue
 		}
-		if why := l.disturbed(ln.Pool); why != "" {
+		if why := l.disturbedIn(ln.Pool, &snap); why != "" {
 			l.freeze(i, why)
 		}
 	}
@@ -44,19 +46,20 @@ func (l *launcher) freeze(i int, why string) {
 
 // disturbed says what is wrong with a pool's group, or "".
 func (l *launcher) disturbed(p *sdlisten.Pool) string {
-	ours := map[uint64]int{}        // inode → slot
-	for s, m := range p.Members() { // the spare is p.Len()
-		var st unix.Stat_t
-		if unix.Fstat(m.Fd(), &st) == nil {
-			ours[st.Ino] = s
-		}
-	}
-	listeners, port := listenprobe.Listeners(p.Slot(0).Fd())
+	return l.disturbedIn(p, &listenprobe.Snapshot{})
+}
+
+// disturbedIn is disturbed, from snap.
+func (l *launcher) disturbedIn(p *sdlisten.Pool, snap *listenprobe.Snapshot) string {
+	ours := l.poolInodes(p)
+	listeners, port := snap.Listeners(p.Slot(0).Fd())
 	var local string // our slots' local address, as /proc prints it
 	seen := map[int]bool{}
+	queued := map[int]int{} // slot → its accept queue, as the dump says
 	for _, ln := range listeners {
 		if s, ok := ours[ln.Inode]; ok {
 			seen[s], local = true, ln.Local
+			queued[s] = ln.Queued
 		}
 	}
 	for s := range p.Members() {
@@ -84,7 +87,7 @@ func (l *launcher) disturbed(p *sdlisten.Pool) string {
 		if _, held := l.held[s]; held {
 			continue
 		}
-		if n, err := p.Queued(s); err == nil && n > 0 && !used[s] && !l.lateOK(s) {
+		if n := queued[s]; n > 0 && !used[s] && !l.lateOK(s) {
 			return fmt.Sprintf("%d connection(s) are queued on slot %d, which no generation receives on, %s (a BPF program that is not relaunch's?)", n, s, l.awayFor(s))
 		}
 	}
@@ -99,4 +102,24 @@ func (l *launcher) genOfPid(pid int) *generation {
 		}
 	}
 	return nil
+}
+
+// poolInodes maps the inodes of p's sockets to their slots (the spare is
+// p.Len()). A pool keeps its sockets, so it is read once.
+func (l *launcher) poolInodes(p *sdlisten.Pool) map[uint64]int {
+	if m, ok := l.inodes[p]; ok {
+		return m
+	}
+	ours := map[uint64]int{}
+	for s, m := range p.Members() {
+		var st unix.Stat_t
+		if unix.Fstat(m.Fd(), &st) == nil {
+			ours[st.Ino] = s
+		}
+	}
+	if l.inodes == nil {
+		l.inodes = map[*sdlisten.Pool]map[uint64]int{}
+	}
+	l.inodes[p] = ours
+	return ours
 }

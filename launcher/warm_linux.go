@@ -158,11 +158,11 @@ const warmAfter = 250 * time.Millisecond
 // prepareNext starts the warm helper of the next generation, on the slot
 // the next start would take now (warmSlot keeps it that one).
 func (l *launcher) prepareNext() {
-	if l.sys.prepare == nil || l.stopping || l.next != nil {
-		return
+	if l.sys.prepare == nil || l.stopping || l.next != nil || l.nWorkers > 0 {
+		return // (workers: a generation is many starts; not warmed yet)
 	}
 	l.dropWarm()
-	slot, err := l.pickSlot()
+	slot, err := l.pickSlot(nil)
 	if err != nil {
 		return
 	}

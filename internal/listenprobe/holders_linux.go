@@ -103,7 +103,7 @@ func boundSockets(family, proto int, states uint32, port int) ([]diagSocket, err
 		}
 		ino, _ := strconv.ParseUint(fl[9], 10, 64)
 		uid, _ := strconv.Atoi(fl[7])
-		out = append(out, diagSocket{Listener{Local: fl[1], Inode: ino}, ip, uid})
+		out = append(out, diagSocket{Listener{Local: fl[1], Inode: ino}, ip, uid, port})
 	}
 	return out, sc.Err()
 }

@@ -17,6 +17,9 @@ type Listener struct {
 	// meant to be parsed.
 	Local string
 	Inode uint64
+	// Queued is its accept queue: connections the kernel completed that
+	// no process has accepted yet.
+	Queued int
 }
 
 // Listeners lists the listening TCP sockets on fd's port, of fd's family,
@@ -24,6 +27,20 @@ type Listener struct {
 // sock_diag, or, where that is missing (no tcp_diag module), from
 // /proc/net/tcp or tcp6.
 func Listeners(fd int) ([]Listener, int) {
+	return (&Snapshot{}).Listeners(fd)
+}
+
+// A Snapshot answers Listeners for any number of sockets from one
+// sock_diag dump per family, taken at its first use: checking every
+// address of a relaunch costs one dump, not one per address. Its zero
+// value is ready to use.
+type Snapshot struct {
+	dumped map[int][]diagSocket // family → its listeners; absent: not dumped yet
+	failed map[int]bool         // family → sock_diag failed: /proc/net per port
+}
+
+// Listeners is the package's Listeners, from the snapshot.
+func (s *Snapshot) Listeners(fd int) ([]Listener, int) {
 	// Only the table of the socket's own family: reading one with no
 	// listener makes the kernel walk its whole connection table.
 	port, table, family := 0, "/proc/net/tcp", unix.AF_INET
@@ -33,10 +50,27 @@ func Listeners(fd int) ([]Listener, int) {
 	case *unix.SockaddrInet6:
 		port, table, family = sa.Port, "/proc/net/tcp6", unix.AF_INET6
 	}
-	if out, err := diagListeners(family, port); err == nil {
-		return out, port
+	if s.dumped == nil {
+		s.dumped, s.failed = map[int][]diagSocket{}, map[int]bool{}
 	}
-	return procListeners(table, port), port
+	if _, ok := s.dumped[family]; !ok && !s.failed[family] {
+		socks, err := diagSockets(family, unix.IPPROTO_TCP, 1<<tcpListenSt, -1)
+		if err != nil {
+			s.failed[family] = true
+		} else {
+			s.dumped[family] = socks
+		}
+	}
+	if s.failed[family] {
+		return procListeners(table, port), port
+	}
+	var out []Listener
+	for _, d := range s.dumped[family] {
+		if d.Port == port {
+			out = append(out, d.Listener)
+		}
+	}
+	return out, port
 }
 
 // procListeners reads the listening sockets on port from table, a
@@ -63,7 +97,9 @@ func procListeners(table string, port int) []Listener {
 				continue
 			}
 			if ino, err := strconv.ParseUint(fl[9], 10, 64); err == nil {
-				out = append(out, Listener{Local: fl[1], Inode: ino})
+				_, rx, _ := strings.Cut(fl[4], ":") // tx_queue:rx_queue, rx a listener's accept queue
+				q, _ := strconv.ParseUint(rx, 16, 32)
+				out = append(out, Listener{Local: fl[1], Inode: ino, Queued: int(q)})
 			}
 		}
 		f.Close()

@@ -85,6 +85,33 @@ func TestDiagListeners(t *testing.T) {
 			if len(diag) == 2 && diag[0].Local != diag[1].Local {
 				t.Errorf("sock_diag: two sockets on one address have local keys %q and %q", diag[0].Local, diag[1].Local)
 			}
+			// The one connection waits in one accept queue; both say so.
+			queued := func(ls []Listener) (n int) {
+				for _, l := range ls {
+					n += l.Queued
+				}
+				return n
+			}
+			if q, p := queued(diag), queued(proc); q != 1 || p != 1 {
+				t.Errorf("queued: sock_diag %d, /proc %d; want 1 each (the connection not accepted)", q, p)
+			}
+			// One snapshot answers for both ports as one dump per port does.
+			var snap Snapshot
+			for _, ln := range []net.Listener{a, other} {
+				f, err := ln.(*net.TCPListener).File()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, p := snap.Listeners(int(f.Fd()))
+				f.Close()
+				one, err := diagListeners(tc.family, p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(inos(got), inos(one)) || queued(got) != queued(one) {
+					t.Errorf("port %d: the snapshot lists %v (queued %d); one dump %v (queued %d)", p, inos(got), queued(got), inos(one), queued(one))
+				}
+			}
 		})
 	}
 }

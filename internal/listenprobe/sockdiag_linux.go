@@ -24,6 +24,7 @@ const (
 	diagReqLen  = 56 // struct inet_diag_req_v2
 	diagMsgLen  = 72 // struct inet_diag_msg
 	diagIDOff   = 4  // inet_diag_msg.id (struct inet_diag_sockid)
+	diagRqOff   = 56 // inet_diag_msg.idiag_rqueue: a listener's accept queue
 	diagUidOff  = 64 // inet_diag_msg.idiag_uid
 	diagInoOff  = 68 // inet_diag_msg.idiag_inode
 	tcpListenSt = 10 // TCP_LISTEN
@@ -46,12 +47,14 @@ func diagListeners(family, port int) ([]Listener, error) {
 // diagSocket is one socket sock_diag lists.
 type diagSocket struct {
 	Listener
-	IP  netip.Addr // the local address it is bound to
-	Uid int        // its owner's
+	IP   netip.Addr // the local address it is bound to
+	Uid  int        // its owner's
+	Port int
 }
 
 // diagSockets lists the sockets of family and proto (unix.IPPROTO_TCP or
-// IPPROTO_UDP) in the states of the mask (1<<state) bound to port.
+// IPPROTO_UDP) in the states of the mask (1<<state) bound to port; every
+// port for port < 0.
 func diagSockets(family, proto int, states uint32, port int) ([]diagSocket, error) {
 	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
@@ -100,7 +103,7 @@ func diagSockets(family, proto int, states uint32, port int) ([]diagSocket, erro
 				}
 				id := m.Data[diagIDOff:]
 				sport := int(binary.BigEndian.Uint16(id[0:]))
-				if sport != port {
+				if port >= 0 && sport != port {
 					continue
 				}
 				// The local address, as a key to compare sockets by: the
@@ -111,7 +114,8 @@ func diagSockets(family, proto int, states uint32, port int) ([]diagSocket, erro
 				if family == unix.AF_INET {
 					ip, _ = netip.AddrFromSlice(id[4:8])
 				}
-				out = append(out, diagSocket{Listener{Local: local, Inode: uint64(ne.Uint32(m.Data[diagInoOff:]))}, ip, int(ne.Uint32(m.Data[diagUidOff:]))})
+				out = append(out, diagSocket{Listener{Local: local, Inode: uint64(ne.Uint32(m.Data[diagInoOff:])), Queued: int(ne.Uint32(m.Data[diagRqOff:]))},
+					ip, int(ne.Uint32(m.Data[diagUidOff:])), sport})
 			}
 		}
 	}

@@ -7,7 +7,8 @@
 //
 // Endpoints:
 //
-//	GET /            200 "version=V pid=P gen=G\n"
+//	GET /            200 "version=V pid=P gen=G\n" (" worker=W" before the newline under relaunch --workers)
+//	GET /spin?n=N    N rounds of a CPU-bound hash, then answers like / (a CPU-bound handler)
 //	GET /sleep?d=3s  sleeps d, then answers like /
 //	GET /fds         open fds, one "N -> target" per line (?at=start: as at the top of main)
 //	GET /env         LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, NOTIFY_SOCKET, RELAUNCH_GENERATION, RELAUNCH_HANDOFF, PID as K=V lines
@@ -45,6 +46,7 @@ var (
 	listenAddr     = flag.String("listen", "", "bind this address itself (host:port, or unix:/path) and ignore LISTEN_FDS")
 	initDelay      = flag.Duration("init-delay", 0, "sleep this long before creating the listeners (start-up work)")
 	exitAtStart    = flag.Int("exit-at-start", -1, "exit with this status at once (a bad build); negative: off")
+	exitWorker     = flag.Int("exit-at-start-worker", -1, "with RELAUNCH_WORKER equal to this, exit with status 1 at once (one bad worker); negative: off")
 	noNotify       = flag.Bool("no-notify", false, "never send READY=1")
 	notifyDelay    = flag.Duration("notify-delay", 0, "send READY=1 this long after the listeners exist")
 	drainMode      = flag.String("drain", "graceful", "graceful: close listeners, wait 100ms, Shutdown; naive: Shutdown at once; shutdown: shutdown(2) the listeners (as C and Java servers do to wake their accept threads), then as graceful")
@@ -65,6 +67,7 @@ var (
 	healthyOnce sync.Once // "healthy" is recorded at the first 2xx of /healthz
 	servedOnce  sync.Once // "served" at the first answer to a client (any other path)
 	gen         = os.Getenv("RELAUNCH_GENERATION")
+	worker      = os.Getenv("RELAUNCH_WORKER")
 	pid         = os.Getpid()
 	startFds    string // the fd table at the top of main
 	recordMu    sync.Mutex
@@ -81,6 +84,10 @@ func main() {
 	if *exitAtStart >= 0 {
 		logf("demo: gen %s pid %d version %s exiting at start with status %d", gen, pid, *version, *exitAtStart)
 		os.Exit(*exitAtStart)
+	}
+	if *exitWorker >= 0 && worker == strconv.Itoa(*exitWorker) {
+		logf("demo: gen %s pid %d worker %s exiting at start with status 1", gen, pid, worker)
+		os.Exit(1)
 	}
 	if *drainMode != "graceful" && *drainMode != "naive" && *drainMode != "shutdown" {
 		fatalf("-drain must be graceful, naive or shutdown, not %q", *drainMode)
@@ -282,6 +289,10 @@ func newConns() int {
 func handler() http.Handler {
 	mux := http.NewServeMux()
 	hello := func(w http.ResponseWriter) {
+		if worker != "" {
+			fmt.Fprintf(w, "version=%s pid=%d gen=%s worker=%s\n", *version, pid, gen, worker)
+			return
+		}
 		fmt.Fprintf(w, "version=%s pid=%d gen=%s\n", *version, pid, gen)
 	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -315,6 +326,21 @@ func handler() http.Handler {
 		}
 		hello(w)
 	})
+	mux.HandleFunc("GET /spin", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil || n < 0 || n > 1e9 {
+			http.Error(w, "bad n", http.StatusBadRequest)
+			return
+		}
+		h := uint64(14695981039346656037)
+		for i := range n {
+			h = (h ^ uint64(i)) * 1099511628211
+		}
+		if h == 0 { // never: keeps the loop from being optimised away
+			fmt.Fprint(w, "zero ")
+		}
+		hello(w)
+	})
 	mux.HandleFunc("GET /fds", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("at") == "start" {
 			fmt.Fprint(w, startFds)
@@ -325,6 +351,9 @@ func handler() http.Handler {
 	mux.HandleFunc("GET /env", func(w http.ResponseWriter, r *http.Request) {
 		for _, k := range []string{"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "RELAUNCH_GENERATION", "RELAUNCH_HANDOFF"} {
 			fmt.Fprintf(w, "%s=%s\n", k, os.Getenv(k))
+		}
+		if worker != "" {
+			fmt.Fprintf(w, "RELAUNCH_WORKER=%s\n", worker)
 		}
 		fmt.Fprintf(w, "PID=%d\n", pid)
 	})
