@@ -36,9 +36,14 @@ func BenchmarkUpgradeCPU(b *testing.B) {
 				args = append(args, "--workers", strconv.Itoa(c.workers))
 			}
 			var first string
-			for i := range c.listeners {
-				a := freeAddr(b)
-				if i == 0 {
+			seen := map[string]bool{}
+			for len(seen) < c.listeners {
+				a := freeAddr(b) // a port freed and picked again can come twice
+				if seen[a] {
+					continue
+				}
+				seen[a] = true
+				if first == "" {
 					first = a
 				}
 				args = append(args, "--listen", a)
