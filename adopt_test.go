@@ -52,13 +52,7 @@ func TestAdoptAfterKill(t *testing.T) {
 			}
 			b.WaitLog(t, fmt.Sprintf("took %d socket(s) back from the keeper (pid %d)", want, keeper), 10*time.Second)
 			b.WaitLog(t, fmt.Sprintf("adopted gen 1 (pid %d), current", gen1), 10*time.Second)
-			st := statusOf(t, sock)
-			if len(st.Generations) != 1 || st.Generations[0].Pid != gen1 || st.Generations[0].State != "current" || !st.Generations[0].Adopted {
-				t.Fatalf("status after adoption: %+v; want gen 1 (pid %d), current, adopted", st.Generations, gen1)
-			}
-			if strings.Contains(b.Stderr(), "started:") {
-				t.Errorf("adoption started a generation:\n%s", b.Stderr())
-			}
+			checkAdoptedAlone(t, b, sock, gen1)
 			upgradeTo(t, b, 2)
 			b.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited", gen1), 20*time.Second)
 			_, fds := fdsAtStart(t, addr)
@@ -66,7 +60,7 @@ func TestAdoptAfterKill(t *testing.T) {
 				t.Errorf("gen 2's fd 3 is %q, none of the sockets the first relaunch bound", fds[3])
 			}
 			stopLoad(t, load)
-			st = statusOf(t, sock)
+			st := statusOf(t, sock)
 			if len(st.Generations) != 1 || st.Generations[0].Generation != 2 || st.Generations[0].Adopted {
 				t.Errorf("status after the upgrade: %+v; want gen 2 alone", st.Generations)
 			}
@@ -322,5 +316,18 @@ func TestNoKeeper(t *testing.T) {
 				t.Errorf("relaunch %v speaks of a keeper:\n%s", args, p.Stderr())
 			}
 		})
+	}
+}
+
+// checkAdoptedAlone checks that relaunch b (control socket sock) adopted
+// the orphan gen1 as its one generation, current, and started none.
+func checkAdoptedAlone(t *testing.T, b *relaunchProc, sock string, gen1 int) {
+	t.Helper()
+	st := statusOf(t, sock)
+	if len(st.Generations) != 1 || st.Generations[0].Pid != gen1 || st.Generations[0].State != "current" || !st.Generations[0].Adopted {
+		t.Fatalf("status after adoption: %+v; want gen 1 (pid %d), current, adopted", st.Generations, gen1)
+	}
+	if strings.Contains(b.Stderr(), "started:") {
+		t.Errorf("adoption started a generation:\n%s", b.Stderr())
 	}
 }

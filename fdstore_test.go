@@ -149,19 +149,13 @@ func TestFDStoreAdopts(t *testing.T) {
 	b := startRelaunchOpts(t, procOpts{ExtraFiles: files, Activation: true, FdNames: names},
 		"-l", addr, "--no-watch-binary", "--control", sock, "--", demoBin)
 	b.WaitLog(t, fmt.Sprintf("adopted gen 1 (pid %d), current", gen1), 10*time.Second)
-	st := statusOf(t, sock)
-	if len(st.Generations) != 1 || st.Generations[0].Pid != gen1 || st.Generations[0].State != "current" || !st.Generations[0].Adopted {
-		t.Fatalf("status after adoption: %+v; want gen 1 (pid %d), current, adopted", st.Generations, gen1)
-	}
-	if strings.Contains(b.Stderr(), "started:") {
-		t.Errorf("adoption started a generation:\n%s", b.Stderr())
-	}
+	checkAdoptedAlone(t, b, sock, gen1)
 	b.Signal(syscall.SIGUSR2)
 	b.WaitLog(t, "gen 2 (pid", 10*time.Second)
 	b.WaitLog(t, fmt.Sprintf("gen 1 (pid %d) exited", gen1), 20*time.Second)
 	waitHTTP(t, addr, "gen=2", 10*time.Second)
 	stopLoad(t, load)
-	st = statusOf(t, sock)
+	st := statusOf(t, sock)
 	if len(st.Generations) != 1 || st.Generations[0].Generation != 2 || st.Generations[0].Adopted {
 		t.Errorf("status after the upgrade: %+v; want gen 2 alone", st.Generations)
 	}

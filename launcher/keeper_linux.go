@@ -210,19 +210,14 @@ func takeState(socks []*sdlisten.Socket) (st *savedState, fd int, rest []*sdlist
 }
 
 func readState(fd int) *savedState {
-	buf := make([]byte, 0, 4096)
-	for len(buf) < 1<<20 {
-		if len(buf) == cap(buf) {
-			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
-		}
-		n, err := unix.Pread(fd, buf[len(buf):cap(buf)], int64(len(buf)))
-		if n <= 0 || err != nil {
-			break
-		}
-		buf = buf[:len(buf)+n]
+	var fi unix.Stat_t
+	if unix.Fstat(fd, &fi) != nil {
+		return nil
 	}
+	buf := make([]byte, min(fi.Size, 1<<20)) // relaunch writes a few hundred bytes
+	n, _ := unix.Pread(fd, buf, 0)
 	var st savedState
-	if err := json.NewDecoder(bytes.NewReader(buf)).Decode(&st); err != nil || st.Format != 1 {
+	if err := json.NewDecoder(bytes.NewReader(buf[:max(n, 0)])).Decode(&st); err != nil || st.Format != 1 {
 		return nil
 	}
 	return &st

@@ -243,6 +243,8 @@ func Take(pid int, name string, gone func(pid int, err error)) (*Client, []Recei
 			unix.Close(pfd)
 			c.gone(nil, gone)
 		}()
+	} else {
+		close(c.exited) // unwatched: Close has nothing to wait for
 	}
 	return c, got, nil
 }
