@@ -193,6 +193,7 @@ type cutover struct {
 	total    dist // trigger → first answer of the new process
 	spawn    dist // trigger → forked (relaunch: its "started" line)
 	exec     dist // fork → the app listens, minus -init-delay
+	boot     dist // fork → the app's Go runtime is up (its "init" record)
 	ready    dist // the app listens → relaunch's "ready" line; empty for the overlap
 	answer   dist // relaunch's "ready" line (the overlap: the app listens) → first answer
 	failed   int  // requests of the load that failed in the run
@@ -224,6 +225,9 @@ func (r *report) relaunchCutover(name string, p *phase) cutover {
 		c.answer = append(c.answer, u.first.Sub(g.readyAt))
 		if rec := recGen[u.newGen]; rec != nil && !rec["listening"].IsZero() {
 			c.exec = append(c.exec, rec["listening"].Sub(g.startedAt)-r.cfg.initDelay)
+			if !rec["init"].IsZero() {
+				c.boot = append(c.boot, rec["init"].Sub(g.startedAt))
+			}
 			c.ready = append(c.ready, g.readyAt.Sub(rec["listening"]))
 		}
 	}
@@ -238,6 +242,9 @@ func (r *report) overlapCutover(p *phase) cutover {
 		c.spawn = append(c.spawn, u.spawned.Sub(u.trigger))
 		if rec := p.recs.at[u.newPid]; rec != nil && !rec["listening"].IsZero() {
 			c.exec = append(c.exec, rec["listening"].Sub(u.spawned)-r.cfg.initDelay)
+			if !rec["init"].IsZero() {
+				c.boot = append(c.boot, rec["init"].Sub(u.spawned))
+			}
 			c.answer = append(c.answer, u.first.Sub(rec["listening"]))
 		}
 	}
@@ -300,6 +307,7 @@ func (r *report) cutoverTable() string {
 	}
 	row("trigger → new process forked (relaunch: its `started` line)", func(c cutover) string { return c.spawn.String() })
 	row(fmt.Sprintf("fork → the app listens, minus its %s `-init-delay` (relaunch: its exec helper too)", ms(r.cfg.initDelay)), func(c cutover) string { return c.exec.String() })
+	row("of which: fork → the app's Go runtime is up (exec, runtime start; relaunch: its exec helper too)", func(c cutover) string { return c.boot.String() })
 	row("the app listens → relaunch logs `ready` (`READY=1` received, or seen in `/proc`)", func(c cutover) string {
 		if c.name == "overlap" {
 			return ""

@@ -63,9 +63,10 @@ var (
 )
 
 var (
-	listeningAt time.Time // set before any request is served
-	healthyOnce sync.Once // "healthy" is recorded at the first 2xx of /healthz
-	servedOnce  sync.Once // "served" at the first answer to a client (any other path)
+	initAt      = time.Now() // the Go runtime is up: "init" in the -record file
+	listeningAt time.Time    // set before any request is served
+	healthyOnce sync.Once    // "healthy" is recorded at the first 2xx of /healthz
+	servedOnce  sync.Once    // "served" at the first answer to a client (any other path)
 	gen         = os.Getenv("RELAUNCH_GENERATION")
 	worker      = os.Getenv("RELAUNCH_WORKER")
 	pid         = os.Getpid()
@@ -78,6 +79,7 @@ var (
 func main() {
 	startFds = listFds()
 	flag.Parse()
+	recordAt(initAt, "init")
 	if flag.NArg() > 0 {
 		fatalf("unexpected arguments %q", flag.Args())
 	}
@@ -473,11 +475,14 @@ func listFds() string {
 // record appends "event <unix-ns> [args...] gen=G pid=P" to the -record file.
 // Positional fields come first; the gen= and pid= fields let several
 // generations share one file.
-func record(event string, args ...string) {
+func record(event string, args ...string) { recordAt(time.Now(), event, args...) }
+
+// recordAt records an event that happened at t.
+func recordAt(t time.Time, event string, args ...string) {
 	if *recordFile == "" {
 		return
 	}
-	line := event + " " + strconv.FormatInt(time.Now().UnixNano(), 10)
+	line := event + " " + strconv.FormatInt(t.UnixNano(), 10)
 	for _, a := range args {
 		line += " " + a
 	}
