@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/relaunch/relaunch/launcher"
 )
 
 // Crash restarts run the binary the crashed generation ran, from the file
@@ -20,9 +22,14 @@ import (
 // current and alive.
 func crashCheckCurrent(t *testing.T, sock string, gen int) {
 	t.Helper()
-	st := statusOf(t, sock)
-	if len(st.Generations) != 1 || st.Generations[0].Generation != gen || st.Generations[0].State != "current" ||
-		!processAlive(st.Generations[0].Pid) {
+	var st launcher.Status
+	alone := func() bool {
+		st = statusOf(t, sock)
+		return len(st.Generations) == 1 && st.Generations[0].Generation == gen && st.Generations[0].State == "current" &&
+			processAlive(st.Generations[0].Pid)
+	}
+	// The one before it may still be settling, then draining.
+	if !waitUntil(10*time.Second, 20*time.Millisecond, alone) {
 		t.Errorf("status: generations %+v; want gen %d alone, current and running", st.Generations, gen)
 	}
 }
