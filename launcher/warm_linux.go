@@ -86,7 +86,7 @@ func (w *warmHelper) fits(p procSpec) bool {
 // not read within a second fails it.
 func (w *warmHelper) order(p procSpec) error {
 	w.ctl.SetWriteDeadline(time.Now().Add(time.Second))
-	_, err := w.ctl.Write(exechelper.Order(p.path, p.argv, p.env))
+	_, err := w.ctl.Write(exechelper.Order(w.pid, p.path, p.argv, p.env))
 	if cerr := w.ctl.Close(); err == nil {
 		err = cerr
 	}

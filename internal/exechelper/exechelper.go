@@ -4,7 +4,9 @@
 // relaunch starts itself (/proc/self/exe) with the variables of Env; in that
 // process this package, from its init, sets LISTEN_PID to the process's own
 // pid, marks every fd past the sockets close-on-exec, and execs the real
-// command. The pid survives execve, so the value is right.
+// command. The pid survives execve, so the value is right. A warm helper,
+// started ahead of its order, knows its pid before the order comes: relaunch
+// writes LISTEN_PID into the order (Order), and the helper only execs.
 //
 // It runs from init, and imports syscall alone, so that the Go runtime
 // initialises the fewest packages before it (relaunch's others, with the CLI
@@ -38,39 +40,81 @@ func WarmEnv(errFd, ctlFd int) []string {
 	return []string{waitEnv + "=" + itoa(ctlFd), errFdEnv + "=" + itoa(errFd)}
 }
 
-// Order is a warm helper's order: exec path with argv and exactly env.
-func Order(path string, argv, env []string) []byte {
+// Order is a warm helper's order: exec path with argv and exactly env. pid
+// is the helper's: the order carries LISTEN_PID=pid when env has
+// LISTEN_FDS (replacing any LISTEN_PID), so that the helper, once woken,
+// only execs (see warm in exechelper_linux.go).
+func Order(pid int, path string, argv, env []string) []byte {
 	var b []byte
 	b = append(append(b, path...), 0)
 	b = append(append(b, itoa(len(argv))...), 0)
-	for _, s := range append(argv[:len(argv):len(argv)], env...) {
+	for _, s := range argv {
 		b = append(append(b, s...), 0)
+	}
+	listen := false
+	for _, kv := range env {
+		if len(kv) >= len("LISTEN_PID=") && kv[:len("LISTEN_PID=")] == "LISTEN_PID=" {
+			continue
+		}
+		if len(kv) > len("LISTEN_FDS=") && kv[:len("LISTEN_FDS=")] == "LISTEN_FDS=" {
+			listen = true
+		}
+		b = append(append(b, kv...), 0)
+	}
+	if listen {
+		b = append(append(b, "LISTEN_PID="+itoa(pid)...), 0)
 	}
 	return b
 }
 
-// parseOrder undoes Order.
-func parseOrder(b []byte) (path string, argv, env []string, ok bool) {
-	var f []string
-	for len(b) > 0 {
-		i := 0
-		for i < len(b) && b[i] != 0 {
-			i++
+// parseOrder splits an order into its fields, each a NUL-terminated string
+// in b, as pointers for execve: fields[0] is the path, argv and env are
+// nil-terminated. It appends to argv and env (their capacity is kept, so
+// that a helper that prepared them allocates nothing here).
+func parseOrder(b []byte, argv, env []*byte) (path []byte, av, ev []*byte, ok bool) {
+	i := 0
+	field := func() []byte { // the next field, without its NUL; nil at the end
+		j := i
+		for j < len(b) && b[j] != 0 {
+			j++
 		}
-		if i == len(b) {
-			return "", nil, nil, false // every field ends with a NUL
+		if j == len(b) {
+			return nil // every field ends with a NUL
 		}
-		f = append(f, string(b[:i]))
-		b = b[i+1:]
+		f := b[i:j:j]
+		i = j + 1
+		return f
 	}
-	if len(f) < 2 {
-		return "", nil, nil, false
+	if path = field(); len(path) == 0 {
+		return nil, nil, nil, false
 	}
-	n, ok := atoi(f[1])
-	if !ok || n < 1 || n > len(f)-2 {
-		return "", nil, nil, false
+	f := field()
+	n := 0
+	for _, c := range f {
+		if c < '0' || c > '9' || n > 1<<20 {
+			return nil, nil, nil, false
+		}
+		n = n*10 + int(c-'0')
 	}
-	return f[0], f[2 : 2+n], f[2+n:], true
+	if n < 1 {
+		return nil, nil, nil, false
+	}
+	av, ev = argv[:0], env[:0]
+	for i < len(b) {
+		start := i
+		if field() == nil {
+			return nil, nil, nil, false
+		}
+		if len(av) < n {
+			av = append(av, &b[start])
+		} else {
+			ev = append(ev, &b[start])
+		}
+	}
+	if len(av) != n {
+		return nil, nil, nil, false
+	}
+	return path, append(av, nil), append(ev, nil), true
 }
 
 func itoa(n int) string {

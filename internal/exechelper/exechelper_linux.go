@@ -1,6 +1,9 @@
 package exechelper
 
-import "syscall"
+import (
+	"syscall"
+	"unsafe"
+)
 
 func init() { run() }
 
@@ -19,32 +22,20 @@ func run() {
 	if !ok || errFd < 3 {
 		fail(-1, "bad "+errFdEnv+" in the exec helper", 127)
 	}
-	var argv []string
-	var err error
 	if warm {
 		ctlFd, ok := atoi(ctl)
 		if !ok || ctlFd <= errFd {
 			fail(errFd, "bad "+waitEnv+" in the exec helper", 127)
 		}
-		var env []string
-		path, argv, env = wait(ctlFd, errFd)
-		syscall.Clearenv()
-		for _, kv := range env {
-			for i := 0; i < len(kv); i++ {
-				if kv[i] == '=' {
-					syscall.Setenv(kv[:i], kv[i+1:])
-					break
-				}
-			}
-		}
-	} else {
-		// os.Args is not set yet (os is not initialised): the kernel's copy.
-		if argv, err = args(); err != nil {
-			fail(errFd, "cannot read /proc/self/cmdline: "+err.Error(), 127)
-		}
-		syscall.Unsetenv(pathEnv)
-		syscall.Unsetenv(errFdEnv)
+		warmExec(ctlFd, errFd)
 	}
+	// os.Args is not set yet (os is not initialised): the kernel's copy.
+	argv, err := args()
+	if err != nil {
+		fail(errFd, "cannot read /proc/self/cmdline: "+err.Error(), 127)
+	}
+	syscall.Unsetenv(pathEnv)
+	syscall.Unsetenv(errFdEnv)
 	if fds, _ := syscall.Getenv("LISTEN_FDS"); fds != "" {
 		syscall.Setenv("LISTEN_PID", itoa(syscall.Getpid()))
 	}
@@ -60,26 +51,81 @@ func run() {
 		syscall.Nanosleep(&syscall.Timespec{Nsec: 20e6}, nil)
 		err = syscall.Exec(path, argv, syscall.Environ())
 	}
+	execFailed(errFd, path, err)
+}
+
+// Sizes a warm helper prepares before its wait: an order (path, argv and
+// environment) up to orderBuf bytes, with up to orderFields fields, takes no
+// allocation once it has come. A larger one still works, more slowly.
+const (
+	orderBuf    = 64 << 10
+	orderFields = 2048
+)
+
+// warmExec waits for the order on ctlFd, until EOF, and execs it. No order
+// (relaunch did not need it, or is gone): it exits quietly. Everything the
+// exec needs is allocated and touched before the wait, and the order's
+// fields are passed to execve where they lie: a first touch of a page costs
+// a page fault, tens of µs on some virtual machines, and Clearenv and
+// Setenv of the environment's fifty-odd variables took 2–3 ms there, every
+// one of them on the way from the order to the app's start.
+func warmExec(ctlFd, errFd int) {
+	buf := make([]byte, orderBuf)
+	argv := make([]*byte, 0, orderFields)
+	env := make([]*byte, 0, orderFields)
+	for i := 0; i < len(buf); i += 512 {
+		buf[i] = 0
+	}
+	for _, s := range [][]*byte{argv[:orderFields], env[:orderFields]} {
+		for i := range s {
+			s[i] = nil // touched
+		}
+	}
+	parseOrder([]byte("/x\x001\x00x\x00K=V\x00"), argv, env) // its code paged in
+
+	n := 0
+	for {
+		if n == len(buf) {
+			if n >= 4<<20 {
+				fail(errFd, "the exec helper got an order over 4 MiB", 127)
+			}
+			buf = append(buf, make([]byte, n)...)
+		}
+		k, err := syscall.Read(ctlFd, buf[n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil || k == 0 {
+			break
+		}
+		n += k
+	}
+	syscall.Close(ctlFd)
+	if n == 0 {
+		syscall.Exit(0)
+	}
+	path, av, ev, ok := parseOrder(buf[:n], argv, env)
+	if !ok {
+		fail(errFd, "the exec helper got a bad order", 127)
+	}
+	closeOnExecFrom(errFd)
+	p := &buf[0] // path is buf's first field, NUL-terminated
+	_, _, e := syscall.RawSyscall(syscall.SYS_EXECVE, uintptr(unsafe.Pointer(p)), uintptr(unsafe.Pointer(&av[0])), uintptr(unsafe.Pointer(&ev[0])))
+	// "Text file busy": see run.
+	for i := 0; e == syscall.ETXTBSY && i < 150; i++ {
+		syscall.Nanosleep(&syscall.Timespec{Nsec: 20e6}, nil)
+		_, _, e = syscall.RawSyscall(syscall.SYS_EXECVE, uintptr(unsafe.Pointer(p)), uintptr(unsafe.Pointer(&av[0])), uintptr(unsafe.Pointer(&ev[0])))
+	}
+	execFailed(errFd, string(path), e)
+}
+
+// execFailed reports a failed exec of path, with a shell's status.
+func execFailed(errFd int, path string, err error) {
 	status := 127
 	if err == syscall.EACCES || err == syscall.ENOEXEC {
 		status = 126
 	}
 	fail(errFd, path+": "+err.Error(), status)
-}
-
-// wait reads a warm helper's order until EOF; no order: relaunch did not
-// need it (or is gone), and it exits quietly.
-func wait(ctlFd, errFd int) (path string, argv, env []string) {
-	b, err := readAll(ctlFd, 4<<20)
-	syscall.Close(ctlFd)
-	if err != nil || len(b) == 0 {
-		syscall.Exit(0)
-	}
-	path, argv, env, ok := parseOrder(b)
-	if !ok {
-		fail(errFd, "the exec helper got a bad order", 127)
-	}
-	return path, argv, env
 }
 
 // readAll reads fd to its end, at most max bytes.

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // helper starts this test binary as the exec helper of path with argv: its
@@ -111,6 +112,125 @@ func TestItoaAtoi(t *testing.T) {
 	for _, s := range []string{"", "-1", "1x", "1234567890"} {
 		if _, ok := atoi(s); ok {
 			t.Errorf("atoi(%q) ok", s)
+		}
+	}
+}
+
+// warmHelper starts this test binary as a warm helper, sends it order (none
+// when nil: EOF) and returns what it printed, what its error pipe said and
+// its exit status.
+func warmHelper(t *testing.T, order func(pid int) []byte) (out, pipe string, status int) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cw.Close()
+	var stdout strings.Builder
+	cmd := &exec.Cmd{Path: self, Args: WarmArgv, ExtraFiles: []*os.File{pw, cr}, Stdout: &stdout,
+		Env: append([]string{"PATH=/usr/bin:/bin", "HELPER_ONLY=1"}, WarmEnv(3, 4)...)}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	cr.Close()
+	if order != nil {
+		if _, err := cw.Write(order(cmd.Process.Pid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cw.Close()
+	err = cmd.Wait()
+	b, _ := io.ReadAll(pr)
+	if ee, ok := err.(*exec.ExitError); ok {
+		status = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), string(b), status
+}
+
+// A warm helper execs its order with exactly the order's argv and
+// environment (none of its own), LISTEN_PID set to its pid when the order
+// has LISTEN_FDS (a stale LISTEN_PID replaced); no order: exit 0, silent; a
+// bad order or a missing file: the pipe says why, with a shell's status.
+func TestWarmHelper(t *testing.T) {
+	script := `echo "$0|$1|${LISTEN_PID-unset}|$$|${HELPER_ONLY-unset}|${RELAUNCH_EXEC_WAIT-unset}|$KEEP"`
+	out, pipe, status := warmHelper(t, func(pid int) []byte {
+		return Order(pid, "/bin/sh", []string{"sh", "-c", script, "zero", "one"},
+			[]string{"LISTEN_FDS=1", "LISTEN_PID=1", "KEEP=a=b"})
+	})
+	f := strings.Split(strings.TrimSpace(out), "|")
+	if status != 0 || pipe != "" || len(f) != 7 {
+		t.Fatalf("status %d, pipe %q, output %q", status, pipe, out)
+	}
+	if f[0] != "zero" || f[1] != "one" || f[2] != f[3] || f[4] != "unset" || f[5] != "unset" || f[6] != "a=b" {
+		t.Errorf("argv, LISTEN_PID, pid, the helper's own variables, KEEP: %q; want zero|one|PID|PID|unset|unset|a=b", out)
+	}
+	out, _, _ = warmHelper(t, func(pid int) []byte {
+		return Order(pid, "/bin/sh", []string{"sh", "-c", `echo "${LISTEN_PID-unset}"`}, nil)
+	})
+	if strings.TrimSpace(out) != "unset" {
+		t.Errorf("without LISTEN_FDS, LISTEN_PID = %q; want unset", out)
+	}
+
+	if out, pipe, status := warmHelper(t, nil); status != 0 || pipe != "" || out != "" {
+		t.Errorf("no order: status %d, pipe %q, output %q; want 0 and nothing", status, pipe, out)
+	}
+	_, pipe, status = warmHelper(t, func(int) []byte { return []byte("/bin/sh\x003\x00sh\x00") })
+	if status != 127 || pipe != "the exec helper got a bad order" {
+		t.Errorf("a bad order: status %d, pipe %q", status, pipe)
+	}
+	_, pipe, status = warmHelper(t, func(pid int) []byte { return Order(pid, "/nonexistent/app", []string{"app"}, nil) })
+	if status != 127 || pipe != "/nonexistent/app: no such file or directory" {
+		t.Errorf("a missing file: status %d, pipe %q", status, pipe)
+	}
+}
+
+// An order larger than what the helper prepared for still runs.
+func TestWarmHelperLargeOrder(t *testing.T) {
+	env := []string{"BIG=" + strings.Repeat("x", orderBuf)}
+	for i := range orderFields + 10 {
+		env = append(env, "V"+strconv.Itoa(i)+"=1")
+	}
+	out, pipe, status := warmHelper(t, func(pid int) []byte {
+		return Order(pid, "/bin/sh", []string{"sh", "-c", `echo "${#BIG} $V2057"`}, env)
+	})
+	if status != 0 || pipe != "" || strings.TrimSpace(out) != strconv.Itoa(orderBuf)+" 1" {
+		t.Errorf("status %d, pipe %q, output %q; want %d 1", status, pipe, out, orderBuf)
+	}
+}
+
+func TestParseOrder(t *testing.T) {
+	b := Order(42, "/app", []string{"app", "-x"}, []string{"A=1", "LISTEN_FDS=2"})
+	path, av, ev, ok := parseOrder(b, nil, nil)
+	cstr := func(p *byte) string {
+		var s []byte
+		for q := unsafe.Pointer(p); *(*byte)(q) != 0; q = unsafe.Add(q, 1) {
+			s = append(s, *(*byte)(q))
+		}
+		return string(s)
+	}
+	var got []string
+	for _, p := range append(av[:len(av)-1:len(av)-1], ev[:len(ev)-1]...) {
+		got = append(got, cstr(p))
+	}
+	if !ok || string(path) != "/app" || av[len(av)-1] != nil || ev[len(ev)-1] != nil ||
+		!slices.Equal(got, []string{"app", "-x", "A=1", "LISTEN_FDS=2", "LISTEN_PID=42"}) {
+		t.Errorf("parseOrder(Order(...)) = %q, %q, %v", path, got, ok)
+	}
+	for _, bad := range []string{"", "/app", "/app\x00", "/app\x000\x00", "/app\x002\x00a\x00", "/app\x00x\x00a\x00", "/app\x001\x00a"} {
+		if _, _, _, ok := parseOrder([]byte(bad), nil, nil); ok {
+			t.Errorf("parseOrder(%q) ok", bad)
 		}
 	}
 }
