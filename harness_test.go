@@ -1213,8 +1213,8 @@ func TestHarnessSmoke(t *testing.T) {
 				t.Errorf("record event %+v: wrong pid or gen", e)
 			}
 		}
-		if got := strings.Join(slices.DeleteFunc(names, func(n string) bool { return n == "served" }), " "); got != "listening drain exit" {
-			t.Errorf("record events %q, want listening drain exit (and served)", got)
+		if got := strings.Join(slices.DeleteFunc(names, func(n string) bool { return n == "served" }), " "); got != "init listening drain exit" {
+			t.Errorf("record events %q, want init listening drain exit (and served)", got)
 		}
 		if d, _ := findEvent(evs, "drain", ""); len(d.Args) != 1 || d.Args[0] != "SIGTERM" {
 			t.Errorf("drain event %+v", d)

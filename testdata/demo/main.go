@@ -50,7 +50,7 @@ var (
 	noNotify       = flag.Bool("no-notify", false, "never send READY=1")
 	notifyDelay    = flag.Duration("notify-delay", 0, "send READY=1 this long after the listeners exist")
 	drainMode      = flag.String("drain", "graceful", "graceful: close listeners, wait 100ms, Shutdown; naive: Shutdown at once; shutdown: shutdown(2) the listeners (as C and Java servers do to wake their accept threads), then as graceful")
-	recordFile     = flag.String("record", "", "append one line per event (listening, ready, drain, usr1, exit) with a unix-nano timestamp")
+	recordFile     = flag.String("record", "", "append one line per event (init, listening, ready, drain, usr1, exit) with a unix-nano timestamp")
 	forkHelpers    = flag.Bool("fork-helpers", false, "every request starts /bin/true and never waits for it (leaves zombies for a subreaper)")
 	ignoreQuit     = flag.Bool("ignore-quit", false, "do not handle SIGQUIT (Go's default: dump goroutines, exit 2)")
 	healthyAfter   = flag.Duration("healthy-after", 0, "/healthz answers 503 until this long after the listeners exist")
