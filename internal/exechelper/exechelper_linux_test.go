@@ -11,20 +11,27 @@ import (
 	"unsafe"
 )
 
-// helper starts this test binary as the exec helper of path with argv: its
-// init execs path. Fd 3 is the error pipe (errFd 4 when sockets is set: fd 3
-// is then a stand-in socket), and one more fd, not close-on-exec, follows.
-func helper(t *testing.T, path string, listenFds bool, argv ...string) (out string, pipe string, status int) {
+// selfAndPipe returns this test binary's path and a pipe for a helper's
+// error reports (its read end closed when the test ends).
+func selfAndPipe(t *testing.T) (self string, pr, pw *os.File) {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
+	if pr, pw, err = os.Pipe(); err != nil {
 		t.Fatal(err)
 	}
-	defer pr.Close()
+	t.Cleanup(func() { pr.Close() })
+	return self, pr, pw
+}
+
+// helper starts this test binary as the exec helper of path with argv: its
+// init execs path. Fd 3 is the error pipe (errFd 4 when sockets is set: fd 3
+// is then a stand-in socket), and one more fd, not close-on-exec, follows.
+func helper(t *testing.T, path string, listenFds bool, argv ...string) (out string, pipe string, status int) {
+	t.Helper()
+	self, pr, pw := selfAndPipe(t)
 	extra, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)
@@ -121,15 +128,7 @@ func TestItoaAtoi(t *testing.T) {
 // its exit status.
 func warmHelper(t *testing.T, order func(pid int) []byte) (out, pipe string, status int) {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pr.Close()
+	self, pr, pw := selfAndPipe(t)
 	cr, cw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
