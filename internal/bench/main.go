@@ -22,9 +22,11 @@
 //  5. runs the naive baseline under the same load: the demo on its own port
 //     (-listen), and per restart SIGTERM, wait for its exit, start it again,
 //     as a process manager without relaunch would (-naive times);
-//  6. runs the demo that sends no READY=1 (-no-notify) under relaunch's
-//     --ready auto, readiness seen in /proc, -procfs upgrades by SIGUSR2;
-//  7. runs the overlap baseline: the demo on its own port with SO_REUSEPORT,
+//  6. side by side, in -rounds rounds run in turn: the overlap baseline
+//     (below), the demo under relaunch (-notify upgrades by SIGUSR2), and
+//     the demo that sends no READY=1 (-no-notify) under relaunch's
+//     --ready auto, readiness seen in /proc (-procfs upgrades by SIGUSR2).
+//     The overlap baseline: the demo on its own port with SO_REUSEPORT,
 //     and per restart a new process binds the port too, and the old one is
 //     stopped once the new one answers (-overlap times): the fastest cutover
 //     without relaunch, which loses what queued on the old process's socket.
@@ -59,6 +61,8 @@ type config struct {
 	naive       int
 	procfs      int
 	overlap     int
+	notify      int
+	rounds      int
 	interval    time.Duration
 	window      time.Duration
 	debounce    time.Duration
@@ -83,6 +87,8 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.naive, "naive", 20, "restarts of the naive baseline (SIGTERM, wait, start)")
 	fs.IntVar(&c.procfs, "procfs", 10, "upgrades by SIGUSR2 of the demo that sends no READY=1 (-no-notify), under relaunch's --ready auto: readiness seen in /proc")
 	fs.IntVar(&c.overlap, "overlap", 10, "restarts of the overlap baseline (the new process binds the port too, with SO_REUSEPORT; the old one then stops)")
+	fs.IntVar(&c.notify, "notify", 10, "upgrades by SIGUSR2 of the demo that sends READY=1, side by side with -procfs and -overlap (0: the cutover table takes the main run's SIGUSR2 upgrades)")
+	fs.IntVar(&c.rounds, "rounds", 2, "the side-by-side runs (-overlap, -notify, -procfs) are split into this many rounds, run in turn, so that the three share the machine's conditions")
 	fs.DurationVar(&c.interval, "interval", time.Second, "time between two triggers (stretched so that 250ms of steady load follow each upgrade window)")
 	fs.DurationVar(&c.window, "window", 500*time.Millisecond, "an upgrade window runs from the trigger to this long after the new generation's first response")
 	fs.DurationVar(&c.debounce, "debounce", 250*time.Millisecond, "relaunch's --debounce")
@@ -90,7 +96,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.idle, "idle", 60*time.Second, "idle period over which relaunch's CPU time is read")
 	fs.DurationVar(&c.tput, "throughput", 6*time.Second, "closed-loop throughput run, per side (behind relaunch, direct), in 6 alternating rounds")
 	fs.IntVar(&c.tputClients, "throughput-clients", 8, "concurrent clients of the closed-loop throughput runs")
-	fs.BoolVar(&c.quick, "quick", false, "smoke test: -idle 5s -signal 5 -rename 5 -naive 5 -procfs 5 -overlap 5 -throughput 2s (flags given explicitly win)")
+	fs.BoolVar(&c.quick, "quick", false, "smoke test: -idle 5s -signal 5 -rename 5 -naive 5 -procfs 5 -overlap 5 -notify 5 -rounds 1 -throughput 2s (flags given explicitly win)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -107,6 +113,8 @@ func parseFlags(args []string) (config, error) {
 			"naive":      func() { c.naive = 5 },
 			"procfs":     func() { c.procfs = 5 },
 			"overlap":    func() { c.overlap = 5 },
+			"notify":     func() { c.notify = 5 },
+			"rounds":     func() { c.rounds = 1 },
 			"throughput": func() { c.tput = 2 * time.Second },
 		}
 		for name, apply := range quick {
@@ -122,8 +130,10 @@ func parseFlags(args []string) (config, error) {
 		return c, errors.New("-keepalive must be within [0, 1]")
 	case c.clients < 1 || c.tputClients < 1:
 		return c, errors.New("-clients and -throughput-clients must be ≥ 1")
-	case c.signals < 0 || c.renames < 0 || c.naive < 0 || c.procfs < 0 || c.overlap < 0 || c.signals+c.renames == 0:
-		return c, errors.New("-signal, -rename, -naive, -procfs and -overlap must be ≥ 0, with at least one upgrade by -signal or -rename")
+	case c.signals < 0 || c.renames < 0 || c.naive < 0 || c.procfs < 0 || c.overlap < 0 || c.notify < 0 || c.signals+c.renames == 0:
+		return c, errors.New("-signal, -rename, -naive, -procfs, -overlap and -notify must be ≥ 0, with at least one upgrade by -signal or -rename")
+	case c.rounds < 1:
+		return c, errors.New("-rounds must be ≥ 1")
 	case c.idle <= 0 || c.tput <= 0 || c.interval <= 0:
 		return c, errors.New("-idle, -throughput and -interval must be > 0")
 	}
@@ -192,16 +202,9 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var procfs, overlap *phase
-	if b.cfg.procfs > 0 {
-		if procfs, err = b.procfsPhase(ctx); err != nil {
-			return err
-		}
-	}
-	if b.cfg.overlap > 0 {
-		if overlap, err = b.overlapPhase(ctx); err != nil {
-			return err
-		}
+	side, err := b.sideBySide(ctx)
+	if err != nil {
+		return err
 	}
 
 	r := &report{
@@ -210,8 +213,7 @@ func (b *bench) run(ctx context.Context) error {
 		when:    time.Now().UTC(),
 		rl:      rl,
 		naive:   naive,
-		procfs:  procfs,
-		overlap: overlap,
+		side:    side,
 		idle:    idle,
 		tput:    tput,
 		mem:     rss,

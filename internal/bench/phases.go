@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -139,23 +140,66 @@ func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
 	return b.upgrades(ctx, r, "relaunch", kinds, b.record, true)
 }
 
-// procfsPhase runs the demo that never sends READY=1 under relaunch's
-// --ready auto, which then sees it accepting in /proc, and upgrades it by
-// SIGUSR2. relaunch is stopped when it returns.
-func (b *bench) procfsPhase(ctx context.Context) (*phase, error) {
-	logf("procfs: the demo without READY=1 (-no-notify) under relaunch --ready auto, %.0f req/s, %d upgrades", b.cfg.rate, b.cfg.procfs)
-	r, err := b.startRelaunch(ctx, b.procfsRecord, "-no-notify")
+// cutoverPhase runs the demo (with appArgs) under relaunch, under load,
+// and upgrades it n times by SIGUSR2, its events recorded in record.
+// relaunch is stopped when it returns.
+func (b *bench) cutoverPhase(ctx context.Context, name string, n int, record string, appArgs ...string) (*phase, error) {
+	logf("%s: the demo %q under relaunch, %.0f req/s, %d upgrades", name, appArgs, b.cfg.rate, n)
+	r, err := b.startRelaunch(ctx, record, appArgs...)
 	if err != nil {
 		return nil, err
 	}
-	p, err := b.upgrades(ctx, r, "procfs", schedule(b.cfg.procfs, 0), b.procfsRecord, false)
+	p, err := b.upgrades(ctx, r, name, schedule(n, 0), record, false)
 	status, serr := b.stopRelaunch()
 	b.rl = nil
 	if err == nil {
 		err = serr
 	}
-	logf("procfs: relaunch stopped: %s", status)
+	logf("%s: relaunch stopped: %s", name, status)
 	return p, err
+}
+
+// sideBySide runs the overlap baseline, the demo under relaunch and the
+// demo without READY=1 under relaunch, in turn, in rounds: each round runs
+// each a share of its triggers, so that a machine that gets busier or
+// quieter during the run weighs on the three alike.
+func (b *bench) sideBySide(ctx context.Context) (*sideRuns, error) {
+	var side sideRuns
+	share := func(total, round int) int { // round's share of total
+		return total*(round+1)/b.cfg.rounds - total*round/b.cfg.rounds
+	}
+	for round := range b.cfg.rounds {
+		record := func(name string) string {
+			return filepath.Join(b.tmp, fmt.Sprintf("record-%s-%d", name, round+1))
+		}
+		if n := share(b.cfg.overlap, round); n > 0 {
+			p, err := b.overlapPhase(ctx, n, record("overlap"))
+			if err != nil {
+				return nil, err
+			}
+			side.overlap = append(side.overlap, p)
+		}
+		if n := share(b.cfg.notify, round); n > 0 {
+			p, err := b.cutoverPhase(ctx, "notify", n, record("notify"))
+			if err != nil {
+				return nil, err
+			}
+			side.notify = append(side.notify, p)
+		}
+		if n := share(b.cfg.procfs, round); n > 0 {
+			p, err := b.cutoverPhase(ctx, "procfs", n, record("procfs"), "-no-notify")
+			if err != nil {
+				return nil, err
+			}
+			side.procfs = append(side.procfs, p)
+		}
+	}
+	return &side, nil
+}
+
+// sideRuns are the side-by-side runs, a phase per round (none when not run).
+type sideRuns struct {
+	overlap, notify, procfs []*phase
 }
 
 // upgrades puts load on the app under relaunch r and upgrades it once per
@@ -467,20 +511,20 @@ func (b *bench) naivePhase(ctx context.Context) (*phase, error) {
 // (both accept meanwhile), and once it answers, the old one is stopped
 // (SIGTERM: it closes its listener and drains). What was queued on the old
 // one's socket when it closed is reset: the overlap's price.
-func (b *bench) overlapPhase(ctx context.Context) (*phase, error) {
-	logf("overlap: the demo on its own port with SO_REUSEPORT, %.0f req/s, %d restarts (start a new one, stop the old one once the new one answers)", b.cfg.rate, b.cfg.overlap)
+func (b *bench) overlapPhase(ctx context.Context, restarts int, record string) (*phase, error) {
+	logf("overlap: the demo on its own port with SO_REUSEPORT, %.0f req/s, %d restarts (start a new one, stop the old one once the new one answers)", b.cfg.rate, restarts)
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	start := func() (*exec.Cmd, time.Time, error) {
-		return b.startDemo(b.demo[0], addr, b.overlapRecord, b.cfg.initDelay, "-reuseport")
+		return b.startDemo(b.demo[0], addr, record, b.cfg.initDelay, "-reuseport")
 	}
 	cmd, _, err := start()
 	if err != nil {
 		return nil, err
 	}
-	stopping := make(chan error, b.cfg.overlap+1) // the old processes' waits
+	stopping := make(chan error, restarts+1) // the old processes' waits
 	defer func() { b.stopDemo(cmd) }()
 	cur, err := waitServing(ctx, addr, 10*time.Second)
 	if err != nil {
@@ -496,7 +540,7 @@ func (b *bench) overlapPhase(ctx context.Context) (*phase, error) {
 		return nil, err
 	}
 	next := time.Now()
-	for i := range b.cfg.overlap {
+	for i := range restarts {
 		if err := sleepUntil(ctx, next); err != nil {
 			return nil, err
 		}
@@ -515,8 +559,8 @@ func (b *bench) overlapPhase(ctx context.Context) (*phase, error) {
 		u.first, u.newPid, u.polls, u.failed = a.recv, a.pid, n, failed
 		cur = a
 		p.upgrades = append(p.upgrades, u)
-		if (i+1)%10 == 0 || i+1 == b.cfg.overlap {
-			logf("overlap: %d/%d restarts; the last answered %v after its start", i+1, b.cfg.overlap, u.first.Sub(u.trigger).Round(time.Millisecond))
+		if (i+1)%10 == 0 || i+1 == restarts {
+			logf("overlap: %d/%d restarts; the last answered %v after its start", i+1, restarts, u.first.Sub(u.trigger).Round(time.Millisecond))
 		}
 		next = later(u.trigger.Add(b.cfg.interval), u.first.Add(b.cfg.window+steadyGap))
 	}
@@ -530,7 +574,7 @@ func (b *bench) overlapPhase(ctx context.Context) (*phase, error) {
 			return nil, fmt.Errorf("overlap: an old process's exit: %v", err)
 		}
 	}
-	if p.recs, err = readRecords(b.overlapRecord); err != nil {
+	if p.recs, err = readRecords(record); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -31,8 +31,6 @@ type bench struct {
 	nextPath      string    // the copy prepared for the next rename, in appPath's directory
 	record        string    // the demo's -record file under relaunch
 	naiveRecord   string    // and in the naive baseline
-	procfsRecord  string    // the demo without READY=1 under relaunch
-	overlapRecord string    // the overlap baseline
 
 	mu    sync.Mutex
 	owned map[int]*exec.Cmd // started here and not yet waited for
@@ -62,8 +60,6 @@ func (b *bench) setup(ctx context.Context) error {
 	b.nextPath = filepath.Join(appDir, ".demo.next")
 	b.record = filepath.Join(b.tmp, "record-relaunch")
 	b.naiveRecord = filepath.Join(b.tmp, "record-naive")
-	b.procfsRecord = filepath.Join(b.tmp, "record-procfs")
-	b.overlapRecord = filepath.Join(b.tmp, "record-overlap")
 	if err := os.Mkdir(appDir, 0o755); err != nil {
 		return err
 	}

@@ -17,8 +17,7 @@ type report struct {
 	when    time.Time
 	rl      *phase
 	naive   *phase
-	procfs  *phase // the demo without READY=1 under relaunch; nil when not run
-	overlap *phase // the SO_REUSEPORT overlap baseline; nil when not run
+	side    *sideRuns // the side-by-side runs: overlap, READY=1, procfs
 	idle    *idleResult
 	tput    *tputResult
 	mem     memory
@@ -201,67 +200,87 @@ type cutover struct {
 	cpu      time.Duration
 }
 
-// relaunchCutover is the SIGUSR2 upgrades of a relaunch run.
-func (r *report) relaunchCutover(name string, p *phase) cutover {
-	c := cutover{name: name, failed: p.res.Failed(), requests: p.res.Total}
-	if n := len(p.upgrades); n > 0 {
-		c.cpu = p.upgradeCPU / time.Duration(n)
-	}
-	gens, _ := genInfos(p.logs)
-	recGen := map[int]map[string]time.Time{}
-	for pid, g := range p.recs.gen {
-		recGen[g] = p.recs.at[pid]
-	}
-	for _, u := range p.upgrades {
-		if u.kind != "SIGUSR2" {
-			continue
+// relaunchCutover is the SIGUSR2 upgrades of relaunch runs.
+func (r *report) relaunchCutover(name string, ps ...*phase) cutover {
+	c := cutover{name: name}
+	var cpu time.Duration
+	var n int
+	for _, p := range ps {
+		c.failed += p.res.Failed()
+		c.requests += p.res.Total
+		cpu += p.upgradeCPU
+		n += len(p.upgrades)
+		gens, _ := genInfos(p.logs)
+		recGen := map[int]map[string]time.Time{}
+		for pid, g := range p.recs.gen {
+			recGen[g] = p.recs.at[pid]
 		}
-		c.total = append(c.total, u.first.Sub(u.trigger))
-		g := gens[u.newGen]
-		if g == nil || g.readyAt.IsZero() {
-			continue
-		}
-		c.spawn = append(c.spawn, g.startedAt.Sub(u.trigger))
-		c.answer = append(c.answer, u.first.Sub(g.readyAt))
-		if rec := recGen[u.newGen]; rec != nil && !rec["listening"].IsZero() {
-			c.exec = append(c.exec, rec["listening"].Sub(g.startedAt)-r.cfg.initDelay)
-			if !rec["init"].IsZero() {
-				c.boot = append(c.boot, rec["init"].Sub(g.startedAt))
+		for _, u := range p.upgrades {
+			if u.kind != "SIGUSR2" {
+				continue
 			}
-			c.ready = append(c.ready, g.readyAt.Sub(rec["listening"]))
+			c.total = append(c.total, u.first.Sub(u.trigger))
+			g := gens[u.newGen]
+			if g == nil || g.readyAt.IsZero() {
+				continue
+			}
+			c.spawn = append(c.spawn, g.startedAt.Sub(u.trigger))
+			c.answer = append(c.answer, u.first.Sub(g.readyAt))
+			if rec := recGen[u.newGen]; rec != nil && !rec["listening"].IsZero() {
+				c.exec = append(c.exec, rec["listening"].Sub(g.startedAt)-r.cfg.initDelay)
+				if !rec["init"].IsZero() {
+					c.boot = append(c.boot, rec["init"].Sub(g.startedAt))
+				}
+				c.ready = append(c.ready, g.readyAt.Sub(rec["listening"]))
+			}
 		}
+	}
+	if n > 0 {
+		c.cpu = cpu / time.Duration(n)
 	}
 	return c
 }
 
 // overlapCutover is the overlap baseline's restarts.
-func (r *report) overlapCutover(p *phase) cutover {
-	c := cutover{name: "overlap", failed: p.res.Failed(), requests: p.res.Total}
-	for _, u := range p.upgrades {
-		c.total = append(c.total, u.first.Sub(u.trigger))
-		c.spawn = append(c.spawn, u.spawned.Sub(u.trigger))
-		if rec := p.recs.at[u.newPid]; rec != nil && !rec["listening"].IsZero() {
-			c.exec = append(c.exec, rec["listening"].Sub(u.spawned)-r.cfg.initDelay)
-			if !rec["init"].IsZero() {
-				c.boot = append(c.boot, rec["init"].Sub(u.spawned))
+func (r *report) overlapCutover(ps []*phase) cutover {
+	c := cutover{name: "overlap"}
+	for _, p := range ps {
+		c.failed += p.res.Failed()
+		c.requests += p.res.Total
+		for _, u := range p.upgrades {
+			c.total = append(c.total, u.first.Sub(u.trigger))
+			c.spawn = append(c.spawn, u.spawned.Sub(u.trigger))
+			if rec := p.recs.at[u.newPid]; rec != nil && !rec["listening"].IsZero() {
+				c.exec = append(c.exec, rec["listening"].Sub(u.spawned)-r.cfg.initDelay)
+				if !rec["init"].IsZero() {
+					c.boot = append(c.boot, rec["init"].Sub(u.spawned))
+				}
+				c.answer = append(c.answer, u.first.Sub(rec["listening"]))
 			}
-			c.answer = append(c.answer, u.first.Sub(rec["listening"]))
 		}
 	}
 	return c
 }
 
-// cutovers is the side-by-side runs: the overlap first, when run.
+// cutovers is the side-by-side runs: the overlap first, when run. Without
+// -notify runs, the READY=1 column is the main run's SIGUSR2 upgrades.
 func (r *report) cutovers() []cutover {
 	var cs []cutover
-	if r.overlap != nil {
-		cs = append(cs, r.overlapCutover(r.overlap))
+	side := r.side
+	if side == nil {
+		side = &sideRuns{}
 	}
-	if r.cfg.signals > 0 {
-		cs = append(cs, r.relaunchCutover("relaunch, `READY=1`", r.rl))
+	if len(side.overlap) > 0 {
+		cs = append(cs, r.overlapCutover(side.overlap))
 	}
-	if r.procfs != nil {
-		cs = append(cs, r.relaunchCutover("relaunch, procfs (`auto`, no `READY=1`)", r.procfs))
+	switch {
+	case len(side.notify) > 0:
+		cs = append(cs, r.relaunchCutover("relaunch, `READY=1`", side.notify...))
+	case r.cfg.signals > 0:
+		cs = append(cs, r.relaunchCutover("relaunch, `READY=1` (the main run)", r.rl))
+	}
+	if len(side.procfs) > 0 {
+		cs = append(cs, r.relaunchCutover("relaunch, procfs (`auto`, no `READY=1`)", side.procfs...))
 	}
 	return cs
 }
@@ -277,7 +296,8 @@ func (r *report) cutoverTable() string {
 	w("## Cutover, side by side\n\n")
 	w("The same app (`-init-delay %s`), the same load (%.0f req/s), started anew by a trigger, p50 (max) over the triggers: ", ms(r.cfg.initDelay), r.cfg.rate)
 	w("**overlap** is the fastest switch without relaunch: the app binds its port itself with `SO_REUSEPORT`, a new process binds it too while the old one serves, and the old one is stopped (`SIGTERM`: it closes its listener, then drains) once the new one answers; the trigger is the new process's start. ")
-	w("**relaunch** is its `SIGUSR2` upgrades, with the demo that sends `READY=1`, and with the demo that does not (`-no-notify`: `--ready auto` sees it accepting in `/proc`).\n\n")
+	w("**relaunch** is its `SIGUSR2` upgrades, with the demo that sends `READY=1`, and with the demo that does not (`-no-notify`: `--ready auto` sees it accepting in `/proc`). ")
+	w("Each runs apart from the main run, on a relaunch of its own, in %d round(s) run in turn (overlap, `READY=1`, procfs), so that the three share the machine's conditions.\n\n", r.cfg.rounds)
 	w("| |")
 	for _, c := range cs {
 		w(" %s |", c.name)
