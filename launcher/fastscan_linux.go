@@ -86,6 +86,18 @@ func (l *launcher) scanPeriod(g *generation) time.Duration {
 	return scanEvery
 }
 
+// firstScanIn is when a generation that just exec'd is first scanned: at
+// once when nothing is known, else no sooner than the previous generation
+// took, less fastLead, and slowEvery at most. A scan walks the new tree in
+// /proc while its runtime starts, and competes with that start for the
+// CPU and for the process's own locks.
+func (l *launcher) firstScanIn() time.Duration {
+	if l.acceptedIn == 0 {
+		return 0
+	}
+	return max(0, min(slowEvery, l.acceptedIn-fastLead))
+}
+
 // slowEvery is the scans' period while the expected time is far.
 const slowEvery = 3 * scanEvery
 

@@ -120,7 +120,11 @@ func (l *launcher) onExec(g *generation, err error) {
 		listen = false
 	}
 	if listen || l.observing() {
-		l.scan(g)
+		if first := l.firstScanIn(); first > 0 {
+			l.rescan(g, first)
+		} else {
+			l.scan(g)
+		}
 	}
 	if fallback {
 		l.after(g, autoFallback, func() {

@@ -185,3 +185,23 @@ func TestSignalHandled(t *testing.T) {
 		t.Error("a pid that does not exist: known")
 	}
 }
+
+// Once a generation was seen accepting after a while, the next one is not
+// scanned while its runtime starts (a scan competes with that start): its
+// first scan waits for slowEvery, or until shortly before the time the
+// previous one took. It is still seen as soon as a scan can see it.
+func TestMachineAutoListenFirstScan(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyAuto}}, withProbe)
+	m.advance(300 * time.Millisecond)
+	m.procs[0].accepting = true
+	m.advance(40 * time.Millisecond)
+	m.want("1:current")
+	m.signal(syscall.SIGUSR2)
+	m.advance(slowEvery - time.Millisecond)
+	if n := m.scans[m.procs[1].pid]; n != 0 {
+		t.Errorf("gen 2 scanned %d times in its first %v; want none", n, slowEvery-time.Millisecond)
+	}
+	m.procs[1].accepting = true
+	m.advance(2 * time.Millisecond)
+	m.want("2:current")
+}
