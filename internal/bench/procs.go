@@ -25,12 +25,12 @@ type bench struct {
 	root string // the module's directory
 	tmp  string // removed by cleanup
 
-	relaunchBin   string
-	demo          [2]string // built with defaultVersion 1 and 2
-	appPath       string    // the binary relaunch runs and watches: a copy of demo[0], then renamed over
-	nextPath      string    // the copy prepared for the next rename, in appPath's directory
-	record        string    // the demo's -record file under relaunch
-	naiveRecord   string    // and in the naive baseline
+	relaunchBin string
+	demo        [2]string // built with defaultVersion 1 and 2
+	appPath     string    // the binary relaunch runs and watches: a copy of demo[0], then renamed over
+	nextPath    string    // the copy prepared for the next rename, in appPath's directory
+	record      string    // the demo's -record file under relaunch
+	naiveRecord string    // and in the naive baseline
 
 	mu    sync.Mutex
 	owned map[int]*exec.Cmd // started here and not yet waited for
