@@ -51,12 +51,18 @@ func Order(pid int, path string, argv, env []string) []byte {
 	for _, s := range argv {
 		b = append(append(b, s...), 0)
 	}
+	// A variable set twice keeps its last value, as os/exec does (the
+	// helper passes env to execve as it is).
+	last := make(map[string]int, len(env))
+	for i, kv := range env {
+		last[envKey(kv)] = i
+	}
 	listen := false
-	for _, kv := range env {
-		if len(kv) >= len("LISTEN_PID=") && kv[:len("LISTEN_PID=")] == "LISTEN_PID=" {
+	for i, kv := range env {
+		switch k := envKey(kv); {
+		case last[k] != i || k == "LISTEN_PID":
 			continue
-		}
-		if len(kv) > len("LISTEN_FDS=") && kv[:len("LISTEN_FDS=")] == "LISTEN_FDS=" {
+		case k == "LISTEN_FDS" && len(kv) > len("LISTEN_FDS="):
 			listen = true
 		}
 		b = append(append(b, kv...), 0)
@@ -65,6 +71,16 @@ func Order(pid int, path string, argv, env []string) []byte {
 		b = append(append(b, "LISTEN_PID="+itoa(pid)...), 0)
 	}
 	return b
+}
+
+// envKey is the name of an environment entry "NAME=value".
+func envKey(kv string) string {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i]
+		}
+	}
+	return kv
 }
 
 // parseOrder splits an order into its fields, each a NUL-terminated string

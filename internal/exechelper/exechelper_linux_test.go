@@ -166,7 +166,7 @@ func TestWarmHelper(t *testing.T) {
 	script := `echo "$0|$1|${LISTEN_PID-unset}|$$|${HELPER_ONLY-unset}|${RELAUNCH_EXEC_WAIT-unset}|$KEEP"`
 	out, pipe, status := warmHelper(t, func(pid int) []byte {
 		return Order(pid, "/bin/sh", []string{"sh", "-c", script, "zero", "one"},
-			[]string{"LISTEN_FDS=1", "LISTEN_PID=1", "KEEP=a=b"})
+			[]string{"LISTEN_FDS=1", "LISTEN_PID=1", "KEEP=old", "KEEP=a=b"})
 	})
 	f := strings.Split(strings.TrimSpace(out), "|")
 	if status != 0 || pipe != "" || len(f) != 7 {
@@ -210,7 +210,7 @@ func TestWarmHelperLargeOrder(t *testing.T) {
 }
 
 func TestParseOrder(t *testing.T) {
-	b := Order(42, "/app", []string{"app", "-x"}, []string{"A=1", "LISTEN_FDS=2"})
+	b := Order(42, "/app", []string{"app", "-x"}, []string{"A=0", "LISTEN_PID=7", "A=1", "LISTEN_FDS=2"})
 	path, av, ev, ok := parseOrder(b, nil, nil)
 	cstr := func(p *byte) string {
 		var s []byte
