@@ -50,32 +50,42 @@ func (l *launcher) handOver(old *generation) {
 		return
 	}
 	old.state = settling
+	l.afterQueue(old, old.slots, func() bool { return old.state == settling }, func(q int, waited time.Duration) {
+		if q > 0 {
+			l.log.Warn(fmt.Sprintf("%s still has %d connection(s) queued on its slot %s after the switch; draining it anyway", old, q, ms(waited)), "generation", old.id, "pid", old.pid)
+		}
+		l.drain(old)
+		l.limitDraining()
+	})
+}
+
+// afterQueue runs then once --settle has passed and the steered pools'
+// queues on owner's slots are empty, or maxQueueWait after that with q
+// still queued; not once owner has exited or still says no. An old slot's
+// queue is what the new route no longer sends anywhere else.
+func (l *launcher) afterQueue(owner *generation, slots func() []int, still func() bool, then func(q int, waited time.Duration)) {
 	since := l.sys.now()
 	var wait func()
 	wait = func() {
-		if old.exited || old.state != settling {
+		if owner.exited || !still() {
 			return
 		}
 		q := 0
 		for i, ln := range l.cfg.Listeners {
 			if ln.Pool != nil && l.frozen[i] < 0 {
-				for _, s := range old.slots() {
+				for _, s := range slots() {
 					n, _ := ln.Pool.Queued(s)
 					q += n
 				}
 			}
 		}
-		if q > 0 && l.sys.now().Sub(since) < l.cfg.Settle+maxQueueWait {
-			l.after(old, queuePoll, wait)
+		if waited := l.sys.now().Sub(since); q == 0 || waited >= l.cfg.Settle+maxQueueWait {
+			then(q, waited)
 			return
 		}
-		if q > 0 {
-			l.log.Warn(fmt.Sprintf("%s still has %d connection(s) queued on its slot %s after the switch; draining it anyway", old, q, ms(l.sys.now().Sub(since))), "generation", old.id, "pid", old.pid)
-		}
-		l.drain(old)
-		l.limitDraining()
+		l.after(owner, queuePoll, wait)
 	}
-	l.after(old, l.cfg.Settle, wait)
+	l.after(owner, l.cfg.Settle, wait)
 }
 
 // freeSlot makes room for an upgrade: the oldest draining generation goes

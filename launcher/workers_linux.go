@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/relaunch/relaunch/handoff"
 	"github.com/relaunch/relaunch/sdlisten"
@@ -518,24 +519,5 @@ func (l *launcher) retireWorker(w *generation) {
 		drain()
 		return
 	}
-	since := l.sys.now()
-	var wait func()
-	wait = func() {
-		if w.exited {
-			return
-		}
-		q := 0
-		for i, ln := range l.cfg.Listeners {
-			if ln.Pool != nil && l.frozen[i] < 0 {
-				n, _ := ln.Pool.Queued(w.slot)
-				q += n
-			}
-		}
-		if q > 0 && l.sys.now().Sub(since) < l.cfg.Settle+maxQueueWait {
-			l.after(w, queuePoll, wait)
-			return
-		}
-		drain()
-	}
-	l.after(w, l.cfg.Settle, wait)
+	l.afterQueue(w, func() []int { return []int{w.slot} }, func() bool { return true }, func(int, time.Duration) { drain() })
 }
