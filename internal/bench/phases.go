@@ -128,6 +128,20 @@ func (b *bench) loadConfig(addr string) loadtest.Config {
 	}
 }
 
+// warmLoad puts the open-loop load on addr and lets it run for the
+// warm-up; the caller stops it.
+func (b *bench) warmLoad(ctx context.Context, addr string) (*loadtest.Runner, error) {
+	run, err := loadtest.Start(ctx, b.loadConfig(addr))
+	if err != nil {
+		return nil, err
+	}
+	if err := sleepCtx(ctx, b.cfg.warmup); err != nil {
+		run.Stop()
+		return nil, err
+	}
+	return run, nil
+}
+
 // relaunchPhase runs the app under relaunch, under load, and upgrades it.
 // relaunch keeps running (idle) when it returns.
 func (b *bench) relaunchPhase(ctx context.Context) (*phase, error) {
@@ -217,14 +231,11 @@ func (b *bench) upgrades(ctx context.Context, r *relaunchProc, name string, kind
 	if fi, err := os.Stat(b.appPath); err == nil {
 		p.appSize = fi.Size()
 	}
-	run, err := loadtest.Start(ctx, b.loadConfig(r.addr))
+	run, err := b.warmLoad(ctx, r.addr)
 	if err != nil {
 		return nil, err
 	}
 	defer run.Stop()
-	if err := sleepCtx(ctx, b.cfg.warmup); err != nil {
-		return nil, err
-	}
 	// Control windows: the poller alone, as long as it runs in an upgrade,
 	// with no upgrade, to tell its own weight on the latency from the
 	// upgrade's.
@@ -448,14 +459,11 @@ func (b *bench) naivePhase(ctx context.Context) (*phase, error) {
 		return nil, err
 	}
 	p := &phase{name: "naive", addr: addr}
-	run, err := loadtest.Start(ctx, b.loadConfig(addr))
+	run, err := b.warmLoad(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
 	defer run.Stop()
-	if err := sleepCtx(ctx, b.cfg.warmup); err != nil {
-		return nil, err
-	}
 	next := time.Now()
 	type polled struct {
 		a         answer
@@ -531,14 +539,11 @@ func (b *bench) overlapPhase(ctx context.Context, restarts int, record string) (
 		return nil, err
 	}
 	p := &phase{name: "overlap", addr: addr}
-	run, err := loadtest.Start(ctx, b.loadConfig(addr))
+	run, err := b.warmLoad(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
 	defer run.Stop()
-	if err := sleepCtx(ctx, b.cfg.warmup); err != nil {
-		return nil, err
-	}
 	next := time.Now()
 	for i := range restarts {
 		if err := sleepUntil(ctx, next); err != nil {
