@@ -187,6 +187,7 @@ type logEntry struct {
 	Msg        string    `json:"msg"`
 	Generation int       `json:"generation"`
 	Pid        int       `json:"pid"`
+	StartAt    time.Time `json:"start_at"` // a started line's: when the start began (its fork)
 }
 
 var (

@@ -48,6 +48,9 @@ func genInfos(logs []logEntry) (map[int]*genInfo, []string) {
 			failed = append(failed, e.Msg)
 		case e.started():
 			g := &genInfo{startedAt: e.Time, pid: e.Pid}
+			if !e.StartAt.IsZero() {
+				g.startedAt = e.StartAt // the line comes once the app is exec'd
+			}
 			if pending != nil {
 				g.upgradeAt, g.reason = pending.Time, strings.TrimPrefix(pending.Msg, "upgrade: ")
 				pending = nil
@@ -190,7 +193,7 @@ func (r *report) naiveFigures() naiveFigures {
 type cutover struct {
 	name     string
 	total    dist // trigger → first answer of the new process
-	spawn    dist // trigger → forked (relaunch: its "started" line)
+	spawn    dist // trigger → forked (relaunch: its start begins, the "started" line's start_at)
 	exec     dist // fork → the app listens, minus -init-delay
 	boot     dist // fork → the app's Go runtime is up (its "init" record)
 	ready    dist // the app listens → relaunch's "ready" line; empty for the overlap
@@ -325,9 +328,9 @@ func (r *report) cutoverTable() string {
 			return ms(c.total.p50() - base)
 		})
 	}
-	row("trigger → new process forked (relaunch: its `started` line)", func(c cutover) string { return c.spawn.String() })
-	row(fmt.Sprintf("fork → the app listens, minus its %s `-init-delay` (relaunch: its exec helper too)", ms(r.cfg.initDelay)), func(c cutover) string { return c.exec.String() })
-	row("of which: fork → the app's Go runtime is up (exec, runtime start; relaunch: its exec helper too)", func(c cutover) string { return c.boot.String() })
+	row("trigger → new process forked (relaunch: its start begins, `start_at` in its `started` line)", func(c cutover) string { return c.spawn.String() })
+	row(fmt.Sprintf("fork → the app listens, minus its %s `-init-delay` (relaunch: the stop at its exec too)", ms(r.cfg.initDelay)), func(c cutover) string { return c.exec.String() })
+	row("of which: fork → the app's Go runtime is up (exec, runtime start; relaunch: the stop at its exec too)", func(c cutover) string { return c.boot.String() })
 	row("the app listens → relaunch logs `ready` (`READY=1` received, or seen in `/proc`)", func(c cutover) string {
 		if c.name == "overlap" {
 			return ""
@@ -516,7 +519,7 @@ func (r *report) markdown() string {
 	}
 	w("| `SIGTERM` → the old process has exited (its graceful drain) | | %s |\n", nf.drain)
 	w("| `upgrade:` → new generation forked | %s | |\n", f.spawn)
-	w("| fork → the app listens, minus its %s `-init-delay` (exec, Go runtime start; relaunch: its exec helper too) | %s | %s |\n", ms(c.initDelay), f.exec, nf.exec)
+	w("| fork → the app listens, minus its %s `-init-delay` (exec, Go runtime start; relaunch: the stop at its exec too) | %s | %s |\n", ms(c.initDelay), f.exec, nf.exec)
 	w("| the app listens → it sends `READY=1` | %s | |\n", f.notify)
 	w("| `READY=1` sent → relaunch logs `ready` | %s | |\n", f.readyLag)
 	w("| relaunch logs `ready` → first answer of the new generation (steering, 1 ms poll) | %s | |\n", f.firstAnswer)
