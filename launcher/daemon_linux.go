@@ -27,7 +27,7 @@ const daemonGrace = time.Second
 func (l *launcher) leftovers(g *generation) []int {
 	var slots map[uint64]int
 	var pids []int
-	for _, pid := range children() {
+	for _, pid := range orphans() {
 		if l.owns(pid) {
 			continue
 		}
