@@ -75,6 +75,10 @@ type Config struct {
 	// non-blocking mode (O_NONBLOCK), as systemd's NonBlocking= does.
 	NonBlocking bool
 
+	// NoPtrace starts every generation through the exec helper
+	// (internal/exechelper), never with the traced start.
+	NoPtrace bool
+
 	// NoKeeper starts no keeper (internal/keeper) where the fd store is
 	// not used: relaunch's death then closes the slots no generation holds.
 	NoKeeper bool

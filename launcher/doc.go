@@ -24,7 +24,8 @@
 //	generation_linux.go a generation and its states
 //	ready_linux.go      when a starting generation is ready (--ready)
 //	fastscan_linux.go   1 ms epoll checks near the time a generation is expected ready
-//	warm_linux.go       the next generation's exec helper, started ahead
+//	start_linux.go      how a process starts: traced (LISTEN_PID written at its exec), or the exec helper
+//	warm_linux.go       the next generation's exec helper, started ahead (when starts use the helper)
 //	drain_linux.go      the drain policy: hand-over, drain, its limits
 //	steer_linux.go      steered pools: which slot a generation gets, steering
 //	health_linux.go     --health: probes steered to one generation, liveness

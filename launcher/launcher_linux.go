@@ -144,7 +144,7 @@ func Run(cfg Config) (int, error) {
 	if len(cfg.Command) == 0 {
 		return 2, errors.New("no command given")
 	}
-	l := newLauncher(cfg, osSystem())
+	l := newLauncher(cfg, osSystem(cfg.NoPtrace, cfg.Logger))
 	selfPath, selfPathErr = startedAs()
 	if err := becomeSubreaper(); err != nil {
 		l.log.Warn("cannot become a child subreaper (orphans of the app will go to init): " + err.Error())
@@ -384,7 +384,7 @@ func (l *launcher) start(restart bool) error {
 	if from != nil {
 		how = " (the file relaunch kept open: the path no longer holds it)"
 	}
-	l.log.Info(fmt.Sprintf("%s started: %s%s", g, path, how), "generation", g.id, "pid", g.pid, "path", path)
+	l.log.Info(fmt.Sprintf("%s started: %s%s", g, path, how), "generation", g.id, "pid", g.pid, "path", path, "start_at", g.started)
 	if l.cfg.ReadyTimeout > 0 {
 		l.after(g, l.cfg.ReadyTimeout, func() { l.onReadyTimeout(g) })
 	}

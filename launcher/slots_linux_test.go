@@ -51,7 +51,7 @@ func newSlotRig(t *testing.T, rescue Rescue) *slotRig {
 		t.Fatal(err)
 	}
 	r := &slotRig{p: p, logs: &lockedBuffer{}, stop: make(chan struct{}), done: make(chan struct{})}
-	r.l = newLauncher(Config{Listeners: []Listener{{Pool: p}}, Rescue: rescue, Logger: NewLogger(r.logs, LogOptions{})}, osSystem())
+	r.l = newLauncher(Config{Listeners: []Listener{{Pool: p}}, Rescue: rescue, Logger: NewLogger(r.logs, LogOptions{})}, osSystem(false, nil))
 	go func() {
 		defer close(r.done)
 		for {

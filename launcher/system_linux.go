@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"log/slog"
 	"os"
 	"syscall"
 	"time"
@@ -55,23 +56,11 @@ type procSpec struct {
 	bin   *os.File // run this open file instead of path (a rollback, a crash restart)
 }
 
-func osSystem() system {
-	warm := &warmSystem{}
+// osSystem is the real system; starts go as starter (start_linux.go) says.
+func osSystem(noPtrace bool, log *slog.Logger) system {
+	st := newStarter(noPtrace, log)
 	return system{
-		start: func(p procSpec, execd func(error), exited func(syscall.WaitStatus)) (int, error) {
-			pid, pipe := warm.take(p)
-			if pid == 0 {
-				var err error
-				if pid, pipe, err = startProcess(p.path, p.argv, p.env, p.socks, p.stdin, p.bin); err != nil {
-					return 0, err
-				}
-			}
-			go func() {
-				execd(readExecError(pipe))
-				exited(waitPid(pid))
-			}()
-			return pid, nil
-		},
+		start:     st.start,
 		signal:    func(pid int, sig syscall.Signal) { syscall.Kill(pid, sig) },
 		killGroup: killGroup,
 		now:       time.Now,
@@ -80,7 +69,7 @@ func osSystem() system {
 		handles:   signalHandled,
 		scan:      (*listenprobe.Probe).Scan,
 		watchExit: watchPidfd,
-		prepare:   warm.prepare,
-		discard:   warm.discard,
+		prepare:   st.prepare,
+		discard:   st.warm.discard,
 	}
 }

@@ -1,18 +1,25 @@
-// Package exechelper is relaunch's exec helper. Go's fork/exec sets the
-// child's environment before the child has a pid, yet strict readers
-// (libsystemd, go-systemd, gunicorn) demand LISTEN_PID == getpid(). So
-// relaunch starts itself (/proc/self/exe) with the variables of Env; in that
-// process this package, from its init, sets LISTEN_PID to the process's own
-// pid, marks every fd past the sockets close-on-exec, and execs the real
-// command. The pid survives execve, so the value is right. A warm helper,
-// started ahead of its order, knows its pid before the order comes: relaunch
-// writes LISTEN_PID into the order (Order), and the helper only execs.
+// Package exechelper starts a generation's process with LISTEN_PID equal
+// to the process's own pid. Go's fork/exec sets the child's environment
+// before the child has a pid, yet strict readers (libsystemd, go-systemd,
+// gunicorn) demand LISTEN_PID == getpid(). Two ways:
 //
-// It runs from init, and imports syscall alone, so that the Go runtime
-// initialises the fewest packages before it (relaunch's others, with the CLI
-// and its man-page renderer, take milliseconds on a busy machine: at every
-// start of a generation). Any binary that links it (relaunch, its test
-// binary) is a helper when started with these variables.
+//   - StartTraced (traced_linux.go), the default: fork and exec the command
+//     with a placeholder, stop it at its exec with ptrace, write its pid in.
+//   - The exec helper, where ptrace is not to be used: relaunch starts
+//     itself (/proc/self/exe) with the variables of Env; in that process
+//     this package, from its init, sets LISTEN_PID to the process's own
+//     pid, marks every fd past the sockets close-on-exec, and execs the real
+//     command. The pid survives execve, so the value is right. A warm
+//     helper, started ahead of its order, knows its pid before the order
+//     comes: relaunch writes LISTEN_PID into the order (Order), and the
+//     helper only execs.
+//
+// The helper runs from init, and the package imports syscall, errors and
+// runtime alone, so that the Go runtime initialises the fewest packages
+// before it (relaunch's others, with the CLI and its man-page renderer, take
+// milliseconds on a busy machine: at every start of a generation). Any
+// binary that links it (relaunch, its test binary) is a helper when started
+// with these variables.
 package exechelper
 
 const (
@@ -51,13 +58,26 @@ func Order(pid int, path string, argv, env []string) []byte {
 	for _, s := range argv {
 		b = append(append(b, s...), 0)
 	}
-	// A variable set twice keeps its last value, as os/exec does (the
-	// helper passes env to execve as it is).
+	env, listen := cleanEnv(env)
+	for _, kv := range env {
+		b = append(append(b, kv...), 0)
+	}
+	if listen {
+		b = append(append(b, "LISTEN_PID="+itoa(pid)...), 0)
+	}
+	return b
+}
+
+// cleanEnv is env without its LISTEN_PID, each variable once with its last
+// value, as os/exec does (an order, or a traced start, passes env to execve
+// as it is); listen says whether it has LISTEN_FDS, so that the start adds
+// LISTEN_PID.
+func cleanEnv(env []string) (clean []string, listen bool) {
 	last := make(map[string]int, len(env))
 	for i, kv := range env {
 		last[envKey(kv)] = i
 	}
-	listen := false
+	clean = make([]string, 0, len(env)+1)
 	for i, kv := range env {
 		switch k := envKey(kv); {
 		case last[k] != i || k == "LISTEN_PID":
@@ -65,12 +85,9 @@ func Order(pid int, path string, argv, env []string) []byte {
 		case k == "LISTEN_FDS" && len(kv) > len("LISTEN_FDS="):
 			listen = true
 		}
-		b = append(append(b, kv...), 0)
+		clean = append(clean, kv)
 	}
-	if listen {
-		b = append(append(b, "LISTEN_PID="+itoa(pid)...), 0)
-	}
-	return b
+	return clean, listen
 }
 
 // envKey is the name of an environment entry "NAME=value".

@@ -42,7 +42,7 @@ func run() {
 	// fds 0..errFd-1 are what the child gets; everything from the error pipe
 	// up (the pipe, fds relaunch itself inherited without close-on-exec, the
 	// Go runtime's own) must not survive the exec.
-	closeOnExecFrom(errFd)
+	CloseOnExecFrom(errFd)
 	err = syscall.Exec(path, argv, syscall.Environ())
 	// "Text file busy": a deploy still has the new file open for writing
 	// (closed just after its last write). Its close sends no event relaunch
@@ -108,7 +108,7 @@ func warmExec(ctlFd, errFd int) {
 	if !ok {
 		fail(errFd, "the exec helper got a bad order", 127)
 	}
-	closeOnExecFrom(errFd)
+	CloseOnExecFrom(errFd)
 	p := &buf[0] // path is buf's first field, NUL-terminated
 	_, _, e := syscall.RawSyscall(syscall.SYS_EXECVE, uintptr(unsafe.Pointer(p)), uintptr(unsafe.Pointer(&av[0])), uintptr(unsafe.Pointer(&ev[0])))
 	// "Text file busy": see run.
@@ -191,7 +191,7 @@ func args() ([]string, error) {
 }
 
 // closeOnExecFrom marks every fd from first up close-on-exec.
-func closeOnExecFrom(first int) {
+func CloseOnExecFrom(first int) {
 	const sysCloseRange = 436 // the same number on every Linux architecture (5.9)
 	const closeRangeCloexec = 1 << 2
 	if _, _, e := syscall.Syscall(sysCloseRange, uintptr(first), ^uintptr(0), closeRangeCloexec); e == 0 {
