@@ -52,13 +52,15 @@ type launcher struct {
 	pending string // a trigger that came during an upgrade ("" = none)
 	everUp  bool   // some generation was ever ready
 
-	warmPid    int                    // the warm exec helper of the next start (warm_linux.go); 0: none
-	warmSlotID int                    // the slot whose sockets it holds
-	acceptedIn time.Duration          // how long the last generation seen accepting took (fastscan_linux.go)
-	probes     map[netip.AddrPort]int // health probes in flight: their source → the slot they test
-	canary     *generation            // the canary running, nil when none (canary_linux.go)
-	canaryEnds time.Time
-	abandoned  map[int]bool // slots of aborted canaries: no generation is coming for what queued there
+	warmPid        int                      // the warm exec helper of the next start (warm_linux.go); 0: none
+	warmSlotID     int                      // the slot whose sockets it holds
+	nextNotify     *sdlisten.NotifyListener // the next generation's notify socket, made ahead (warm_linux.go)
+	nextNotifyName string                   // its name: "gen" and that generation's id
+	acceptedIn     time.Duration            // how long the last generation seen accepting took (fastscan_linux.go)
+	probes         map[netip.AddrPort]int   // health probes in flight: their source → the slot they test
+	canary         *generation              // the canary running, nil when none (canary_linux.go)
+	canaryEnds     time.Time
+	abandoned      map[int]bool // slots of aborted canaries: no generation is coming for what queued there
 
 	probeOK       bool                              // procfs can show this app's readiness
 	nWorkers      int                               // --workers, as relaunch scale changed it; 0 without
@@ -205,6 +207,7 @@ func Run(cfg Config) (int, error) {
 	defer signal.Stop(sigs)
 	defer close(l.quit)
 	defer l.dropWarm()
+	defer l.dropNotify()
 
 	if cfg.Build != "" && rs == nil {
 		if err := l.initialBuild(); err != nil {

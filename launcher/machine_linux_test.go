@@ -705,6 +705,43 @@ func TestMachineAdopt(t *testing.T) {
 	})
 }
 
+// The next generation's notify socket is made once a generation has
+// been ready for --settle + 250 ms, and the next start takes it; one whose
+// file was removed meanwhile is replaced by a new one.
+func TestMachineNotifyMadeAhead(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Settle: 100 * time.Millisecond})
+	sock := func(name string) bool {
+		_, err := os.Lstat(m.l.runDir.file(name))
+		return err == nil
+	}
+	m.ready(1)
+	if m.l.nextNotify != nil {
+		t.Fatal("a notify socket made ahead at once, in the switch's moments")
+	}
+	m.advance(time.Second)
+	ahead := m.l.nextNotify
+	if ahead == nil || m.l.nextNotifyName != "gen2" || !sock("gen2.sock") {
+		t.Fatalf("1s after gen 1 ready: made ahead %v (%q), gen2.sock there %v; want gen2's", ahead, m.l.nextNotifyName, sock("gen2.sock"))
+	}
+	m.signal(syscall.SIGUSR2)
+	if g := m.gen(2); g.notify != ahead || m.l.nextNotify != nil {
+		t.Fatalf("gen 2's notify socket %p, left ahead %p; want the one made ahead (%p), none left", g.notify, m.l.nextNotify, ahead)
+	}
+	m.ready(2)
+	m.advance(time.Second)
+	ahead = m.l.nextNotify
+	if ahead == nil || !sock("gen3.sock") {
+		t.Fatal("no gen3.sock made ahead after gen 2 was ready")
+	}
+	if err := os.Remove(m.l.runDir.file("gen3.sock")); err != nil { // a tmp cleaner
+		t.Fatal(err)
+	}
+	m.signal(syscall.SIGUSR2)
+	if g := m.gen(3); g.notify == ahead || g.notify == nil || !sock("gen3.sock") {
+		t.Fatalf("gen 3's notify socket %p (the one made ahead: %p), gen3.sock there %v; want a new one", g.notify, ahead, sock("gen3.sock"))
+	}
+}
+
 // The warm exec helper: once a generation is ready, the next one's helper
 // is prepared on the slot the next start would take; that start takes it
 // even when a lower slot has been freed meanwhile, and runs with its

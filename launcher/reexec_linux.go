@@ -290,6 +290,7 @@ func (l *launcher) tryReexec() {
 		time.AfterFunc(20*time.Millisecond, func() { l.post(l.tryReexec) })
 		return
 	}
+	l.dropNotify() // its file would stay in the runtime directory, which the new program keeps
 	err := l.execSelf()
 	l.reexecFailed(fmt.Sprintf("exec %s: %v", selfPath, err))
 }

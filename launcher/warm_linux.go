@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/relaunch/relaunch/internal/exechelper"
+	"github.com/relaunch/relaunch/sdlisten"
 )
 
 // The warm exec helper. A generation's first process is relaunch's own
@@ -158,8 +160,12 @@ const warmAfter = 250 * time.Millisecond
 // prepareNext starts the warm helper of the next generation, on the slot
 // the next start would take now (warmSlot keeps it that one).
 func (l *launcher) prepareNext() {
-	if l.sys.prepare == nil || l.stopping || l.next != nil || l.nWorkers > 0 {
+	if l.stopping || l.next != nil || l.nWorkers > 0 {
 		return // (workers: a generation is many starts; not warmed yet)
+	}
+	l.prepareNotify()
+	if l.sys.prepare == nil {
+		return
 	}
 	l.dropWarm()
 	slot, err := l.pickSlot(nil)
@@ -180,6 +186,47 @@ func (l *launcher) dropWarm() {
 		l.sys.discard()
 	}
 	l.warmPid = 0
+}
+
+// prepareNotify makes the next generation's notify socket ahead: making
+// one (socket, bind in the runtime directory, SO_PASSCRED, the poller) took
+// ~0.35 ms of relaunch's CPU between the trigger and the fork.
+func (l *launcher) prepareNotify() {
+	name := "gen" + strconv.Itoa(l.lastID+1)
+	if l.nextNotify != nil && l.nextNotifyName == name {
+		return
+	}
+	l.dropNotify()
+	n, err := l.notifySocketNamed(name)
+	if err != nil {
+		l.log.Debug("no notify socket made ahead: " + err.Error())
+		return
+	}
+	l.nextNotify, l.nextNotifyName = n, name
+}
+
+// takeNotify returns the notify socket prepared for name, or makes it: the
+// prepared one serves when it is that name's and still in the runtime
+// directory (a directory removed and made again no longer holds it).
+func (l *launcher) takeNotify(name string) (*sdlisten.NotifyListener, error) {
+	if n := l.nextNotify; n != nil {
+		l.nextNotify = nil
+		var st unix.Stat_t
+		if l.nextNotifyName == name && !l.runDir.gone() &&
+			unix.Fstatat(l.runDir.fd, name+".sock", &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+			return n, nil
+		}
+		n.Close()
+	}
+	return l.notifySocketNamed(name)
+}
+
+// dropNotify closes the notify socket made ahead, if any (its file goes).
+func (l *launcher) dropNotify() {
+	if l.nextNotify != nil {
+		l.nextNotify.Close()
+		l.nextNotify = nil
+	}
 }
 
 // warmSlot is the slot a start takes, given pickSlot's choice: the warm

@@ -88,7 +88,7 @@ func (l *launcher) startProc(p *generation, from *os.File) error {
 		name += fmt.Sprintf("-w%d-%d", p.worker, l.notifySeq)
 	}
 	var err error
-	if p.notify, err = l.notifySocketNamed(name); err != nil {
+	if p.notify, err = l.takeNotify(name); err != nil {
 		return err
 	}
 	env := append(sdlisten.ChildEnv(l.env, socks),
