@@ -56,6 +56,8 @@ type launcher struct {
 	warmSlotID     int                      // the slot whose sockets it holds
 	nextNotify     *sdlisten.NotifyListener // the next generation's notify socket, made ahead (warm_linux.go)
 	nextNotifyName string                   // its name: "gen" and that generation's id
+	gcHeld         bool                     // the garbage collector is held off for a start (start_linux.go)
+	gcHeldAt       time.Time                // the start it is held for
 	acceptedIn     time.Duration            // how long the last generation seen accepting took (fastscan_linux.go)
 	probes         map[netip.AddrPort]int   // health probes in flight: their source → the slot they test
 	canary         *generation              // the canary running, nil when none (canary_linux.go)
@@ -208,6 +210,7 @@ func Run(cfg Config) (int, error) {
 	defer close(l.quit)
 	defer l.dropWarm()
 	defer l.dropNotify()
+	defer l.releaseGC()
 
 	if cfg.Build != "" && rs == nil {
 		if err := l.initialBuild(); err != nil {
@@ -316,6 +319,7 @@ func (l *launcher) after(g *generation, d time.Duration, fn func()) {
 // from its open file, whatever is at its path now (deleted, replaced,
 // renamed); anything else, an upgrade first, runs the path.
 func (l *launcher) start(restart bool) error {
+	l.holdGC() // start_linux.go
 	kept := l.startFrom
 	if kept == nil && restart {
 		kept = l.crashBin

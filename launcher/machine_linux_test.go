@@ -3,6 +3,7 @@ package launcher
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -210,6 +211,8 @@ func newMachine(t *testing.T, cfg Config, setup ...func(*machine)) *machine {
 	m.l.outer = newOuterNotify(func(string) {})
 	t.Cleanup(func() {
 		close(m.l.quit)
+		m.l.releaseGC()
+		m.l.dropNotify()
 		m.l.handoff.Close()
 		for _, g := range m.l.gens {
 			for _, p := range g.procs() {
@@ -739,6 +742,42 @@ func TestMachineNotifyMadeAhead(t *testing.T) {
 	m.signal(syscall.SIGUSR2)
 	if g := m.gen(3); g.notify == ahead || g.notify == nil || !sock("gen3.sock") {
 		t.Fatalf("gen 3's notify socket %p (the one made ahead: %p), gen3.sock there %v; want a new one", g.notify, ahead, sock("gen3.sock"))
+	}
+}
+
+// The garbage collector is held off from a start until the next one is
+// prepared (--settle + 250 ms after ready), and at most gcHoldMax for a
+// start that never gets ready; GOGC is then what it was.
+func TestMachineGCHeldOffDuringStart(t *testing.T) {
+	gogc := func() int {
+		v := debug.SetGCPercent(-1)
+		debug.SetGCPercent(v)
+		return v
+	}
+	before := gogc()
+	if before < 0 {
+		t.Fatalf("GOGC is off (%d) before the test", before)
+	}
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Settle: 100 * time.Millisecond})
+	m.ready(1)
+	if v := gogc(); v != -1 {
+		t.Fatalf("GOGC %d right after gen 1 was ready; want -1 (held off since its start)", v)
+	}
+	m.advance(time.Second)
+	if v := gogc(); v != before {
+		t.Fatalf("GOGC %d 1s after gen 1 was ready; want %d again", v, before)
+	}
+	m.signal(syscall.SIGUSR2) // gen 2 never gets ready
+	if v := gogc(); v != -1 {
+		t.Fatalf("GOGC %d as gen 2 starts; want -1", v)
+	}
+	m.advance(gcHoldMax - time.Second)
+	if v := gogc(); v != -1 {
+		t.Fatalf("GOGC %d %s into gen 2's start; want -1 still", v, gcHoldMax-time.Second)
+	}
+	m.advance(2 * time.Second)
+	if v := gogc(); v != before {
+		t.Fatalf("GOGC %d after %s of gen 2's start; want %d again", v, gcHoldMax+time.Second, before)
 	}
 }
 
