@@ -745,35 +745,35 @@ func TestMachineNotifyMadeAhead(t *testing.T) {
 	}
 }
 
-// The garbage collector is held off from a start until the next one is
-// prepared (--settle + 250 ms after ready), and at most gcHoldMax for a
-// start that never gets ready; GOGC is then what it was.
-func TestMachineGCHeldOffDuringStart(t *testing.T) {
+// The garbage collector is put off (GOGC gcHoldPercent) from a start until
+// the next one is prepared (--settle + 250 ms after ready), and at most
+// gcHoldMax for a start that never gets ready; GOGC is then what it was.
+func TestMachineGCPutOffDuringStart(t *testing.T) {
 	gogc := func() int {
 		v := debug.SetGCPercent(-1)
 		debug.SetGCPercent(v)
 		return v
 	}
 	before := gogc()
-	if before < 0 {
-		t.Fatalf("GOGC is off (%d) before the test", before)
+	if before < 0 || before >= gcHoldPercent {
+		t.Fatalf("GOGC is %d before the test; want it on, under %d", before, gcHoldPercent)
 	}
 	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Settle: 100 * time.Millisecond})
 	m.ready(1)
-	if v := gogc(); v != -1 {
-		t.Fatalf("GOGC %d right after gen 1 was ready; want -1 (held off since its start)", v)
+	if v := gogc(); v != gcHoldPercent {
+		t.Fatalf("GOGC %d right after gen 1 was ready; want %d (since its start)", v, gcHoldPercent)
 	}
 	m.advance(time.Second)
 	if v := gogc(); v != before {
 		t.Fatalf("GOGC %d 1s after gen 1 was ready; want %d again", v, before)
 	}
 	m.signal(syscall.SIGUSR2) // gen 2 never gets ready
-	if v := gogc(); v != -1 {
-		t.Fatalf("GOGC %d as gen 2 starts; want -1", v)
+	if v := gogc(); v != gcHoldPercent {
+		t.Fatalf("GOGC %d as gen 2 starts; want %d", v, gcHoldPercent)
 	}
 	m.advance(gcHoldMax - time.Second)
-	if v := gogc(); v != -1 {
-		t.Fatalf("GOGC %d %s into gen 2's start; want -1 still", v, gcHoldMax-time.Second)
+	if v := gogc(); v != gcHoldPercent {
+		t.Fatalf("GOGC %d %s into gen 2's start; want %d still", v, gcHoldMax-time.Second, gcHoldPercent)
 	}
 	m.advance(2 * time.Second)
 	if v := gogc(); v != before {
