@@ -70,6 +70,7 @@ const (
 // Setenv of the environment's fifty-odd variables took 2–3 ms there, every
 // one of them on the way from the order to the app's start.
 func warmExec(ctlFd, errFd int) {
+	restoreNofile()
 	buf := make([]byte, orderBuf)
 	argv := make([]*byte, 0, orderFields)
 	env := make([]*byte, 0, orderFields)
@@ -117,6 +118,17 @@ func warmExec(ctlFd, errFd int) {
 		_, _, e = syscall.RawSyscall(syscall.SYS_EXECVE, uintptr(unsafe.Pointer(p)), uintptr(unsafe.Pointer(&av[0])), uintptr(unsafe.Pointer(&ev[0])))
 	}
 	execFailed(errFd, string(path), e)
+}
+
+// restoreNofile sets the soft limit on open files back to the one this
+// process was started with. Go raised it to the hard limit at the
+// runtime's start and keeps the original unexported; syscall.Exec puts it
+// back before its execve, which the warm helper does not use (it execs
+// the order where it lies). An Exec of "" fails (ENOENT) after putting it
+// back, so the app gets the limit relaunch was given, as with the traced
+// start and os/exec, not the hard limit.
+func restoreNofile() {
+	syscall.Exec("", nil, nil)
 }
 
 // execFailed reports a failed exec of path, with a shell's status.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"unsafe"
 )
@@ -192,6 +193,30 @@ func TestWarmHelper(t *testing.T) {
 	_, pipe, status = warmHelper(t, func(pid int) []byte { return Order(pid, "/nonexistent/app", []string{"app"}, nil) })
 	if status != 127 || pipe != "/nonexistent/app: no such file or directory" {
 		t.Errorf("a missing file: status %d, pipe %q", status, pipe)
+	}
+}
+
+// The app a warm helper runs gets the soft limit on open files the helper
+// was started with, not the hard limit Go raised the helper's own to.
+func TestWarmHelperKeepsNofile(t *testing.T) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Max < 1024+16 {
+		t.Fatalf("hard RLIMIT_NOFILE %d: too low to tell a lowered soft limit from it", lim.Max)
+	}
+	low := lim
+	low.Cur = 1024
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil { // the helper inherits it
+		t.Fatal(err)
+	}
+	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	out, pipe, status := warmHelper(t, func(pid int) []byte {
+		return Order(pid, "/bin/sh", []string{"sh", "-c", "ulimit -n"}, nil)
+	})
+	if status != 0 || pipe != "" || strings.TrimSpace(out) != "1024" {
+		t.Errorf("the app's soft RLIMIT_NOFILE: %q (status %d, pipe %q); want 1024, the helper's at its start", out, status, pipe)
 	}
 }
 
