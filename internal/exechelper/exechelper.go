@@ -14,8 +14,8 @@
 //     comes: relaunch writes LISTEN_PID into the order (Order), and the
 //     helper only execs.
 //
-// The helper runs from init, and the package imports syscall, errors and
-// runtime alone, so that the Go runtime initialises the fewest packages
+// The helper runs from init, and the package imports syscall, errors,
+// runtime and unsafe alone, so that the Go runtime initialises the fewest packages
 // before it (relaunch's others, with the CLI and its man-page renderer, take
 // milliseconds on a busy machine: at every start of a generation). Any
 // binary that links it (relaunch, its test binary) is a helper when started

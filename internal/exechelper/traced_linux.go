@@ -7,8 +7,6 @@ import (
 	"unsafe"
 )
 
-var atFdCwd = -100 // AT_FDCWD, a variable: uintptr() of a negative constant does not compile
-
 // The traced start: no helper at all. The child is forked and execs the
 // command at once (Go's vfork path, as cheap as a start gets), with
 // LISTEN_PID set to a placeholder, the environment's last entry, and
@@ -109,7 +107,7 @@ func StartTraced(path string, argv, env []string, attr *syscall.ProcAttr) (pid i
 // the thread's P to another thread and takes one back after: under load
 // that handoff, with the other threads it wakes, cost the stopped app 1–2
 // ms on a 2-core machine. The waits are short: the stop follows the exec
-// at once, and a read of /proc/PID/stat does not block.
+// at once, and a read of /proc/PID/auxv does not block.
 
 // wait waits for pid to stop or end.
 func wait(pid int, ws *syscall.WaitStatus) error {
@@ -135,7 +133,7 @@ func errnoErr(e syscall.Errno) error {
 }
 
 // writePid writes pid over the placeholder, the last string of the
-// stopped process's environment: it ends at env_end in /proc/PID/stat.
+// stopped process's environment, which ends at envEnd.
 func writePid(pid int) error {
 	end, err := envEnd(pid)
 	if err != nil {
@@ -172,6 +170,7 @@ func writePid(pid int) error {
 // vector, /proc/PID/auxv; a read of the kernel's copy, cheaper than
 // formatting /proc/PID/stat for its env_end, which is the same address).
 func envEnd(pid int) (uintptr, error) {
+	atFdCwd := -100 // AT_FDCWD; uintptr() of a negative constant does not compile
 	path, err := syscall.BytePtrFromString("/proc/" + itoa(pid) + "/auxv")
 	if err != nil {
 		return 0, err

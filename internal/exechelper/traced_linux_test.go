@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,16 +16,23 @@ import (
 // and returns what it wrote, its pid and how it ended.
 func tracedSh(t *testing.T, env []string, script string) (out string, pid int, ws syscall.WaitStatus) {
 	t.Helper()
-	sh, err := lookPath("sh")
+	sh, err := exec.LookPath("sh")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return traced(t, sh, []string{"sh", "-c", script}, env)
+}
+
+// traced starts path with the traced start, its stdout a pipe, and returns
+// what it wrote, its pid and how it ended.
+func traced(t *testing.T, path string, argv, env []string) (out string, pid int, ws syscall.WaitStatus) {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	pid, died, err := StartTraced(sh, []string{"sh", "-c", script}, env, &syscall.ProcAttr{
+	pid, died, err := StartTraced(path, argv, env, &syscall.ProcAttr{
 		Env: []string{"IGNORED=1"}, Files: []uintptr{0, w.Fd(), 2}, Sys: &syscall.SysProcAttr{Setpgid: true},
 	})
 	w.Close()
@@ -40,17 +48,6 @@ func tracedSh(t *testing.T, env []string, script string) (out string, pid int, w
 		t.Fatal(err)
 	}
 	return b.String(), pid, ws
-}
-
-// lookPath finds name on the usual PATH.
-func lookPath(name string) (string, error) {
-	for _, d := range []string{"/bin", "/usr/bin"} {
-		p := filepath.Join(d, name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New(name + " not found in /bin or /usr/bin")
 }
 
 // The started process has LISTEN_PID equal to its own pid, in its
@@ -90,7 +87,7 @@ func TestStartTracedEnviron(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	sleep, err := lookPath("sleep")
+	sleep, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +189,7 @@ func BenchmarkStartTraced(b *testing.B) { benchStart(b, true) }
 func BenchmarkForkExec(b *testing.B) { benchStart(b, false) }
 
 func benchStart(b *testing.B, traced bool) {
-	path, err := lookPath("true")
+	path, err := exec.LookPath("true")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -220,21 +217,8 @@ func TestStartTracedScript(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$LISTEN_PID $$\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	pid, died, err := StartTraced(script, []string{"app"}, []string{"LISTEN_FDS=1", "PATH=/usr/bin:/bin"}, &syscall.ProcAttr{Files: []uintptr{0, w.Fd(), 2}})
-	w.Close()
-	if err != nil || died != nil {
-		t.Fatalf("StartTraced: %v, died %v", err, died)
-	}
-	var b bytes.Buffer
-	b.ReadFrom(r)
-	var ws syscall.WaitStatus
-	syscall.Wait4(pid, &ws, 0, nil)
-	if want := strconv.Itoa(pid) + " " + strconv.Itoa(pid) + "\n"; b.String() != want || ws.ExitStatus() != 0 {
-		t.Errorf("script: %q, %v; want %q, status 0", b.String(), ws, want)
+	out, pid, ws := traced(t, script, []string{"app"}, []string{"LISTEN_FDS=1", "PATH=/usr/bin:/bin"})
+	if want := strconv.Itoa(pid) + " " + strconv.Itoa(pid) + "\n"; out != want || ws.ExitStatus() != 0 {
+		t.Errorf("script: %q, %v; want %q, status 0", out, ws, want)
 	}
 }
