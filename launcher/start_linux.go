@@ -89,7 +89,6 @@ func startTraced(p procSpec) (pid int, died *syscall.WaitStatus, err error) {
 	}
 	exechelper.CloseOnExecFrom(3)
 	return exechelper.StartTraced(p.path, p.argv, p.env, &syscall.ProcAttr{
-		Env:   p.env,
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	})

@@ -106,7 +106,7 @@ func (l *launcher) startProc(p *generation, from *os.File) error {
 		return err
 	}
 	p.pid = pid
-	p.startTicks = startTicksNow() // warm_linux.go
+	p.startTicks = startTicksNow() // daemon_linux.go
 	l.roots.add(p.id, pid)
 	go l.readNotify(p, p.notify)
 	return nil
