@@ -565,18 +565,25 @@ func TestSteerHelperUDPEcho(t *testing.T) {
 	}
 }
 
-// 6. The tripwire: gen 2 opens a SO_REUSEPORT socket of its own on the
-// port. At the next upgrade relaunch stops steering the address, once,
-// and every later generation shares the current slot without an error.
+// 6. The tripwire: gen 2, serving, opens a SO_REUSEPORT socket of its own
+// on the port. At the next upgrade relaunch stops steering the address,
+// once; gen 3, which that upgrade started on a slot of its own before the
+// check, is replaced by gen 4 on the shared slot, with no request lost;
+// every later generation shares that slot without an error.
 func TestSteerTripwire(t *testing.T) {
 	t.Parallel()
 	dir := shortTempDir(t)
 	app, setFlags := appScript(t, dir)
 	p, addr := steerStart(t, "--", app)
-	setFlags("-join-reuseport")
+	setFlags("-join-reuseport-on-usr1")
 	upgradeAndWait(t, p, 2, 20*time.Second)
 	setFlags("")
+	// Once ready: its own upgrade's check, done by then, must not see it.
+	syscall.Kill(genPids(p)[2], syscall.SIGUSR1)
 	p.WaitLog(t, fmt.Sprintf("demo: gen 2 pid %d joined the SO_REUSEPORT group", genPids(p)[2]), 5*time.Second)
+	if strings.Contains(p.Stderr(), "stopped: ") {
+		t.Fatalf("steering stopped before gen 2 joined the group:\n%s", p.Stderr())
+	}
 	slot2, gen := steerFd3Inode(t, addr)
 	if gen != "2" {
 		t.Fatalf("gen %s answers, want 2", gen)
@@ -585,25 +592,31 @@ func TestSteerTripwire(t *testing.T) {
 		t.Errorf("%d sockets listen on %s; want the 8 slots, the spare and gen 2's own: %+v", len(ls), addr, ls)
 	}
 	load := startLoadConfig(t, steerMixedClients(addr))
-	upgradeAndWait(t, p, 3, 20*time.Second)
-	line := p.WaitLog(t, "steering tcp://"+addr+" stopped", 5*time.Second)
+	p.Signal(syscall.SIGUSR2)
+	line := p.WaitLog(t, "steering tcp://"+addr+" stopped", 10*time.Second)
 	if !strings.Contains(line, "a socket relaunch does not hold listens on port") ||
 		!strings.Contains(line, fmt.Sprintf("held by pid %d (", genPids(p)[2])) {
 		t.Errorf("the warning %q should name the foreign socket and gen 2, its holder", line)
 	}
-	for g := 4; g <= 6; g++ {
+	p.WaitLog(t, fmt.Sprintf("gen 3 (pid %d) exited: replaced", waitPid(t, p, 3)), 10*time.Second)
+	p.WaitLog(t, fmt.Sprintf("gen 4 (pid %d) ready in", waitPid(t, p, 4)), 10*time.Second)
+	p.WaitLog(t, fmt.Sprintf("gen 2 (pid %d) exited", genPids(p)[2]), 20*time.Second)
+	for g := 5; g <= 7; g++ {
 		upgradeAndWait(t, p, g, 20*time.Second)
 	}
 	res := stopLoad(t, load)
-	if res.Gens["6"] == 0 {
-		t.Errorf("gen 6 answered nothing: %v", res.Gens)
+	if res.Gens["7"] == 0 {
+		t.Errorf("gen 7 answered nothing: %v", res.Gens)
+	}
+	if res.Gens["3"] != 0 {
+		t.Errorf("gen 3, replaced before it was ready, answered %d requests", res.Gens["3"])
 	}
 	if n := strings.Count(p.Stderr(), "steering tcp://"+addr+" stopped"); n != 1 {
 		t.Errorf("the tripwire warning appeared %d times; want once:\n%s", n, p.Stderr())
 	}
 	// From the warning on, every generation is on gen 2's slot.
-	if slot6, gen := steerFd3Inode(t, addr); gen != "6" || slot6 != slot2 {
-		t.Errorf("gen %s got socket %d as fd 3; want gen 6 on gen 2's slot %d (shared from the warning on)", gen, slot6, slot2)
+	if slot7, gen := steerFd3Inode(t, addr); gen != "7" || slot7 != slot2 {
+		t.Errorf("gen %s got socket %d as fd 3; want gen 7 on gen 2's slot %d (shared from the warning on)", gen, slot7, slot2)
 	}
 }
 

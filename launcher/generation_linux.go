@@ -60,6 +60,9 @@ type generation struct {
 	drainDefault bool
 	usr1         bool // a USR1 came while it was starting: passed on once it is ready
 	adopted      bool // started by a relaunch that died; relaunch took it over (adopt_linux.go)
+	rollback     bool // it runs the file a rollback asked for (l.startFrom)
+	tripwire     bool // its upgrade's tripwire check is still due (tripwire_linux.go)
+	replaced     bool // the tripwire stopped steering on its slot: a fresh generation took its place
 
 	startTicks uint64 // when it started, in /proc's clock ticks: what it forked started later
 

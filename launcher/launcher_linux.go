@@ -360,7 +360,7 @@ func (l *launcher) start(restart bool) error {
 	g := &generation{id: l.lastID, path: path, slot: slots[0], state: starting, started: l.sys.now()}
 	switch {
 	case kept != nil && kept == l.startFrom:
-		g.bin, l.startFrom = l.startFrom, nil
+		g.bin, l.startFrom, g.rollback = l.startFrom, nil, true
 	case kept != nil: // l.crashBin stays for the next restart, should this one fail
 		if g.bin, err = dupFile(kept); err != nil {
 			return fmt.Errorf("cannot keep the crashed generation's binary: %v", err)
@@ -420,7 +420,7 @@ func (l *launcher) onReady(g *generation, how string) {
 		l.workerReady(g, how)
 		return
 	}
-	if g != l.next || g.exited || l.awaitHealth(g, how) {
+	if g != l.next || g.exited || l.checkStarted(g) || l.awaitHealth(g, how) {
 		return
 	}
 	if l.wantsCanary(g) {
@@ -432,11 +432,18 @@ func (l *launcher) onReady(g *generation, how string) {
 	}
 	g.state = current
 	old := l.cur
+	l.cur, l.next, l.everUp = g, nil, true
+	// New connections go to g first; what is said about it comes after.
+	switch {
+	case l.hasPools() && g.workers != nil:
+		l.steerGen(g)
+	case l.hasPools():
+		l.steerTo(g.slot)
+	}
 	// Every time, not only at first or after a reload: STATUS= must name
 	// the generation that serves after a crash restart too.
 	l.reloading = false
 	l.outer.ready(fmt.Sprintf("%s serving", g))
-	l.cur, l.next, l.everUp = g, nil, true
 	l.handoff.SetCurrent(g.id)
 	if g.usr1 {
 		l.signalGen(g, syscall.SIGUSR1)
@@ -446,12 +453,6 @@ func (l *launcher) onReady(g *generation, how string) {
 	if l.cfg.Build != "" { // the development loop's one line per restart
 		l.log.Info(fmt.Sprintf("rebuilt in %s · %s ready in %s", ms(l.built), g, ms(g.readyAt.Sub(g.started))),
 			summaryKey, true, "generation", g.id, "pid", g.pid)
-	}
-	switch {
-	case l.hasPools() && g.workers != nil:
-		l.steerGen(g)
-	case l.hasPools():
-		l.steerTo(g.slot)
 	}
 	closeFile(l.crashBin) // a generation serves again: its binary is what a next crash restarts
 	l.crashBin = nil
@@ -524,9 +525,6 @@ func (l *launcher) upgrade(reason string) {
 		return
 	}
 	l.cancelRestart()
-	if l.cur != nil && l.steered() {
-		l.checkTripwire()
-	}
 	if _, err := l.pickSlots(l.workerCount()); err == errNoSlot {
 		l.freeSlot(reason)
 		return
@@ -539,6 +537,7 @@ func (l *launcher) upgrade(reason string) {
 	err := l.start(false)
 	if err == nil {
 		l.next.why = reason
+		l.tripwireLater(l.next)
 	} else {
 		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
 		l.upgradeFailed(err.Error())
@@ -622,7 +621,7 @@ func (l *launcher) onExit(g *generation, st exitStatus) {
 	}
 
 	switch {
-	case l.stopping:
+	case l.stopping, g.replaced:
 		l.log.Info(fmt.Sprintf("%s exited: %s", g, how), attrs...)
 	case g == l.next:
 		l.next = nil

@@ -595,36 +595,134 @@ func TestMachineSteering(t *testing.T) {
 }
 
 // The tripwire at an upgrade: a foreign socket in the group stops steering
-// (every later generation shares the current slot).
+// (every later generation shares the current slot). The check runs after
+// the new generation has started (off the trigger → fork path), so that
+// one, given a slot of its own, is replaced by a fresh one on the shared
+// slot: when the check's time comes, or at its readiness if sooner. A
+// rollback's replacement runs the rollback's file. Without a foreign
+// socket nothing is replaced.
 func TestMachineTripwire(t *testing.T) {
-	a, _ := sdlisten.ParseAddr("127.0.0.1:0")
-	p, err := sdlisten.BindPool(a, 3)
-	if err != nil {
-		t.Fatal(err)
+	setup := func(t *testing.T, foreign bool) (*machine, *sdlisten.Pool) {
+		a, _ := sdlisten.ParseAddr("127.0.0.1:0")
+		p, err := sdlisten.BindPool(a, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Listeners: []Listener{{Pool: p}}, MaxDraining: -1})
+		m.ready(1)
+		m.advance(time.Second) // gen 1 settled; the next start is prepared
+		if foreign {
+			// An app's own SO_REUSEPORT socket on the port joins the group.
+			f, err := sdlisten.BindPool(p.Addr(), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.Close() })
+		}
+		return m, p
 	}
-	t.Cleanup(func() { p.Close() })
-	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyNotify}, Listeners: []Listener{{Pool: p}}, MaxDraining: -1})
-	m.ready(1)
-	// An app's own SO_REUSEPORT socket on the port joins the group.
-	foreign, err := sdlisten.BindPool(p.Addr(), 1)
-	if err != nil {
-		t.Fatal(err)
+	// upgrade sends SIGUSR2: gen 2 starts on slot 1, its own, unchecked yet.
+	upgrade := func(t *testing.T, m *machine, p *sdlisten.Pool) {
+		t.Helper()
+		m.signal(syscall.SIGUSR2)
+		m.want("1:current 2:starting")
+		if g := m.gen(2); g.slot != 1 || m.procs[1].spec.socks[0] != p.Slot(1) || !g.tripwire {
+			t.Fatalf("gen 2: slot %d, check due %v; want slot 1's socket, the check due", g.slot, g.tripwire)
+		}
+		if m.l.frozen[0] != -1 {
+			t.Fatalf("frozen = %v before the check", m.l.frozen)
+		}
 	}
-	defer foreign.Close()
-	m.signal(syscall.SIGUSR2)
-	if m.l.frozen[0] != 0 {
-		t.Fatalf("frozen = %v; want steering stopped on slot 0", m.l.frozen)
+	replaced := func(t *testing.T, m *machine, p *sdlisten.Pool) {
+		t.Helper()
+		if m.l.frozen[0] != 0 {
+			t.Fatalf("frozen = %v; want steering stopped on slot 0", m.l.frozen)
+		}
+		m.want("1:current 3:starting")
+		if got := m.signals(2); !slices.Equal(got, []syscall.Signal{syscall.SIGKILL}) {
+			t.Errorf("gen 2 got %v; want SIGKILL", got)
+		}
+		if got := m.signals(1); len(got) != 0 {
+			t.Errorf("gen 1 got %v; want nothing before gen 3 is ready", got)
+		}
+		if socks := m.procs[2].spec.socks; len(socks) != 1 || socks[0] != p.Slot(0) {
+			t.Errorf("gen 3 was given %v; want slot 0's socket, shared from now on", socks)
+		}
+		if g := m.gen(3); g.why != "SIGUSR2" {
+			t.Errorf("gen 3 was started for %q; want the upgrade's SIGUSR2", g.why)
+		}
+		log := m.log.String()
+		for _, want := range []string{"a socket relaunch does not hold listens on port",
+			"gen 2 (pid 1001) got slot 1 before the check stopped steering: starting a fresh generation on the shared slot 0 in its place",
+			"gen 2 (pid 1001) exited: replaced"} {
+			if !strings.Contains(log, want) {
+				t.Errorf("no line says %q:\n%s", want, log)
+			}
+		}
+		if strings.Contains(log, "upgrade failed") || m.l.lastFailure != "" {
+			t.Errorf("the replacement counts as a failed upgrade (%q):\n%s", m.l.lastFailure, log)
+		}
+		m.ready(3)
+		m.want("3:current") // gen 1 drained (the fake exits at once)
+		if got := m.signals(1); !slices.Equal(got, []syscall.Signal{syscall.SIGQUIT}) {
+			t.Errorf("gen 1 got %v; want SIGQUIT once gen 3 is ready", got)
+		}
 	}
-	if g := m.gen(2); g.slot != 1 {
-		t.Fatalf("gen 2 holds slot %d", g.slot)
-	}
-	socks := m.procs[1].spec.socks
-	if len(socks) != 1 || socks[0] != p.Slot(0) {
-		t.Errorf("gen 2 was given %v; want slot 0's socket, shared from now on", socks)
-	}
-	if !strings.Contains(m.log.String(), "a socket relaunch does not hold listens on port") {
-		t.Errorf("the warning does not name the foreign socket:\n%s", m.log)
-	}
+	t.Run("at the check's time", func(t *testing.T) {
+		m, p := setup(t, true)
+		upgrade(t, m, p)
+		m.advance(tripwireAfter - time.Millisecond)
+		m.want("1:current 2:starting")
+		m.advance(time.Millisecond)
+		replaced(t, m, p)
+	})
+	t.Run("ready first", func(t *testing.T) {
+		m, p := setup(t, true)
+		upgrade(t, m, p)
+		m.ready(2) // before tripwireAfter: checked now, not made current
+		replaced(t, m, p)
+	})
+	t.Run("rollback", func(t *testing.T) {
+		m, p := setup(t, false)
+		m.signal(syscall.SIGUSR2)
+		m.ready(2)
+		m.advance(time.Second)
+		f, err := os.CreateTemp(t.TempDir(), "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeFile(m.l.prevBin)
+		m.l.prevBin = f // as if gen 1 had run it
+		fp, err := sdlisten.BindPool(p.Addr(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fp.Close()
+		ans := make(chan Answer, 1)
+		m.l.onControl(Request{Cmd: "rollback"}, ans)
+		m.settle()
+		m.want("2:current 3:starting")
+		if !m.gen(3).rollback {
+			t.Fatal("gen 3 does not run the rollback's file")
+		}
+		m.advance(tripwireAfter)
+		m.want("2:current 4:starting")
+		if g := m.gen(4); !g.rollback || g.bin == nil || g.bin.Name() != f.Name() {
+			t.Errorf("gen 4, gen 3's replacement, runs %v; want the rollback's file %s", g.bin, f.Name())
+		}
+	})
+	t.Run("undisturbed", func(t *testing.T) {
+		m, p := setup(t, false)
+		upgrade(t, m, p)
+		m.advance(tripwireAfter)
+		m.want("1:current 2:starting")
+		if m.l.frozen[0] != -1 || m.gen(2).tripwire {
+			t.Errorf("frozen = %v, check due %v; want steering on, the check done", m.l.frozen, m.gen(2).tripwire)
+		}
+		m.ready(2)
+		m.want("1:settling 2:current")
+	})
 }
 
 // Adoption after relaunch's death, from the state it saved: the current

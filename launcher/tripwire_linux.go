@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -16,6 +17,68 @@ import (
 // after relaunch steered away from them: slots_linux.go tells these from
 // late handshakes). A shutdown() of a slot is repaired (Pool.Revive).
 // Checked at each upgrade; on a hit, the address is shared from then on.
+//
+// The check runs once the new generation has started, not between the
+// trigger and its fork: its sock_diag dump took 0.2–2 ms there under the
+// benchmark's load (the dump is cheap, ~50 µs idle; the CPU is not). It
+// runs tripwireAfter later, while a starting app is usually past its
+// runtime's start, or at its readiness if that comes first. A hit then
+// finds the new generation holding a slot that steering leaves: it is
+// killed and a fresh one started on the shared slot, a cost paid only on
+// the rare upgrade that trips.
+
+// tripwireAfter is how long after its start an upgrade's new generation
+// is checked: the first scan's slowEvery.
+const tripwireAfter = slowEvery
+
+// tripwireLater arms the tripwire check of g, which an upgrade just
+// started, when the address is steered.
+func (l *launcher) tripwireLater(g *generation) {
+	if l.cur == nil || !l.steered() {
+		return
+	}
+	g.tripwire = true
+	l.after(g, tripwireAfter, func() { l.checkStarted(g) })
+}
+
+// checkStarted runs g's tripwire check if it is still due, and says
+// whether g was replaced.
+func (l *launcher) checkStarted(g *generation) bool {
+	if !g.tripwire || g.exited || g != l.next {
+		return false
+	}
+	g.tripwire = false
+	was := slices.Clone(l.frozen)
+	l.checkTripwire()
+	for i, f := range l.frozen {
+		if was[i] < 0 && f >= 0 && slices.ContainsFunc(g.slots(), func(s int) bool { return s != f }) {
+			l.replaceStarting(g, f)
+			return true
+		}
+	}
+	return false
+}
+
+// replaceStarting kills g, a starting generation on a slot that a pool
+// no longer steers to (it is shared on slot from now on), and starts a
+// fresh one in its place for the same upgrade.
+func (l *launcher) replaceStarting(g *generation, slot int) {
+	g.replaced = true
+	g.failReason = "replaced: it had its own slot when steering stopped"
+	if g.rollback { // the fresh one runs the file the rollback asked for
+		l.startFrom, g.bin = g.bin, nil
+	}
+	l.killGen(g)
+	l.next = nil
+	l.log.Info(fmt.Sprintf("%s got slot %d before the check stopped steering: starting a fresh generation on the shared slot %d in its place", g, g.slot, slot),
+		"generation", g.id, "pid", g.pid)
+	if err := l.start(false); err != nil {
+		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
+		l.upgradeFailed(err.Error())
+		return
+	}
+	l.next.why = g.why
+}
 
 // checkTripwire freezes every disturbed pool on the current slot.
 func (l *launcher) checkTripwire() {

@@ -60,6 +60,7 @@ var (
 	leaveOpen      = flag.String("leave-open", "", "when the generation of this number drains, it keeps its listening sockets open without accepting for a minute, then exits (an app that just leaves its accept loop)")
 	reusePort      = flag.Bool("reuseport", false, "with -listen: bind with SO_REUSEPORT, so that a new process can bind the same port while this one serves (the overlap restart relaunch's benchmark compares with)")
 	joinReuse      = flag.Bool("join-reuseport", false, "after taking the listeners, open an extra SO_REUSEADDR+SO_REUSEPORT listening socket on fd 3's address and never accept on it (it joins the launcher's SO_REUSEPORT group)")
+	joinOnUsr1     = flag.Bool("join-reuseport-on-usr1", false, "as -join-reuseport, at the first SIGUSR1 rather than at start")
 )
 
 var (
@@ -197,6 +198,7 @@ func main() {
 	}
 
 	done := make(chan struct{})
+	joined := false
 	for {
 		select {
 		case err := <-serveErr:
@@ -211,6 +213,10 @@ func main() {
 		case s := <-sigs:
 			if s == syscall.SIGUSR1 {
 				record("usr1")
+				if *joinOnUsr1 && !joined {
+					joinReuseport(listeners[0])
+					joined = true
+				}
 				continue
 			}
 			record("drain", sigName(s))
