@@ -48,6 +48,7 @@ func relaunchMain() int {
 	// execs the app from internal/exechelper's init.
 	keeper.Main() // nor a keeper
 	tuneMemory()
+	tuneScheduler()
 	if !isClientCommand(os.Args) {
 		launcher.CatchSignals() // a TERM while relaunch starts or re-executes itself is handled, not fatal
 	}
