@@ -59,6 +59,7 @@ type launcher struct {
 	gcHeld         bool                     // the garbage collector is held off for a start (start_linux.go)
 	gcHeldAt       time.Time                // the start it is held for
 	acceptedIn     time.Duration            // how long the last generation seen accepting took (fastscan_linux.go)
+	epollFd        int                      // the fd of the epoll instance its first process was seen with (ready_linux.go)
 	probes         map[netip.AddrPort]int   // health probes in flight: their source → the slot they test
 	canary         *generation              // the canary running, nil when none (canary_linux.go)
 	canaryEnds     time.Time

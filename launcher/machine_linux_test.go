@@ -39,8 +39,19 @@ type fakeProc struct {
 	dieOfDrain bool
 	// catchesDrain: its /proc status shows the drain signal caught.
 	catchesDrain bool
-	// accepting: /proc shows it accepting on its socket.
+	// accepting: /proc shows it accepting on its socket, with an epoll
+	// instance that is its fd epollFd (fakeEpollFd when 0).
 	accepting bool
+	epollFd   int
+}
+
+const fakeEpollFd = 7
+
+func (pr *fakeProc) epoll() int {
+	if pr.epollFd == 0 {
+		return fakeEpollFd
+	}
+	return pr.epollFd
 }
 
 type fakeTimer struct {
@@ -77,6 +88,7 @@ type machine struct {
 	probes []*fakeProbe
 	// scans counts the /proc scans of each root pid.
 	scans map[int]int
+	polls map[int]int // pid → reads of one of its epoll instances
 }
 
 // orphan is a process a relaunch that died started: alive, not relaunch's
@@ -146,7 +158,17 @@ func (m *machine) sys() system {
 			}
 			m.scans[root]++
 			if pr := m.proc(root); pr != nil && pr.alive && pr.accepting {
-				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root)}
+				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", root), Epoll: listenprobe.EpollRef{Pid: root, Fd: pr.epoll()}}
+			}
+			return listenprobe.Result{}
+		},
+		polls: func(_ *listenprobe.Probe, ref listenprobe.EpollRef) listenprobe.Result {
+			if m.polls == nil {
+				m.polls = map[int]int{}
+			}
+			m.polls[ref.Pid]++
+			if pr := m.proc(ref.Pid); pr != nil && pr.alive && pr.accepting && ref.Fd == pr.epoll() {
+				return listenprobe.Result{Accepting: true, How: fmt.Sprintf("pid %d polls fd 3 (epoll)", ref.Pid), Epoll: ref}
 			}
 			return listenprobe.Result{}
 		},

@@ -73,6 +73,53 @@ func TestMachineAutoLearnsBoth(t *testing.T) {
 	}
 }
 
+// Waiting for both, a generation that sends READY=1 is first looked for
+// in one place: its epoll instance of the fd number the last generation
+// was seen accepting with. Found there, it is ready without a scan of its
+// tree; elsewhere (another fd), or not accepting yet, the scans decide as
+// before, and the fd they see is the one looked at next time.
+func TestMachineAutoLooksWhereLast(t *testing.T) {
+	m := newMachine(t, Config{Ready: Readiness{Mode: ReadyAuto}}, withProbe)
+	m.ready(1)
+	m.procs[0].accepting = true
+	m.advance(time.Second)
+	if !m.l.bothLearned() || m.l.epollFd != fakeEpollFd {
+		t.Fatalf("both learned %v, epoll fd %d; want both, fd %d", m.l.bothLearned(), m.l.epollFd, fakeEpollFd)
+	}
+	upgrade := func(id int, accepting bool, epollFd int) *fakeProc {
+		t.Helper()
+		m.signal(syscall.SIGUSR2)
+		pr := m.procs[len(m.procs)-1]
+		pr.accepting, pr.epollFd = accepting, epollFd
+		m.ready(id)
+		return pr
+	}
+
+	pr := upgrade(2, true, 0)
+	m.want("2:current")
+	if m.scans[pr.pid] != 0 || m.polls[pr.pid] != 1 {
+		t.Errorf("gen 2: %d scans, %d reads of an epoll instance; want 0 and 1", m.scans[pr.pid], m.polls[pr.pid])
+	}
+	if got, want := m.readyHow(2), fmt.Sprintf("READY=1, then pid %d polls fd 3 (epoll)", pr.pid); got != want {
+		t.Errorf("gen 2 ready by %q; want %q", got, want)
+	}
+
+	pr = upgrade(3, true, 9) // another fd: the scan finds it
+	m.want("3:current")
+	if m.scans[pr.pid] != 1 || m.polls[pr.pid] != 1 || m.l.epollFd != 9 {
+		t.Errorf("gen 3: %d scans, %d reads, epoll fd now %d; want 1, 1, 9", m.scans[pr.pid], m.polls[pr.pid], m.l.epollFd)
+	}
+
+	pr = upgrade(4, false, 9) // READY=1 before it accepts
+	m.want("3:current 4:starting")
+	pr.accepting = true
+	m.advance(scanEvery)
+	m.want("4:current")
+	if m.polls[pr.pid] != 1 || m.scans[pr.pid] != 2 {
+		t.Errorf("gen 4: %d reads, %d scans; want 1 read, then scans until it accepts (2)", m.polls[pr.pid], m.scans[pr.pid])
+	}
+}
+
 // A generation that says READY=1 before auto has seen the serving one
 // accept: the serving one is looked at again first, and when it accepts,
 // the new one waits for its own accepting too.

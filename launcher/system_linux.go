@@ -32,6 +32,8 @@ type system struct {
 	handles func(pid int, sig syscall.Signal) (handled, known bool)
 	// scan looks at a generation's process tree in /proc (listenprobe).
 	scan func(p *listenprobe.Probe, root int) listenprobe.Result
+	// polls looks in one epoll instance's set only (listenprobe).
+	polls func(p *listenprobe.Probe, ref listenprobe.EpollRef) listenprobe.Result
 	// watchExit calls exited, from any goroutine, when pid (not relaunch's
 	// child: an adopted generation) is gone.
 	watchExit func(pid int, exited func()) error
@@ -68,6 +70,7 @@ func osSystem(noPtrace bool, log *slog.Logger) system {
 		probe:     func(p probeSpec, done func(probeResult)) { go func() { done(httpProbe(p)) }() },
 		handles:   signalHandled,
 		scan:      (*listenprobe.Probe).Scan,
+		polls:     (*listenprobe.Probe).Polls,
 		watchExit: watchPidfd,
 		prepare:   st.prepare,
 		discard:   st.warm.discard,

@@ -32,6 +32,7 @@ type Probe struct {
 	other  []otherSocket // the tree's TCP sockets that are not relaunch's
 	given  bool          // some process of the tree holds one of relaunch's sockets
 	epolls []EpollRef    // the tree's epoll instances seen by the last Scan (Watch)
+	found  EpollRef      // the epoll instance the scanned process polls a socket with
 
 	lastSyscall []byte // the thread's syscall file, as first read
 	sysline     []byte // the same, read again
@@ -70,6 +71,9 @@ type Result struct {
 	// was given and binds elsewhere). Only looked for while nothing is
 	// Accepting.
 	Closed bool
+	// Epoll is the epoll instance a process was seen polling the socket
+	// with, when that is how it was seen Accepting (Pid 0 otherwise).
+	Epoll EpollRef
 }
 
 // Bounds against a runaway tree or a file that never ends; a generation
@@ -134,8 +138,9 @@ func (p *Probe) Scan(root int) Result {
 	p.epolls = p.epolls[:0]
 	p.given = false
 	for i := 0; i < len(p.pids) && i < maxPids; i++ {
+		p.found = EpollRef{}
 		if how := p.scanProcess(p.pids[i]); how != "" {
-			return Result{Accepting: true, How: how}
+			return Result{Accepting: true, How: how, Epoll: p.found}
 		}
 	}
 	if len(p.other) == 0 {
@@ -172,6 +177,7 @@ func (p *Probe) scanProcess(pid int) string {
 	for _, ep := range p.epfds {
 		p.epolls = append(p.epolls, EpollRef{pid, ep})
 		if s, tfd := p.epollTarget(dir, ep); s >= 0 {
+			p.found = EpollRef{pid, ep}
 			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, "epoll")
 		}
 	}

@@ -17,6 +17,7 @@ type Result struct {
 	How       string
 	OwnSocket string
 	Closed    bool
+	Epoll     EpollRef
 }
 
 // New returns a probe that sees nothing.
@@ -42,6 +43,9 @@ func SocketInodes(pid int) []uint64 { return nil }
 
 // EpollRef is an epoll instance of a process.
 type EpollRef struct{ Pid, Fd int }
+
+// Polls sees nothing.
+func (p *Probe) Polls(EpollRef) Result { return Result{} }
 
 // Epolls sees none.
 func (p *Probe) Epolls() []EpollRef { return nil }

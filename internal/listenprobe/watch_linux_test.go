@@ -53,3 +53,41 @@ func TestWatchSeesTheSocketAdded(t *testing.T) {
 		t.Fatalf("a closed Watch: Polled() true or Len() %d", w.Len())
 	}
 }
+
+// Polls reads one epoll instance: it sees relaunch's socket in its set as
+// a Scan does (the Scan's Result names the instance, and Polls of it gives
+// the same How), and
+// sees nothing in an instance without it, in an fd that is no epoll
+// instance, or in one that is not open.
+func TestPolls(t *testing.T) {
+	ln, _ := probeListener(t)
+	other, _ := probeListener(t)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	p := New([]int{int(ln.Fd())})
+	self := EpollRef{os.Getpid(), ep}
+	if r := p.Polls(self); r.Accepting {
+		t.Fatalf("Polls(%v) = %+v on an empty set", self, r)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ln.Fd())}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(ln.Fd()), &ev); err != nil {
+		t.Fatal(err)
+	}
+	r := p.Polls(self)
+	if !r.Accepting || r.Epoll != self {
+		t.Fatalf("Polls(%v) = %+v once the socket is in its set", self, r)
+	}
+	// The Scan names the instance it saw the socket in (this one, or the
+	// Go runtime's, which has the listener's own fd): Polls sees it there.
+	if s := p.Scan(os.Getpid()); !s.Accepting || s.Epoll.Pid != os.Getpid() || p.Polls(s.Epoll).How != s.How {
+		t.Errorf("Scan = %+v; Polls of its instance = %+v", s, p.Polls(s.Epoll))
+	}
+	for _, ref := range []EpollRef{{os.Getpid(), int(other.Fd())}, {os.Getpid(), 9999}, {0x3fffffff, ep}} {
+		if r := p.Polls(ref); r.Accepting {
+			t.Errorf("Polls(%v) = %+v; want nothing", ref, r)
+		}
+	}
+}
