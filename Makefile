@@ -25,7 +25,7 @@ lint:
 demo: build
 	bin/relaunch --listen 127.0.0.1:8080 --pidfile bin/relaunch.pid -- bin/demo -init-delay 300ms
 
-# The handover benchmark (~5 minutes, on the machine at hand): relaunch's
+# The handover benchmark (~8 minutes, on the machine at hand): relaunch's
 # upgrades against a naive stop-then-start restart of the same app under the
 # same load; writes bench/results.md (also printed) and bench/latency.png,
 # which docs/performance.md quotes. `make bench BENCHFLAGS=-quick` is a smoke test.

@@ -251,3 +251,36 @@ func TestPlot(t *testing.T) {
 		t.Errorf("%d red pixels in the naive panel: its 100 failed requests are not drawn", n)
 	}
 }
+
+// p50Beyond: the p50 difference, and a bootstrap interval around it that
+// holds the true shift for two samples of one distribution shifted, and
+// narrows with more samples.
+func TestP50Beyond(t *testing.T) {
+	sample := func(n int, shift time.Duration) dist {
+		d := make(dist, n)
+		for i := range d {
+			// a spread like app starts: 10–20 ms, evenly
+			d[i] = 10*time.Millisecond + time.Duration(i*10/n)*time.Millisecond + time.Duration(i%7)*100*time.Microsecond + shift
+		}
+		return d
+	}
+	for _, n := range []int{20, 80} {
+		base, d := sample(n, 0), sample(n, 3*time.Millisecond)
+		diff, lo, hi := p50Beyond(base, d)
+		if diff != 3*time.Millisecond {
+			t.Errorf("n=%d: diff %v; want 3ms", n, diff)
+		}
+		if !(lo < diff && diff < hi) || lo > 3*time.Millisecond || hi < 3*time.Millisecond {
+			t.Errorf("n=%d: interval %v to %v around %v; want it to hold 3ms", n, lo, hi, diff)
+		}
+		t.Logf("n=%d: %v (%v to %v)", n, diff, lo, hi)
+	}
+	_, lo20, hi20 := p50Beyond(sample(20, 0), sample(20, 0))
+	_, lo80, hi80 := p50Beyond(sample(80, 0), sample(80, 0))
+	if hi80-lo80 >= hi20-lo20 {
+		t.Errorf("interval of 80 samples %v wide, of 20 %v: want narrower", hi80-lo80, hi20-lo20)
+	}
+	if d, lo, hi := p50Beyond(nil, sample(5, 0)); d != 0 || lo != 0 || hi != 0 {
+		t.Errorf("no base: %v %v %v", d, lo, hi)
+	}
+}
