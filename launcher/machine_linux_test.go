@@ -734,6 +734,16 @@ func TestMachineTripwire(t *testing.T) {
 			t.Errorf("gen 4, gen 3's replacement, runs %v; want the rollback's file %s", g.bin, f.Name())
 		}
 	})
+	t.Run("stopping", func(t *testing.T) {
+		m, _ := setup(t, true)
+		m.stuckNext = true // gen 2 outlives the stop's TERM
+		m.signal(syscall.SIGUSR2)
+		m.signal(syscall.SIGTERM)
+		m.advance(tripwireAfter)
+		if m.gen(3) != nil || len(m.procs) != 2 {
+			t.Errorf("a generation was started while relaunch stops: %s", m.states())
+		}
+	})
 	t.Run("undisturbed", func(t *testing.T) {
 		m, p := setup(t, false)
 		upgrade(t, m, p)

@@ -44,7 +44,7 @@ func (l *launcher) tripwireLater(g *generation) {
 // checkStarted runs g's tripwire check if it is still due, and says
 // whether g was replaced.
 func (l *launcher) checkStarted(g *generation) bool {
-	if !g.tripwire || g.exited || g != l.next {
+	if !g.tripwire || g.exited || g != l.next || l.stopping {
 		return false
 	}
 	g.tripwire = false
