@@ -734,6 +734,40 @@ func TestMachineTripwire(t *testing.T) {
 			t.Errorf("gen 4, gen 3's replacement, runs %v; want the rollback's file %s", g.bin, f.Name())
 		}
 	})
+	t.Run("rollback queued behind", func(t *testing.T) {
+		m, p := setup(t, false)
+		m.signal(syscall.SIGUSR2)
+		m.ready(2)
+		m.advance(time.Second)
+		f, err := os.CreateTemp(t.TempDir(), "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeFile(m.l.prevBin)
+		m.l.prevBin = f
+		fp, err := sdlisten.BindPool(p.Addr(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fp.Close()
+		m.signal(syscall.SIGUSR2) // gen 3, from the path
+		ans := make(chan Answer, 1)
+		m.l.onControl(Request{Cmd: "rollback"}, ans) // queued behind it
+		m.settle()
+		m.advance(tripwireAfter)
+		m.want("2:current 4:starting")
+		if g := m.gen(4); g.rollback {
+			t.Fatal("gen 4, gen 3's replacement, runs the queued rollback's file")
+		}
+		if m.l.startFrom == nil || m.l.startFrom.Name() != f.Name() {
+			t.Fatalf("the queued rollback's file is %v; want %s kept", m.l.startFrom, f.Name())
+		}
+		m.ready(4)
+		m.want("4:current 5:starting") // the rollback, now
+		if g := m.gen(5); !g.rollback || g.bin.Name() != f.Name() {
+			t.Errorf("gen 5 runs %v; want the rollback's file %s", g.bin, f.Name())
+		}
+	})
 	t.Run("stopping", func(t *testing.T) {
 		m, _ := setup(t, true)
 		m.stuckNext = true // gen 2 outlives the stop's TERM

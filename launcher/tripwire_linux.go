@@ -65,14 +65,21 @@ func (l *launcher) checkStarted(g *generation) bool {
 func (l *launcher) replaceStarting(g *generation, slot int) {
 	g.replaced = true
 	g.failReason = "replaced: it had its own slot when steering stopped"
-	if g.rollback { // the fresh one runs the file the rollback asked for
+	// The fresh one runs what g ran: the rollback's file, or the path. A
+	// rollback queued behind this upgrade keeps its own file for later.
+	queued := l.startFrom
+	l.startFrom = nil
+	if g.rollback {
 		l.startFrom, g.bin = g.bin, nil
 	}
 	l.killGen(g)
 	l.next = nil
 	l.log.Info(fmt.Sprintf("%s got slot %d before the check stopped steering: starting a fresh generation on the shared slot %d in its place", g, g.slot, slot),
 		"generation", g.id, "pid", g.pid)
-	if err := l.start(false); err != nil {
+	err := l.start(false)
+	closeFile(l.startFrom) // not taken: the start failed
+	l.startFrom = queued
+	if err != nil {
 		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
 		l.upgradeFailed(err.Error())
 		return
