@@ -768,6 +768,33 @@ func TestMachineTripwire(t *testing.T) {
 			t.Errorf("gen 5 runs %v; want the rollback's file %s", g.bin, f.Name())
 		}
 	})
+	t.Run("workers", func(t *testing.T) {
+		m := steeredMachine(t, 9, Config{Workers: 2})
+		m.readyAll(1)
+		m.advance(time.Second)
+		p := m.l.cfg.Listeners[0].Pool
+		fp, err := sdlisten.BindPool(p.Addr(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fp.Close()
+		m.signal(syscall.SIGUSR2)
+		old := m.pids(2)
+		m.advance(tripwireAfter)
+		m.want("1:current 3:starting")
+		for _, pid := range old {
+			if got := m.got(pid); !slices.Equal(got, []syscall.Signal{syscall.SIGKILL}) {
+				t.Errorf("gen 2's worker %d got %v; want SIGKILL", pid, got)
+			}
+		}
+		for i, w := range m.gen(3).workers {
+			if m.proc(w.pid).spec.socks[0] != p.Slot(0) {
+				t.Errorf("gen 3's worker %d was given %v; want the shared slot 0's socket", i, m.proc(w.pid).spec.socks)
+			}
+		}
+		m.readyAll(3)
+		m.want("3:current")
+	})
 	t.Run("stopping", func(t *testing.T) {
 		m, _ := setup(t, true)
 		m.stuckNext = true // gen 2 outlives the stop's TERM
