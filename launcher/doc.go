@@ -25,6 +25,7 @@
 //	ready_linux.go      when a starting generation is ready (--ready)
 //	fastscan_linux.go   1 ms epoll checks near the time a generation is expected ready
 //	start_linux.go      how a process starts: traced (LISTEN_PID written at its exec), or the exec helper
+//	gchold_linux.go     Go's collector held off from a start until the switch is over
 //	warm_linux.go       what the next start gets ahead: its notify socket, its exec helper (when starts use one)
 //	drain_linux.go      the drain policy: hand-over, drain, its limits
 //	steer_linux.go      steered pools: which slot a generation gets, steering

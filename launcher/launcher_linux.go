@@ -56,7 +56,7 @@ type launcher struct {
 	warmSlotID     int                      // the slot whose sockets it holds
 	nextNotify     *sdlisten.NotifyListener // the next generation's notify socket, made ahead (warm_linux.go)
 	nextNotifyName string                   // its name: "gen" and that generation's id
-	gcHeld         bool                     // the garbage collector is held off for a start (start_linux.go)
+	gcHeld         bool                     // the garbage collector is held off for a start (gchold_linux.go)
 	gcHeldAt       time.Time                // the start it is held for
 	acceptedIn     time.Duration            // how long the last generation seen accepting took (fastscan_linux.go)
 	epollFd        int                      // the fd of the epoll instance its first process was seen with (ready_linux.go)
@@ -320,7 +320,7 @@ func (l *launcher) after(g *generation, d time.Duration, fn func()) {
 // from its open file, whatever is at its path now (deleted, replaced,
 // renamed); anything else, an upgrade first, runs the path.
 func (l *launcher) start(restart bool) error {
-	l.holdGC() // start_linux.go
+	l.holdGC() // gchold_linux.go
 	kept := l.startFrom
 	if kept == nil && restart {
 		kept = l.crashBin
@@ -535,17 +535,22 @@ func (l *launcher) upgrade(reason string) {
 		l.reloading = true
 		l.outer.reloading("upgrading: " + reason)
 	}
-	err := l.start(false)
-	if err == nil {
-		l.next.why = reason
-		l.tripwireLater(l.next)
-	} else {
+	l.startUpgrade(reason)
+}
+
+// startUpgrade starts the generation of an upgrade for reason, its
+// tripwire check due (tripwire_linux.go); on failure the old one serves on.
+func (l *launcher) startUpgrade(reason string) {
+	if err := l.start(false); err != nil {
 		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
 		l.upgradeFailed(err.Error())
 		if l.cur == nil {
 			l.scheduleRestart()
 		}
+		return
 	}
+	l.next.why = reason
+	l.tripwireLater(l.next)
 }
 
 // upgradeFailed ends a reload for the outer manager: the old generation

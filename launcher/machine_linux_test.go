@@ -624,6 +624,29 @@ func TestMachineSteering(t *testing.T) {
 // rollback's replacement runs the rollback's file. Without a foreign
 // socket nothing is replaced.
 func TestMachineTripwire(t *testing.T) {
+	// join puts an app's own SO_REUSEPORT socket on p's port in its group.
+	join := func(t *testing.T, p *sdlisten.Pool) {
+		t.Helper()
+		f, err := sdlisten.BindPool(p.Addr(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+	}
+	// gen 2 serving, with gen 1's binary kept for a rollback: its file.
+	rollbackable := func(t *testing.T, m *machine) *os.File {
+		t.Helper()
+		m.signal(syscall.SIGUSR2)
+		m.ready(2)
+		m.advance(time.Second)
+		f, err := os.CreateTemp(t.TempDir(), "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeFile(m.l.prevBin)
+		m.l.prevBin = f // as if gen 1 had run it
+		return f
+	}
 	setup := func(t *testing.T, foreign bool) (*machine, *sdlisten.Pool) {
 		a, _ := sdlisten.ParseAddr("127.0.0.1:0")
 		p, err := sdlisten.BindPool(a, 3)
@@ -635,12 +658,7 @@ func TestMachineTripwire(t *testing.T) {
 		m.ready(1)
 		m.advance(time.Second) // gen 1 settled; the next start is prepared
 		if foreign {
-			// An app's own SO_REUSEPORT socket on the port joins the group.
-			f, err := sdlisten.BindPool(p.Addr(), 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { f.Close() })
+			join(t, p)
 		}
 		return m, p
 	}
@@ -707,20 +725,8 @@ func TestMachineTripwire(t *testing.T) {
 	})
 	t.Run("rollback", func(t *testing.T) {
 		m, p := setup(t, false)
-		m.signal(syscall.SIGUSR2)
-		m.ready(2)
-		m.advance(time.Second)
-		f, err := os.CreateTemp(t.TempDir(), "v1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		closeFile(m.l.prevBin)
-		m.l.prevBin = f // as if gen 1 had run it
-		fp, err := sdlisten.BindPool(p.Addr(), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer fp.Close()
+		f := rollbackable(t, m)
+		join(t, p)
 		ans := make(chan Answer, 1)
 		m.l.onControl(Request{Cmd: "rollback"}, ans)
 		m.settle()
@@ -736,20 +742,8 @@ func TestMachineTripwire(t *testing.T) {
 	})
 	t.Run("rollback queued behind", func(t *testing.T) {
 		m, p := setup(t, false)
-		m.signal(syscall.SIGUSR2)
-		m.ready(2)
-		m.advance(time.Second)
-		f, err := os.CreateTemp(t.TempDir(), "v1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		closeFile(m.l.prevBin)
-		m.l.prevBin = f
-		fp, err := sdlisten.BindPool(p.Addr(), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer fp.Close()
+		f := rollbackable(t, m)
+		join(t, p)
 		m.signal(syscall.SIGUSR2) // gen 3, from the path
 		ans := make(chan Answer, 1)
 		m.l.onControl(Request{Cmd: "rollback"}, ans) // queued behind it
@@ -773,11 +767,7 @@ func TestMachineTripwire(t *testing.T) {
 		m.readyAll(1)
 		m.advance(time.Second)
 		p := m.l.cfg.Listeners[0].Pool
-		fp, err := sdlisten.BindPool(p.Addr(), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer fp.Close()
+		join(t, p)
 		m.signal(syscall.SIGUSR2)
 		old := m.pids(2)
 		m.advance(tripwireAfter)

@@ -163,23 +163,7 @@ func (l *launcher) scan(g *generation) {
 		l.warnOwnSocket(g, r)
 	}
 	if r.Accepting {
-		if r.Epoll.Pid == g.pid {
-			l.epollFd = r.Epoll.Fd
-		}
-		l.noteAccepting(g) // fastscan_linux.go
-		l.learnListen()
-		if learning {
-			return
-		}
-		switch _, listen, _ := l.waits(); {
-		case l.bothLearned():
-			g.acceptHow = r.How
-			if g.notified {
-				l.onReady(g, "READY=1, then "+r.How)
-			}
-		case listen:
-			l.onReady(g, r.How)
-		}
+		l.seenAccepting(g, r, learning)
 		return
 	}
 	every := 10 * scanEvery
@@ -187,6 +171,28 @@ func (l *launcher) scan(g *generation) {
 		every = l.scanPeriod(g) // and checks between the scans: fastscan_linux.go
 	}
 	l.rescan(g, every)
+}
+
+// seenAccepting is what g seen accepting (r) teaches, and makes it ready
+// when that is what it waited for; learning: g is ready already.
+func (l *launcher) seenAccepting(g *generation, r listenprobe.Result, learning bool) {
+	if r.Epoll.Pid == g.pid {
+		l.epollFd = r.Epoll.Fd
+	}
+	l.noteAccepting(g) // fastscan_linux.go
+	l.learnListen()
+	if learning {
+		return
+	}
+	switch _, listen, _ := l.waits(); {
+	case l.bothLearned():
+		g.acceptHow = r.How
+		if g.notified {
+			l.onReady(g, "READY=1, then "+r.How)
+		}
+	case listen:
+		l.onReady(g, r.How)
+	}
 }
 
 // acceptingAsLast makes g, which sent READY=1 and waits to be seen
@@ -200,14 +206,10 @@ func (l *launcher) acceptingAsLast(g *generation) bool {
 		return false
 	}
 	r := l.sys.polls(g.probe, listenprobe.EpollRef{Pid: g.pid, Fd: l.epollFd})
-	if !r.Accepting {
-		return false
+	if r.Accepting {
+		l.seenAccepting(g, r, false)
 	}
-	l.noteAccepting(g)
-	g.acceptHow = r.How
-	stopFast(g)
-	l.onReady(g, "READY=1, then "+r.How)
-	return true
+	return r.Accepting
 }
 
 // learnListen: under auto, the app was seen accepting on its socket.

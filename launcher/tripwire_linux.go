@@ -76,15 +76,9 @@ func (l *launcher) replaceStarting(g *generation, slot int) {
 	l.next = nil
 	l.log.Info(fmt.Sprintf("%s got slot %d before the check stopped steering: starting a fresh generation on the shared slot %d in its place", g, g.slot, slot),
 		"generation", g.id, "pid", g.pid)
-	err := l.start(false)
+	l.startUpgrade(g.why)
 	closeFile(l.startFrom) // not taken: the start failed
 	l.startFrom = queued
-	if err != nil {
-		l.log.Error("upgrade failed: "+err.Error()+"; "+l.stillServes(), "reason", err.Error())
-		l.upgradeFailed(err.Error())
-		return
-	}
-	l.next.why = g.why
 }
 
 // checkTripwire freezes every disturbed pool on the current slot.

@@ -160,7 +160,7 @@ const warmAfter = 250 * time.Millisecond
 // prepareNext starts the warm helper of the next generation, on the slot
 // the next start would take now (warmSlot keeps it that one).
 func (l *launcher) prepareNext() {
-	l.releaseGC() // the switch is over (start_linux.go)
+	l.releaseGC() // the switch is over (gchold_linux.go)
 	if l.stopping || l.next != nil || l.nWorkers > 0 {
 		return // (workers: a generation is many starts; not warmed yet)
 	}

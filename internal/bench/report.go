@@ -95,6 +95,14 @@ func (d dist) over(limit time.Duration) int {
 	return n
 }
 
+// signed is ms with its sign: "+2.93 ms", "-0.26 ms".
+func signed(d time.Duration) string {
+	if d < 0 {
+		return ms(d)
+	}
+	return "+" + ms(d)
+}
+
 // p50Beyond is how much d's p50 is beyond base's, with a 90 % bootstrap
 // interval: the two resampled 2000 times (a fixed seed: the same runs give
 // the same report). A p50 of 20–40 app starts on a busy machine moves by
@@ -217,21 +225,22 @@ func (r *report) naiveFigures() naiveFigures {
 // cutover is one way to start a new process and switch to it, for the
 // side-by-side table: per upgrade, its steps.
 type cutover struct {
-	name     string
-	total    dist // trigger → first answer of the new process
-	spawn    dist // trigger → forked (relaunch: its start begins, the "started" line's start_at)
-	exec     dist // fork → the app listens, minus -init-delay
-	boot     dist // fork → the app's Go runtime is up (its "init" record)
-	ready    dist // the app listens → relaunch's "ready" line; empty for the overlap
-	answer   dist // relaunch's "ready" line (the overlap: the app listens) → first answer
-	failed   int  // requests of the load that failed in the run
-	requests int  // requests of the load in the run
+	name     string // the column's heading
+	short    string // its name in a sentence: "overlap", "READY=1", "procfs"
+	total    dist   // trigger → first answer of the new process
+	spawn    dist   // trigger → forked (relaunch: its start begins, the "started" line's start_at)
+	exec     dist   // fork → the app listens, minus -init-delay
+	boot     dist   // fork → the app's Go runtime is up (its "init" record)
+	ready    dist   // the app listens → relaunch's "ready" line; empty for the overlap
+	answer   dist   // relaunch's "ready" line (the overlap: the app listens) → first answer
+	failed   int    // requests of the load that failed in the run
+	requests int    // requests of the load in the run
 	cpu      time.Duration
 }
 
 // relaunchCutover is the SIGUSR2 upgrades of relaunch runs.
-func (r *report) relaunchCutover(name string, ps ...*phase) cutover {
-	c := cutover{name: name}
+func (r *report) relaunchCutover(name, short string, ps ...*phase) cutover {
+	c := cutover{name: name, short: short}
 	var cpu time.Duration
 	var n int
 	for _, p := range ps {
@@ -270,20 +279,9 @@ func (r *report) relaunchCutover(name string, ps ...*phase) cutover {
 	return c
 }
 
-// short names c's column in a sentence.
-func (c cutover) short() string {
-	switch {
-	case strings.Contains(c.name, "procfs"):
-		return "procfs"
-	case strings.Contains(c.name, "READY=1"):
-		return "READY=1"
-	}
-	return c.name
-}
-
 // overlapCutover is the overlap baseline's restarts.
 func (r *report) overlapCutover(ps []*phase) cutover {
-	c := cutover{name: "overlap"}
+	c := cutover{name: "overlap", short: "overlap"}
 	for _, p := range ps {
 		c.failed += p.res.Failed()
 		c.requests += p.res.Total
@@ -315,12 +313,12 @@ func (r *report) cutovers() []cutover {
 	}
 	switch {
 	case len(side.notify) > 0:
-		cs = append(cs, r.relaunchCutover("relaunch, `READY=1`", side.notify...))
+		cs = append(cs, r.relaunchCutover("relaunch, `READY=1`", "READY=1", side.notify...))
 	case r.cfg.signals > 0:
-		cs = append(cs, r.relaunchCutover("relaunch, `READY=1` (the main run)", r.rl))
+		cs = append(cs, r.relaunchCutover("relaunch, `READY=1` (the main run)", "READY=1", r.rl))
 	}
 	if len(side.procfs) > 0 {
-		cs = append(cs, r.relaunchCutover("relaunch, procfs (`auto`, no `READY=1`)", side.procfs...))
+		cs = append(cs, r.relaunchCutover("relaunch, procfs (`auto`, no `READY=1`)", "procfs", side.procfs...))
 	}
 	return cs
 }
@@ -484,9 +482,9 @@ func (r *report) targets(f rlFigures, steady, during, control part) []target {
 		var says, over []string
 		for _, c := range cs[1:] {
 			diff, lo, hi := p50Beyond(cs[0].total, c.total)
-			says = append(says, fmt.Sprintf("%s + %s (90 %%: %s to %s)", c.short(), ms(diff), ms(lo), ms(hi)))
+			says = append(says, fmt.Sprintf("%s %s (90 %%: %s to %s)", c.short, signed(diff), ms(lo), ms(hi)))
 			if diff > cutoverLimit {
-				over = append(over, fmt.Sprintf("%s by %s", c.short(), ms(diff-cutoverLimit)))
+				over = append(over, fmt.Sprintf("%s by %s", c.short, ms(diff-cutoverLimit)))
 			}
 		}
 		t.measured = strings.Join(says, "; ")

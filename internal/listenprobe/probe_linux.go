@@ -32,7 +32,6 @@ type Probe struct {
 	other  []otherSocket // the tree's TCP sockets that are not relaunch's
 	given  bool          // some process of the tree holds one of relaunch's sockets
 	epolls []EpollRef    // the tree's epoll instances seen by the last Scan (Watch)
-	found  EpollRef      // the epoll instance the scanned process polls a socket with
 
 	lastSyscall []byte // the thread's syscall file, as first read
 	sysline     []byte // the same, read again
@@ -138,9 +137,8 @@ func (p *Probe) Scan(root int) Result {
 	p.epolls = p.epolls[:0]
 	p.given = false
 	for i := 0; i < len(p.pids) && i < maxPids; i++ {
-		p.found = EpollRef{}
-		if how := p.scanProcess(p.pids[i]); how != "" {
-			return Result{Accepting: true, How: how, Epoll: p.found}
+		if how, ep := p.scanProcess(p.pids[i]); how != "" {
+			return Result{Accepting: true, How: how, Epoll: ep}
 		}
 	}
 	if len(p.other) == 0 {
@@ -154,13 +152,15 @@ func (p *Probe) Scan(root int) Result {
 	return Result{OwnSocket: p.ownListener(false)}
 }
 
-// scanProcess looks at one process and appends its children to p.pids.
+// scanProcess looks at one process and appends its children to p.pids. It
+// says how the process accepts ("" if not seen to), and the epoll instance
+// when that is how.
 // Every path is opened relative to /proc/P, so a pid reused mid-scan
 // cannot mix two processes: the old directory then just fails to read.
-func (p *Probe) scanProcess(pid int) string {
+func (p *Probe) scanProcess(pid int) (how string, ep EpollRef) {
 	dir, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return ""
+		return "", EpollRef{}
 	}
 	defer unix.Close(dir)
 
@@ -174,11 +174,11 @@ func (p *Probe) scanProcess(pid int) string {
 		unix.Close(fdDir)
 	}
 	p.given = p.given || len(p.held) > 0
-	for _, ep := range p.epfds {
-		p.epolls = append(p.epolls, EpollRef{pid, ep})
-		if s, tfd := p.epollTarget(dir, ep); s >= 0 {
-			p.found = EpollRef{pid, ep}
-			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, "epoll")
+	for _, fd := range p.epfds {
+		ref := EpollRef{pid, fd}
+		p.epolls = append(p.epolls, ref)
+		if s, tfd := p.epollTarget(dir, fd); s >= 0 {
+			return "pid " + strconv.Itoa(pid) + " polls " + p.fdName(s, tfd, "epoll"), ref
 		}
 	}
 
@@ -187,7 +187,7 @@ func (p *Probe) scanProcess(pid int) string {
 	// waiting on it).
 	taskDir, err := unix.Openat(dir, "task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return ""
+		return "", EpollRef{}
 	}
 	p.ints = p.readDirInts(taskDir, p.ints[:0])
 	unix.Close(taskDir)
@@ -195,7 +195,7 @@ func (p *Probe) scanProcess(pid int) string {
 		task := "task/" + strconv.Itoa(tid) + "/"
 		if len(p.held) > 0 {
 			if how := p.threadWaits(dir, pid, task+"syscall"); how != "" {
-				return how
+				return how, EpollRef{}
 			}
 		}
 		if b := p.readAt(dir, task+"children"); b != nil {
@@ -206,7 +206,7 @@ func (p *Probe) scanProcess(pid int) string {
 			}
 		}
 	}
-	return ""
+	return "", EpollRef{}
 }
 
 // classifyFd reads where one fd of pid points.

@@ -11,20 +11,7 @@ import (
 // A Watch of an epoll instance a Scan found sees relaunch's socket added to
 // it, and only then; a closed Watch sees nothing.
 func TestWatchSeesTheSocketAdded(t *testing.T) {
-	ln, _ := probeListener(t)
-	other, _ := probeListener(t)
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ep)
-	add := func(f *os.File) {
-		t.Helper()
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f.Fd())}
-		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(f.Fd()), &ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ln, other, ep, add := epollWith(t)
 	add(other) // a socket that is not relaunch's
 
 	p := New([]int{int(ln.Fd())})
@@ -56,26 +43,16 @@ func TestWatchSeesTheSocketAdded(t *testing.T) {
 
 // Polls reads one epoll instance: it sees relaunch's socket in its set as
 // a Scan does (the Scan's Result names the instance, and Polls of it gives
-// the same How), and
-// sees nothing in an instance without it, in an fd that is no epoll
-// instance, or in one that is not open.
+// the same How), and sees nothing in an instance without it, in an fd
+// that is no epoll instance, or in one that is not open.
 func TestPolls(t *testing.T) {
-	ln, _ := probeListener(t)
-	other, _ := probeListener(t)
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ep)
+	ln, other, ep, add := epollWith(t)
 	p := New([]int{int(ln.Fd())})
 	self := EpollRef{os.Getpid(), ep}
 	if r := p.Polls(self); r.Accepting {
 		t.Fatalf("Polls(%v) = %+v on an empty set", self, r)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ln.Fd())}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(ln.Fd()), &ev); err != nil {
-		t.Fatal(err)
-	}
+	add(ln)
 	r := p.Polls(self)
 	if !r.Accepting || r.Epoll != self {
 		t.Fatalf("Polls(%v) = %+v once the socket is in its set", self, r)
@@ -90,4 +67,26 @@ func TestPolls(t *testing.T) {
 			t.Errorf("Polls(%v) = %+v; want nothing", ref, r)
 		}
 	}
+}
+
+// epollWith makes two listening sockets (relaunch's, another) and an epoll
+// instance of this process, closed with the test; add puts a socket in its
+// set.
+func epollWith(t *testing.T) (ln, other *os.File, ep int, add func(*os.File)) {
+	t.Helper()
+	ln, _ = probeListener(t)
+	other, _ = probeListener(t)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(ep) })
+	add = func(f *os.File) {
+		t.Helper()
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f.Fd())}
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(f.Fd()), &ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ln, other, ep, add
 }
