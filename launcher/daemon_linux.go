@@ -103,10 +103,10 @@ func daemonReason(pids []int) string {
 }
 
 // startTicksNow is when a generation starts, in /proc's clock ticks since
-// boot: now, as its process starts (or, a warm helper, started earlier,
-// runs it: what it forks starts later; another generation's orphans forked
-// while it waited must not count as its own). Not read from /proc: a
-// process's start there is never later than now, and the read cost
+// boot (the same clock, CLOCK_BOOTTIME): read just before its process is
+// started, so that all it forks starts at or after it (a warm helper,
+// started earlier, may run it: another generation's orphans forked while
+// it waited must not count as its own). Not read from /proc: that cost
 // 0.1–0.2 ms of relaunch's CPU at every start, while the app's own start
 // needs the CPU.
 func startTicksNow() uint64 {

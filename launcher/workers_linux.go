@@ -98,6 +98,9 @@ func (l *launcher) startProc(p *generation, from *os.File) error {
 	if p.lead != nil {
 		env = append(env, "RELAUNCH_WORKER="+strconv.Itoa(p.worker))
 	}
+	// Read before the start: the traced start lets the app run before it
+	// returns, and what it forks then is its own.
+	ticks := startTicksNow() // daemon_linux.go
 	pid, err := l.sys.start(procSpec{path: p.path, argv: l.cfg.Command, env: env, socks: socks, stdin: l.stdin, bin: from},
 		func(err error) { l.post(func() { l.onExec(p, err) }) },
 		func(ws syscall.WaitStatus) { l.post(func() { l.onExit(p, exitStatus{ws}) }) })
@@ -106,7 +109,7 @@ func (l *launcher) startProc(p *generation, from *os.File) error {
 		return err
 	}
 	p.pid = pid
-	p.startTicks = startTicksNow() // daemon_linux.go
+	p.startTicks = ticks
 	l.roots.add(p.id, pid)
 	go l.readNotify(p, p.notify)
 	return nil
